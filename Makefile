@@ -1,0 +1,49 @@
+# rdv — remote device virtualization over gRPC.
+#   make run    the demo on loopback (sets everything up first)
+#   make test   the test suite (sets everything up first)
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rdv-installed
+# Debian packages: ALSA and LZO headers to build pyalsaaudio and python-lzo, ALSA's plugins and tools,
+# QEMU for the tests against real peers.
+APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils
+PYTEST_ARGS ?=
+
+.PHONY: setup proto test test-live run bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "rdv needs these Debian packages; run:  sudo apt-get install -y" $$missing; exit 1; \
+	  fi; \
+	fi
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+proto: setup
+	PYTHON=$(abspath $(PY)) protos/generate.sh
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+run: setup
+	$(PY) -m frontend_shim demo
+
+bench: setup
+	$(PY) -m tests.bench
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,436 @@
+"""The shim's ES1370: one guest sound card, served by a remote audio service.
+
+This is the only place in the shim that talks gRPC for audio. It owns the session stream, the coherence
+mode, sequencing, DMA pacing and reconnection:
+
+- backend mode (paper's remote card 1): the service holds the only device state. Reads wait for the reply
+  (bounded by `access_timeout`; a dead service reads as all ones, like a vanished PCI device), writes are
+  posted, interrupts arrive as events, and the service pulls PCM out of guest memory with DMA requests.
+- mirrored mode (card 2): the shim holds a full copy. Reads are answered here, writes are applied here and
+  streamed, and the DMA engine runs here, pushing PCM. The service replays the same writes and DMA steps on its
+  copy; on reconnect the shim sends its whole state so the copies are equal again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import grpc
+
+from frontend_shim.guest import GuestMemory, GuestMemoryError, InterruptLine
+from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
+from rdv.common.v1 import common_pb2
+from services.audio.convert import state_to_proto
+from services.audio.dma import DmaCredit
+from services.common import logs
+from services.common.clock import Clock
+from services.devices import es1370_regs as R
+from services.devices.es1370 import AccessError, Es1370
+
+log = logs.get("shim.audio")
+Mode = Literal["backend", "mirrored"]
+MODES: dict[str, int] = {"backend": common_pb2.COHERENCE_MODE_BACKEND, "mirrored": common_pb2.COHERENCE_MODE_MIRRORED}
+_FRAME_OVERHEAD = 5  # gRPC length-prefix per message, counted in the wire figures
+_ALL_ONES = 0xFFFFFFFF
+_PACER_PERIOD = 0.005  # device seconds between DMA checks when nothing else wakes the pacer
+_MAX_MESSAGE = 8 * 1024 * 1024
+
+
+@dataclass
+class LinkStats:
+    reads: int = 0
+    writes: int = 0
+    interrupts: int = 0
+    pcm_bytes: int = 0
+    dma_requests: int = 0
+    read_timeouts: int = 0
+    reconnects: int = 0
+    bytes_to_backend: int = 0
+    bytes_from_backend: int = 0
+    messages_to_backend: int = 0
+    messages_from_backend: int = 0
+    dma_errors: int = 0
+    played: dict[int, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, int]:
+        d = {k: v for k, v in vars(self).items() if isinstance(v, int)}
+        d["bytes_played"] = sum(self.played.values())
+        return d
+
+
+class _Waiter:
+    __slots__ = ("event", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.value: object = None
+
+
+class _Connection:
+    """One session stream. Requests go through a queue consumed by gRPC; a thread reads the responses."""
+
+    def __init__(self, link: AudioLink, target: str, credentials: grpc.ChannelCredentials | None) -> None:
+        options = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ("grpc.keepalive_time_ms", 10_000),
+        ]
+        self.channel = (
+            grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
+        )
+        self.link = link
+        self.alive = True
+        self.opened = threading.Event()
+        self.session_id = ""
+        self._queue: queue.SimpleQueue[audio_pb2.FrontendMessage | None] = queue.SimpleQueue()
+        self._call = audio_pb2_grpc.AudioServiceStub(self.channel).Session(self._requests())
+        self._thread = threading.Thread(target=self._read, name="audio-link-rx", daemon=True)
+        self._thread.start()
+
+    def _requests(self) -> Iterator[audio_pb2.FrontendMessage]:
+        while (msg := self._queue.get()) is not None:
+            yield msg
+
+    def send(self, msg: audio_pb2.FrontendMessage) -> None:
+        if self.alive:
+            stats = self.link.stats
+            stats.bytes_to_backend += msg.ByteSize() + _FRAME_OVERHEAD
+            stats.messages_to_backend += 1
+            self._queue.put(msg)
+
+    def _read(self) -> None:
+        error = "stream ended"
+        try:
+            for msg in self._call:
+                self.link._dispatch(self, msg)
+        except grpc.RpcError as exc:
+            error = f"{exc.code().name}: {exc.details()}"
+        finally:
+            self.alive = False
+            self.opened.set()
+            self.link._lost(self, error)
+
+    def finish(self, timeout: float) -> None:
+        """Half-close and wait for the service to end the stream (it drains its players first)."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self.close()
+
+    def close(self) -> None:
+        self.alive = False
+        self._queue.put(None)
+        self._call.cancel()
+        self.channel.close()
+
+
+class AudioLink:
+    """Implements `frontend_shim.guest.Device` for an ES1370 whose back end is a remote audio service."""
+
+    def __init__(
+        self,
+        target: str,
+        mode: Mode,
+        memory: GuestMemory,
+        irq: InterruptLine,
+        *,
+        vm: str = "vm",
+        clock: Clock | None = None,
+        access_timeout: float = 0.05,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {sorted(MODES)}")
+        self.target = target
+        self.mode = mode
+        self.memory = memory
+        self.irq = irq
+        self.vm = vm
+        self.clock = clock or Clock()
+        self.access_timeout = access_timeout
+        self.stats = LinkStats()
+        self.model = Es1370() if mode == "mirrored" else None
+        self._credentials = credentials
+        self._lock = threading.RLock()  # the model, and the order in which its changes enter the stream
+        self._credit = DmaCredit(self.clock, lead=0.1)
+        self._seq = itertools.count(1)
+        self._waiters: dict[int, _Waiter] = {}
+        self._conn: _Connection | None = None
+        self._irq_level = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # supervisor: the connection needs attention
+        self._kick = threading.Event()  # pacer: DMA may be possible
+        self._threads: list[threading.Thread] = []
+        self._offline_since: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, connect_timeout: float = 5.0) -> None:
+        """Connect (raising ConnectionError if the service cannot be reached) and start background work."""
+        if not self._connect(connect_timeout):
+            raise ConnectionError(f"cannot open an audio session at {self.target}")
+        self._spawn(self._supervise, "audio-link-supervisor")
+        if self.mode == "mirrored":
+            self._spawn(self._pace, "audio-link-pacer")
+
+    def _spawn(self, target: object, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def wait_played(self, timeout: float) -> bool:
+        """Wait until the service has played every PCM byte it took so far."""
+        deadline = time.monotonic() + timeout
+        ack = self.barrier(timeout)
+        if ack is None:
+            return False
+        while time.monotonic() < deadline and self.connected:
+            if all(self.stats.played.get(c, 0) >= n for c, n in enumerate(ack.bytes_received)):
+                return True
+            time.sleep(0.005)
+        return False
+
+    def close(self, drain: bool = True, timeout: float = 10.0) -> None:
+        """End the session; with `drain`, return once the remote side has played everything."""
+        if drain and self._conn is not None:
+            self.wait_played(timeout)
+        self._stop.set()
+        self._wake.set()
+        self._kick.set()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if drain:
+                conn.finish(timeout)
+            else:
+                conn.close()
+        for t in self._threads:
+            t.join(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.alive
+
+    # ------------------------------------------------------------------ Device interface
+    def io_read(self, bar: int, offset: int, size: int) -> int:
+        _check_bar(bar)
+        self.stats.reads += 1
+        if self.model is not None:
+            with self._lock:
+                return self.model.read(offset, size)
+        mask = (1 << (8 * size)) - 1
+        value = self._round_trip(
+            "value", common_pb2.RegisterAccess(bar=bar, offset=offset, size=size), self.access_timeout
+        )
+        if value is None:
+            self.stats.read_timeouts += 1
+            return mask  # nothing answered: read as a device that is gone
+        return int(value) & mask
+
+    def io_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        _check_bar(bar)
+        self.stats.writes += 1
+        access = common_pb2.RegisterAccess(bar=bar, offset=offset, size=size, write=True, value=value)
+        if self.model is None:
+            self._send(audio_pb2.FrontendMessage(access=access))
+            return
+        with self._lock:
+            self.model.write(offset, size, value)
+            self._send(audio_pb2.FrontendMessage(access=access))
+            self._update_irq()
+        self._kick.set()
+
+    # ------------------------------------------------------------------ measurements and checks
+    def barrier(self, timeout: float = 5.0) -> audio_pb2.BarrierAck | None:
+        """Everything sent so far has been applied by the service; returns its state at that point."""
+        return self._round_trip("barrier", common_pb2.Barrier(sent_ns=time.monotonic_ns()), timeout)
+
+    def compare_mirror(self, timeout: float = 5.0) -> tuple[audio_pb2.Es1370State, audio_pb2.Es1370State | None]:
+        """Mirrored mode: (our state, the service's state) at the same point of the stream."""
+        if self.model is None:
+            raise RuntimeError("only a mirrored link holds a copy of the device")
+        with self._lock:  # nothing enters the stream between our snapshot and the barrier
+            ours = state_to_proto(self.model.state)
+            seq, waiter = self._post("barrier", common_pb2.Barrier(sent_ns=time.monotonic_ns()))
+        ack = self._wait(seq, waiter, timeout)
+        return ours, ack.state if ack is not None else None
+
+    # ------------------------------------------------------------------ internals
+    def _send(self, msg: audio_pb2.FrontendMessage) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.send(msg)
+
+    def _round_trip(self, kind: str, payload: object, timeout: float) -> object:
+        seq, waiter = self._post(kind, payload)
+        return self._wait(seq, waiter, timeout)
+
+    def _post(self, kind: str, payload: object) -> tuple[int, _Waiter | None]:
+        """Send a message that expects an answer; the waiter is None when there is no session."""
+        conn = self._conn
+        if conn is None or not conn.alive:
+            return 0, None
+        seq = next(self._seq)
+        payload.seq = seq  # type: ignore[attr-defined]
+        waiter = _Waiter()
+        self._waiters[seq] = waiter
+        conn.send(audio_pb2.FrontendMessage(**{"access" if kind == "value" else kind: payload}))
+        return seq, waiter
+
+    def _wait(self, seq: int, waiter: _Waiter | None, timeout: float) -> object:
+        if waiter is None:
+            return None
+        if not waiter.event.wait(timeout):
+            self._waiters.pop(seq, None)
+            return None
+        return waiter.value
+
+    def _update_irq(self) -> None:
+        """Mirrored mode: drive the guest's line from the local model (caller holds the lock)."""
+        level = self.model.irq  # type: ignore[union-attr]
+        if level != self._irq_level:
+            self._irq_level = level
+            if level:
+                self.stats.interrupts += 1
+            self.irq.set_level(level)
+
+    def _connect(self, timeout: float) -> bool:
+        with self._lock:  # no write may slip between the snapshot and the open
+            conn = _Connection(self, self.target, self._credentials)
+            opening = audio_pb2.Open(vm=self.vm, mode=MODES[self.mode])
+            if self.model is not None:
+                opening.state.CopyFrom(state_to_proto(self.model.state))
+            conn.send(audio_pb2.FrontendMessage(open=opening))
+            self._credit = DmaCredit(self.clock, lead=self._credit.lead)
+            self._conn = conn
+        if conn.opened.wait(timeout) and conn.alive:
+            self._offline_since = None
+            log.info("session open", extra={"target": self.target, "session": conn.session_id, "mode": self.mode})
+            return True
+        conn.close()
+        if self._conn is conn:
+            self._conn = None
+        return False
+
+    def _dispatch(self, conn: _Connection, msg: audio_pb2.BackendMessage) -> None:
+        """Runs on the connection's reader thread."""
+        self.stats.bytes_from_backend += msg.ByteSize() + _FRAME_OVERHEAD
+        self.stats.messages_from_backend += 1
+        kind = msg.WhichOneof("kind")
+        if kind == "value" or kind == "barrier_ack":
+            body = getattr(msg, kind)
+            waiter = self._waiters.pop(body.seq, None)
+            if waiter is not None:
+                waiter.value = body.value if kind == "value" else body
+                waiter.event.set()
+        elif kind == "interrupt":
+            if msg.interrupt.level:
+                self.stats.interrupts += 1
+            self.irq.set_level(msg.interrupt.level)
+        elif kind == "dma_request":
+            self._serve_dma(conn, msg.dma_request)
+        elif kind == "position" and conn is self._conn:
+            p = msg.position
+            self._credit.played(p.channel, p.bytes_played)
+            self.stats.played[p.channel] = p.bytes_played
+            self._kick.set()
+        elif kind == "opened":
+            conn.session_id = msg.opened.session_id
+            if msg.opened.lead_ms:
+                self._credit.lead = msg.opened.lead_ms / 1000
+            conn.opened.set()
+
+    def _serve_dma(self, conn: _Connection, req: audio_pb2.DmaRequest) -> None:
+        self.stats.dma_requests += 1
+        data, ok = bytearray(), True
+        try:
+            for seg in req.segments:
+                data += self.memory.read(seg.addr, seg.length)
+        except GuestMemoryError as exc:
+            self.stats.dma_errors += 1
+            log.warning("DMA outside guest memory", extra={"error": str(exc)})
+            data, ok = bytearray(), False
+        else:
+            self._credit.moved(req.channel, len(data))
+            self.stats.pcm_bytes += len(data)
+        conn.send(
+            audio_pb2.FrontendMessage(dma_data=audio_pb2.DmaData(request_id=req.request_id, data=bytes(data), ok=ok))
+        )
+
+    def _lost(self, conn: _Connection, error: str) -> None:
+        for seq in list(self._waiters):
+            waiter = self._waiters.pop(seq, None)
+            if waiter is not None:
+                waiter.event.set()  # value stays None: the reader sees a failed access
+        if self._stop.is_set() or conn is not self._conn:
+            return
+        if self._offline_since is None:
+            log.warning("audio session lost", extra={"target": self.target, "error": error})
+            self._offline_since = self.clock.now()
+        else:
+            log.debug("audio service still unreachable", extra={"target": self.target, "error": error})
+        self._wake.set()
+
+    def _supervise(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if self._stop.is_set() or self.connected:
+                continue
+            if self._connect(timeout=2.0):
+                self.stats.reconnects += 1
+                backoff = 0.1
+                self._kick.set()
+            else:
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+                self._wake.set()
+
+    def _pace(self) -> None:
+        """Mirrored mode's DMA engine: move PCM from guest memory to the service as playback makes room."""
+        last = self.clock.now()
+        while not self._stop.is_set():
+            self._kick.wait(self.clock.real_seconds(_PACER_PERIOD))
+            self._kick.clear()
+            now = self.clock.now()
+            with self._lock:
+                if not self.connected:
+                    self._play_offline(now - last)
+                for channel in (R.DAC1, R.DAC2):
+                    self._run_channel(channel)
+            last = now
+
+    def _run_channel(self, channel: int) -> None:
+        model = self.model
+        assert model is not None
+        while (room := self._credit.room(model, channel)) > 0:
+            addr, length = model.dma_window(channel, room)
+            if not length:
+                return
+            try:
+                data = self.memory.read(addr, length)
+            except GuestMemoryError as exc:
+                self.stats.dma_errors += 1
+                log.warning("DMA outside guest memory", extra={"error": str(exc)})
+                return
+            model.dma_commit(channel, length)
+            self._credit.moved(channel, length)
+            self.stats.pcm_bytes += length
+            self._send(audio_pb2.FrontendMessage(pcm=audio_pb2.PcmChunk(channel=channel, data=data)))
+            self._update_irq()
+
+    def _play_offline(self, elapsed: float) -> None:
+        """No service: pretend the sink played in real time, so the guest keeps its interrupts and never hangs."""
+        for channel in (R.DAC1, R.DAC2):
+            fmt = self.model.channel_format(channel)  # type: ignore[union-attr]
+            moved, played = self._credit.totals(channel)
+            self._credit.played(channel, min(moved, played + int(elapsed * fmt.rate * fmt.frame_bytes)))
+
+
+def _check_bar(bar: int) -> None:
+    if bar != 0:
+        raise AccessError(f"the ES1370 has no BAR {bar}")

@@ -1,0 +1,255 @@
+"""A scripted guest that drives an ES1370 the way Linux's snd-ens1370 driver and ALSA do.
+
+It owns a slice of guest RAM and a CPU thread: probe (mixer writes with codec-busy polling), prepare,
+start, then per period interrupt the driver's handler (STATUS read, acknowledge by clearing and restoring
+INT_EN, the position read twice) while "aplay" refills the period that just played, and finally stop.
+The access sequences are those REFERENCE.md records from the real driver.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from frontend_shim.guest import Device, EventLine, RamMemory
+from services.devices import es1370_regs as R
+from services.devices.es1370 import PcmFormat
+
+GUEST_RAM = 4 * 1024 * 1024
+BUFFER_ADDR = 0x100000  # where the driver's DMA buffer lives in guest RAM
+PHANTOM_ADDR = 0x80000  # the driver points the ADC's "phantom" frame at a scratch page (a chip bug workaround)
+_SILENCE = {8: b"\x80", 16: b"\x00"}  # U8 silence is mid-scale
+
+
+class GuestError(RuntimeError):
+    """The scripted guest gave up (its device stopped interrupting)."""
+
+
+@dataclass
+class PlayResult:
+    frames: int  # frames of the caller's PCM played
+    periods: int  # periods the guest queued (the last one padded with silence)
+    interrupts: int  # period interrupts the guest's handler saw
+    spurious: int  # interrupts with nothing pending
+    accesses: int
+    seconds: float
+    queued: bytes  # every byte the guest placed in the DMA buffer, in playback order
+
+
+def dac_for(fmt: PcmFormat, prefer: str = "dac2") -> int:
+    """DAC1 only has four rates; everything else plays on DAC2, like snd-ens1370 does."""
+    if prefer == "dac1":
+        if fmt.rate not in R.DAC1_RATES:
+            raise ValueError(f"DAC1 plays only {R.DAC1_RATES} Hz, not {fmt.rate}")
+        return R.DAC1
+    return R.DAC2
+
+
+def expressible(fmt: PcmFormat) -> bool:
+    """Can an ES1370 play this format exactly?"""
+    if fmt.bits not in (8, 16) or fmt.channels not in (1, 2):
+        return False
+    return fmt.rate in R.DAC1_RATES or R.dac2_rate(R.dac2_divider(fmt.rate)) == fmt.rate
+
+
+class CountingDevice:
+    """Counts accesses on their way to the real device (what the driver costs)."""
+
+    def __init__(self, inner: Device) -> None:
+        self.inner = inner
+        self.accesses = 0
+
+    def io_read(self, bar: int, offset: int, size: int) -> int:
+        self.accesses += 1
+        return self.inner.io_read(bar, offset, size)
+
+    def io_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        self.accesses += 1
+        self.inner.io_write(bar, offset, size, value)
+
+
+class ScriptedEs1370Driver:
+    def __init__(self, device: Device, memory: RamMemory, irq: EventLine, irq_timeout: float = 2.0) -> None:
+        self.dev = CountingDevice(device)
+        self.memory = memory
+        self.irq = irq
+        self.irq_timeout = irq_timeout  # real seconds without an interrupt before the guest gives up
+        self.ctrl = R.CTRL_CDC_EN | R.CTRL_SERR_DIS
+        self.sctrl = 0
+
+    # ------------------------------------------------------------------ register helpers
+    def outl(self, offset: int, value: int) -> None:
+        self.dev.io_write(0, offset, 4, value)
+
+    def inl(self, offset: int) -> int:
+        return self.dev.io_read(0, offset, 4)
+
+    # ------------------------------------------------------------------ driver phases
+    def probe(self) -> None:
+        """Chip init as snd-ens1370 does it: control, serial control, phantom frame, then the AK4531 mixer."""
+        self.outl(R.CONTROL, self.ctrl)
+        self.outl(R.SERIAL_CONTROL, self.sctrl)
+        self.outl(R.MEMPAGE, R.FRAME_PAGE_ADC)
+        self.outl(R.PHANTOM_FRAMEADR & 0xFF, PHANTOM_ADDR)
+        self.outl(R.PHANTOM_FRAMECNT & 0xFF, 0)
+        for reg, value in _AK4531_INIT:
+            self._codec_write(reg, value)
+
+    def _codec_write(self, reg: int, value: int) -> None:
+        for _ in range(100):  # the driver polls the codec-busy bit before each write
+            if not self.inl(R.STATUS) & R.STAT_CSTAT:
+                break
+        self.dev.io_write(0, R.CODEC, 2, (reg << 8) | value)
+
+    def _prepare(self, dac: int, fmt: PcmFormat, buffer_bytes: int, period_bytes: int) -> None:
+        mode = (R.FMT_BIT_16 if fmt.bits == 16 else 0) | (R.FMT_BIT_STEREO if fmt.channels == 2 else 0)
+        shift = (mode & 1) + (mode >> 1)
+        enable = R.CTRL_DAC1_EN if dac == R.DAC1 else R.CTRL_DAC2_EN
+        self.ctrl &= ~enable
+        self.outl(R.CONTROL, self.ctrl)
+        self.outl(R.MEMPAGE, R.FRAME_PAGE_DAC)
+        frame_adr, frame_cnt = (
+            (R.DAC1_FRAMEADR, R.DAC1_FRAMECNT) if dac == R.DAC1 else (R.DAC2_FRAMEADR, R.DAC2_FRAMECNT)
+        )
+        self.outl(frame_adr & 0xFF, BUFFER_ADDR)
+        self.outl(frame_cnt & 0xFF, buffer_bytes // 4 - 1)
+        if dac == R.DAC1:
+            self.sctrl &= ~(R.SCTRL_P1LOOPSEL | R.SCTRL_P1PAUSE | R.SCTRL_P1SCTRLD | R.SCTRL_P1FMT)
+            self.sctrl |= R.SCTRL_P1INTEN | (mode << R.SCTRL_SH_P1FMT)
+        else:
+            self.sctrl &= ~(
+                R.SCTRL_P2LOOPSEL
+                | R.SCTRL_P2PAUSE
+                | R.SCTRL_P2DACSEN
+                | R.SCTRL_P2ENDINC
+                | R.SCTRL_P2STINC
+                | R.SCTRL_P2FMT
+            )
+            end_inc = 2 if mode & R.FMT_BIT_16 else 1
+            self.sctrl |= R.SCTRL_P2INTEN | (mode << R.SCTRL_SH_P2FMT) | (end_inc << R.SCTRL_SH_P2ENDINC)
+        self.outl(R.SERIAL_CONTROL, self.sctrl)
+        self.outl(R.DAC1_SCOUNT if dac == R.DAC1 else R.DAC2_SCOUNT, (period_bytes >> shift) - 1)
+        if dac == R.DAC1:
+            self.ctrl = (self.ctrl & ~R.CTRL_WTSRSEL) | (R.DAC1_RATES.index(fmt.rate) << R.CTRL_SH_WTSRSEL)
+        else:
+            self.ctrl = (self.ctrl & ~R.CTRL_PCLKDIV) | (R.dac2_divider(fmt.rate) << R.CTRL_SH_PCLKDIV)
+        self.outl(R.CONTROL, self.ctrl)
+
+    def _interrupt(self, dac: int) -> tuple[bool, bool]:
+        """The driver's interrupt handler: (was it ours, did this DAC complete a period)."""
+        status = self.inl(R.STATUS)
+        if not status & R.STAT_INTR:
+            return False, False
+        ack = self.sctrl
+        for stat, inten in (
+            (R.STAT_DAC1, R.SCTRL_P1INTEN),
+            (R.STAT_DAC2, R.SCTRL_P2INTEN),
+            (R.STAT_ADC, R.SCTRL_R1INTEN),
+        ):
+            if status & stat:
+                ack &= ~inten
+        self.outl(R.SERIAL_CONTROL, ack)
+        self.outl(R.SERIAL_CONTROL, self.sctrl)
+        mine = R.STAT_DAC1 if dac == R.DAC1 else R.STAT_DAC2
+        if status & mine:
+            for _ in range(2):  # snd_pcm_period_elapsed asks for the pointer, ALSA asks again to update
+                self._pointer(dac)
+        return True, bool(status & mine)
+
+    def _pointer(self, dac: int) -> int:
+        self.inl(R.CONTROL)
+        self.outl(R.MEMPAGE, R.FRAME_PAGE_DAC)
+        return (self.inl((R.DAC1_FRAMECNT if dac == R.DAC1 else R.DAC2_FRAMECNT) & 0xFF) >> 16) * 4
+
+    def play(
+        self, pcm: bytes, fmt: PcmFormat, *, dac: int = R.DAC2, period_frames: int = 1024, periods: int = 4
+    ) -> PlayResult:
+        """Play `pcm` (the guest's format) start to finish; returns what the guest saw."""
+        if periods < 2:
+            raise ValueError("the driver needs at least two periods")
+        period_bytes = period_frames * fmt.frame_bytes
+        buffer_bytes = period_bytes * periods
+        if period_bytes % 4 or buffer_bytes > 0x40000:
+            raise ValueError("period must be whole dwords and the buffer at most 256 KiB")
+        total_periods = max(1, math.ceil(len(pcm) / period_bytes))
+        silence = _SILENCE[fmt.bits] * period_bytes
+        chunks = [pcm[i * period_bytes : (i + 1) * period_bytes] for i in range(total_periods)]
+        chunks[-1] = chunks[-1] + silence[len(chunks[-1]) :]
+        queued = bytearray()
+
+        def fill(slot: int, index: int) -> None:
+            data = chunks[index] if index < total_periods else silence
+            self.memory.write(BUFFER_ADDR + slot * period_bytes, data)
+            if index < total_periods:
+                queued.extend(data)
+
+        start = time.monotonic()
+        for slot in range(periods):
+            fill(slot, slot)
+        self._prepare(dac, fmt, buffer_bytes, period_bytes)
+        self.ctrl |= R.CTRL_DAC1_EN if dac == R.DAC1 else R.CTRL_DAC2_EN
+        self.outl(R.CONTROL, self.ctrl)
+
+        done = interrupts = spurious = 0
+        while done < total_periods:
+            if not self.irq.wait_high(self.irq_timeout):
+                self._stop(dac)
+                raise GuestError(f"no interrupt for {self.irq_timeout} s after {done} of {total_periods} periods")
+            ours, period = self._interrupt(dac)
+            if not ours:
+                spurious += 1
+                continue
+            interrupts += 1
+            if period:
+                fill(done % periods, done + periods)
+                done += 1
+        self._stop(dac)
+        return PlayResult(
+            frames=len(pcm) // fmt.frame_bytes,
+            periods=total_periods,
+            interrupts=interrupts,
+            spurious=spurious,
+            accesses=self.dev.accesses,
+            seconds=time.monotonic() - start,
+            queued=bytes(queued),
+        )
+
+    def _stop(self, dac: int) -> None:
+        self.ctrl &= ~(R.CTRL_DAC1_EN if dac == R.DAC1 else R.CTRL_DAC2_EN)
+        self.outl(R.CONTROL, self.ctrl)
+
+
+def new_guest() -> tuple[RamMemory, EventLine]:
+    return RamMemory(GUEST_RAM), EventLine()
+
+
+# The AK4531 mixer set-up snd-ens1370 performs at probe: (register, value). Volumes at 0 dB, outputs unmuted.
+_AK4531_INIT = (
+    (0x16, 0x03),  # reset off, power on
+    (0x17, 0x00),  # clock select
+    (0x00, 0x00),
+    (0x01, 0x00),  # master volume L/R
+    (0x02, 0x06),
+    (0x03, 0x06),  # voice volume L/R
+    (0x04, 0x86),
+    (0x05, 0x86),  # FM volume L/R (muted)
+    (0x06, 0x86),
+    (0x07, 0x86),  # CD volume
+    (0x08, 0x86),
+    (0x09, 0x86),  # line volume
+    (0x0A, 0x86),
+    (0x0B, 0x86),  # aux volume
+    (0x0C, 0x80),  # mono 1
+    (0x0D, 0x80),  # mono 2
+    (0x0E, 0x80),  # mic
+    (0x0F, 0x80),  # mono out
+    (0x10, 0x1F),
+    (0x11, 0x1F),  # output mixer switches
+    (0x12, 0x00),
+    (0x13, 0x00),
+    (0x14, 0x00),
+    (0x15, 0x00),  # input mixer switches
+    (0x18, 0x00),
+    (0x19, 0x00),  # mic gain, mode
+)

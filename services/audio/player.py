@@ -1,0 +1,150 @@
+"""One channel's playback on the remote node: a jitter buffer in front of a sink, paced in real time.
+
+The session thread pushes PCM; a player thread writes it to the sink. Sinks that do not block on their own
+(`null`, ALSA's `file:`, WAV files) are paced with the clock, so positions reported back to the shim mean the
+same thing whatever the sink. Nothing is ever invented: an underrun waits for data instead of writing silence,
+which keeps the output byte-identical to what the guest played.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.audio.sinks import AudioSink, SinkError
+from services.common import logs
+from services.common.clock import Clock
+from services.devices.es1370 import PcmFormat
+
+log = logs.get("audio.player")
+_UNDERRUN_GAP = 1.0  # seconds: a pause longer than this is the guest stopping, not the network starving us
+
+
+@dataclass
+class PlayerStats:
+    bytes_received: int = 0
+    bytes_played: int = 0
+    underruns: int = 0
+    sink_errors: int = 0
+
+
+class ChannelPlayer:
+    def __init__(
+        self,
+        name: str,
+        sink: AudioSink,
+        clock: Clock,
+        target_latency: float,
+        on_progress: Callable[[PlayerStats], None],
+        chunk_seconds: float = 0.01,
+    ) -> None:
+        self.name = name
+        self.stats = PlayerStats()
+        self._sink = sink
+        self._clock = clock
+        self._target = target_latency
+        self._chunk_seconds = chunk_seconds
+        self._on_progress = on_progress
+        self._queue: deque[tuple[PcmFormat, bytes]] = deque()
+        self._buffered = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name=f"player-{name}", daemon=True)
+        self._thread.start()
+
+    def push(self, fmt: PcmFormat, data: bytes) -> None:
+        with self._cond:
+            self._queue.append((fmt, data))
+            self._buffered += len(data)
+            self.stats.bytes_received += len(data)
+            self._cond.notify()
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    def close(self, drain: bool = True, timeout: float = 5.0) -> None:
+        """Stop the thread; with `drain`, what is buffered is played first."""
+        with self._cond:
+            self._closing = True
+            if not drain:
+                self._queue.clear()
+                self._buffered = 0
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ player thread
+    def _take(self, max_bytes: int) -> tuple[PcmFormat, bytes] | None:
+        """Up to `max_bytes` of one format from the head of the queue (caller holds the lock)."""
+        fmt, data = self._queue[0]
+        if len(data) <= max_bytes:
+            self._queue.popleft()
+        else:
+            self._queue[0] = (fmt, data[max_bytes:])
+            data = data[:max_bytes]
+        self._buffered -= len(data)
+        return fmt, data
+
+    def _wait_for_prebuffer(self, dry_at: float | None) -> bool:
+        """Block until a target latency's worth is buffered (or the stream stops growing)."""
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            if not self._queue:
+                return False
+            if dry_at is not None and self._clock.now() - dry_at < _UNDERRUN_GAP:
+                self.stats.underruns += 1  # data came back soon: the stream starved, it had not ended
+            fmt = self._queue[0][0]
+            want = int(self._target * fmt.rate) * fmt.frame_bytes
+            while self._buffered < want and not self._closing:
+                before = self._buffered
+                self._cond.wait(self._clock.real_seconds(self._target))
+                if self._buffered == before:
+                    break  # the stream paused or ended: play what there is
+            return True
+
+    def _run(self) -> None:
+        fmt_open: PcmFormat | None = None
+        sink_ok = False
+        dry_at: float | None = None
+        try:
+            while self._wait_for_prebuffer(dry_at):
+                start = self._clock.now()
+                played_since_start = 0.0
+                while True:
+                    with self._cond:
+                        if not self._queue:
+                            dry_at = self._clock.now()
+                            break
+                        fmt = self._queue[0][0]
+                        chunk = max(fmt.frame_bytes, int(self._chunk_seconds * fmt.rate) * fmt.frame_bytes)
+                        fmt, data = self._take(chunk)
+                    if fmt != fmt_open:
+                        fmt_open, sink_ok = fmt, self._reopen(fmt)
+                    if sink_ok:
+                        try:
+                            self._sink.write(data)
+                        except SinkError as exc:
+                            self.stats.sink_errors += 1
+                            log.warning("sink write failed", extra={"channel": self.name, "error": str(exc)})
+                    played_since_start += len(data) / (fmt.rate * fmt.frame_bytes)
+                    if not self._sink.paces_itself:
+                        self._clock.sleep(start + played_since_start - self._clock.now())
+                    self.stats.bytes_played += len(data)
+                    self._on_progress(self.stats)
+                if self._closing and not self._queue:
+                    break
+        finally:
+            self._sink.close()
+
+    def _reopen(self, fmt: PcmFormat) -> bool:
+        try:
+            self._sink.open(fmt)
+        except SinkError as exc:
+            self.stats.sink_errors += 1
+            log.warning("sink refused format", extra={"channel": self.name, "error": str(exc)})
+            return False
+        log.info("sink opened", extra={"channel": self.name, "format": str(fmt)})
+        return True

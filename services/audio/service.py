@@ -1,0 +1,156 @@
+"""The AudioService gRPC servicer: session streams and the debugging RPCs."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
+from rdv.common.v1 import common_pb2
+from services.audio.convert import state_from_proto, state_to_proto
+from services.audio.session import BACKEND, MIRRORED, AudioSession, SessionConfig, SessionError
+from services.common import logs
+from services.devices import es1370_regs as R
+
+log = logs.get("audio")
+OPEN_TIMEOUT = 10.0  # seconds a new stream may take to send `open`
+PUMP_INTERVAL = 0.01  # device seconds between backend-mode DMA checks (interrupt holds expire on it)
+
+
+class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
+    def __init__(self, config: SessionConfig, info: common_pb2.ServiceInfo) -> None:
+        self.config = config
+        self.info = info
+        self.sessions: dict[str, AudioSession] = {}
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ the device stream
+    async def Session(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # noqa: ANN001
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), OPEN_TIMEOUT)
+        except (StopAsyncIteration, TimeoutError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with an `open` message")
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}")
+        if first.WhichOneof("kind") != "open":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with an `open` message")
+        opening = first.open
+        if opening.mode not in (BACKEND, MIRRORED):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "open.mode must be BACKEND or MIRRORED")
+        state = None
+        if opening.HasField("state"):
+            try:
+                state = state_from_proto(opening.state)
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"open.state: {exc}")
+
+        outbox: asyncio.Queue[audio_pb2.BackendMessage | None] = asyncio.Queue()
+        session_id = f"s{next(self._ids)}"
+        session = AudioSession(
+            session_id, opening.vm or "vm", opening.mode, state, self.config, outbox.put_nowait, context.peer()
+        )
+        self.sessions[session_id] = session
+        log.info("session opened", extra={"session": session_id, "vm": session.vm, "peer": session.peer})
+        opened = audio_pb2.Opened(session_id=session_id, info=self.info, lead_ms=round(self.config.lead * 1000))
+        await context.write(audio_pb2.BackendMessage(opened=opened))
+        writer = asyncio.create_task(_drain(outbox, context))
+        ticker = asyncio.create_task(_tick(session, self.config.clock.real_seconds(PUMP_INTERVAL)))
+        error: SessionError | None = None
+        clean_end = False
+        try:
+            async for msg in request_iterator:
+                session.handle(msg)
+            clean_end = True
+        except SessionError as exc:
+            error = exc
+        except DecodeError as exc:
+            error = SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}")
+        finally:
+            ticker.cancel()
+            outbox.put_nowait(None)
+            await asyncio.gather(writer, return_exceptions=True)
+            self.sessions.pop(session_id, None)
+            await session.close(drain=clean_end)
+            log.info(
+                "session closed",
+                extra={"session": session_id, "clean": clean_end, **dict(session.counters)},
+            )
+        if error is not None:
+            log.warning("session refused a message", extra={"session": session_id, "error": str(error)})
+            await context.abort(error.code, str(error))
+
+    # ------------------------------------------------------------------ debugging RPCs
+    async def GetServiceInfo(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ServiceInfo:  # noqa: ANN001
+        return self.info
+
+    async def ListSessions(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ListSessionsResponse:  # noqa: ANN001
+        now = time.monotonic()
+        return common_pb2.ListSessionsResponse(
+            sessions=[
+                common_pb2.SessionInfo(
+                    session_id=s.session_id,
+                    vm=s.vm,
+                    mode=s.mode,
+                    peer=s.peer,
+                    age_seconds=now - s.started,
+                    counters=dict(s.counters),
+                )
+                for s in self.sessions.values()
+            ]
+        )
+
+    async def GetDeviceState(self, request, context: grpc.aio.ServicerContext) -> audio_pb2.DeviceState:  # noqa: ANN001
+        if request.session_id:
+            session = self.sessions.get(request.session_id)
+        elif len(self.sessions) == 1:
+            session = next(iter(self.sessions.values()))
+        else:
+            session = None
+        if session is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no session {request.session_id!r}; open sessions: {sorted(self.sessions)}",
+            )
+        return device_state(session)
+
+
+def device_state(session: AudioSession) -> audio_pb2.DeviceState:
+    model = session.model
+    views = []
+    for channel, name in enumerate(R.CHANNEL_NAMES):
+        fmt = model.channel_format(channel)
+        stats = session.player_stats(channel)
+        ch = model.state.channels[channel]
+        views.append(
+            audio_pb2.ChannelView(
+                name=name,
+                enabled=model.channel_running(channel),
+                paused=False,
+                rate=fmt.rate,
+                channels=fmt.channels,
+                bits=fmt.bits,
+                frame_addr=ch.frame_addr,
+                buffer_bytes=model.buffer_bytes(channel),
+                position_bytes=model.position_bytes(channel),
+                samples_left=(ch.scount >> 16) + 1,
+                bytes_played=stats.bytes_played if stats else 0,
+            )
+        )
+    return audio_pb2.DeviceState(
+        session_id=session.session_id, raw=state_to_proto(model.state), irq=model.irq, channels=views
+    )
+
+
+async def _drain(outbox: asyncio.Queue, context: grpc.aio.ServicerContext) -> None:
+    while (msg := await outbox.get()) is not None:
+        await context.write(msg)
+
+
+async def _tick(session: AudioSession, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        session.pump()

@@ -1,0 +1,236 @@
+"""One virtual sound card's session on the audio service.
+
+All model work happens on the event loop thread, in stream order, so the model needs no lock. Player threads
+report progress back onto the loop. In backend mode this session is the card: it answers reads, raises
+interrupts and runs the DMA engine, fetching PCM from guest memory through the shim. In mirrored mode it
+replays the shim's writes and DMA steps on its own copy, which must stay equal to the shim's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from rdv.audio.v1 import audio_pb2
+from rdv.common.v1 import common_pb2
+from services.audio.convert import state_to_proto
+from services.audio.dma import DmaCredit
+from services.audio.player import ChannelPlayer, PlayerStats
+from services.audio.sinks import SinkConfig, make_sink
+from services.common import logs
+from services.common.clock import Clock
+from services.devices import es1370_regs as R
+from services.devices.es1370 import AccessError, Es1370, Es1370State
+
+log = logs.get("audio.session")
+BACKEND = common_pb2.COHERENCE_MODE_BACKEND
+MIRRORED = common_pb2.COHERENCE_MODE_MIRRORED
+MAX_PCM_CHUNK = 256 * 1024  # larger than any ES1370 buffer; bigger chunks are a broken or hostile peer
+
+
+class SessionError(Exception):
+    """A frontend message this session must refuse; ends the stream with `code`."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    sink: SinkConfig
+    clock: Clock
+    target_latency: float = 0.06
+    lead_margin: float = 0.04
+
+    @property
+    def lead(self) -> float:
+        return self.target_latency + self.lead_margin
+
+
+@dataclass
+class _PendingDma:
+    request_id: int
+    addr: int
+    length: int
+
+
+class AudioSession:
+    def __init__(
+        self,
+        session_id: str,
+        vm: str,
+        mode: int,
+        state: Es1370State | None,
+        config: SessionConfig,
+        send: Callable[[audio_pb2.BackendMessage], None],
+        peer: str,
+    ) -> None:
+        self.session_id = session_id
+        self.vm = vm
+        self.mode = mode
+        self.peer = peer
+        self.config = config
+        self.model = Es1370(state)
+        self.counters: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self._send = send
+        self._loop = asyncio.get_running_loop()
+        self._players: dict[int, ChannelPlayer] = {}
+        self._credit = DmaCredit(config.clock, config.lead)
+        self._pending: dict[int, _PendingDma] = {}
+        self._next_request = 1
+        self._irq = self.model.irq
+        self._closed = False
+
+    # ------------------------------------------------------------------ frontend messages
+    def handle(self, msg: audio_pb2.FrontendMessage) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == "access":
+            self._access(msg.access)
+        elif kind == "pcm":
+            self._pcm(msg.pcm)
+        elif kind == "dma_data":
+            self._dma_data(msg.dma_data)
+        elif kind == "barrier":
+            self.counters["barriers"] += 1
+            b = msg.barrier
+            received = [p.stats.bytes_received if (p := self._players.get(c)) else 0 for c in (R.DAC1, R.DAC2)]
+            ack = audio_pb2.BarrierAck(
+                seq=b.seq, sent_ns=b.sent_ns, state=state_to_proto(self.model.state), bytes_received=received
+            )
+            self._send(audio_pb2.BackendMessage(barrier_ack=ack))
+        elif kind == "resync":
+            raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "resync is sent in `open` of a new session")
+        elif kind == "open":
+            raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "the session is already open")
+        else:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "empty frontend message")
+
+    def _access(self, a: common_pb2.RegisterAccess) -> None:
+        if a.bar != 0:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"the ES1370 has no BAR {a.bar}")
+        try:
+            if a.write:
+                self.counters["writes"] += 1
+                self.model.write(a.offset, a.size, a.value)
+            else:
+                self.counters["reads"] += 1
+                value = self.model.read(a.offset, a.size)
+                self._send(audio_pb2.BackendMessage(value=common_pb2.RegisterValue(seq=a.seq, value=value)))
+        except AccessError as exc:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        if a.write:
+            self._after_change()
+
+    def _pcm(self, p: audio_pb2.PcmChunk) -> None:
+        if self.mode != MIRRORED:
+            raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "PCM is pushed only in mirrored mode")
+        if p.channel not in (R.DAC1, R.DAC2):
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"channel {p.channel} does not play")
+        if not 0 < len(p.data) <= MAX_PCM_CHUNK:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"PCM chunk of {len(p.data)} bytes")
+        _, window = self.model.dma_window(p.channel, len(p.data))
+        if window != len(p.data):
+            # The copies disagree about where the DMA is; the shim reconnects and resyncs its full state.
+            self.counters["coherence_errors"] += 1
+            raise SessionError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"mirror diverged: {len(p.data)} PCM bytes for a DMA window of {window} on channel {p.channel}",
+            )
+        self._play(p.channel, p.data)
+
+    def _dma_data(self, d: audio_pb2.DmaData) -> None:
+        pending = next((c for c, p in self._pending.items() if p.request_id == d.request_id), None)
+        if pending is None:
+            self.counters["stale_dma"] += 1
+            return
+        req = self._pending.pop(pending)
+        addr, window = self.model.dma_window(pending, req.length)
+        if not d.ok or len(d.data) != req.length or addr != req.addr or window != req.length:
+            # The guest moved the buffer (or memory was unreadable) while the data was in flight: refetch.
+            self.counters["stale_dma"] += 1
+        else:
+            self._play(pending, d.data)
+        self.pump()
+
+    def _play(self, channel: int, data: bytes) -> None:
+        fmt = self.model.channel_format(channel)
+        self.model.dma_commit(channel, len(data))
+        self._credit.moved(channel, len(data))
+        self.counters["pcm_bytes"] += len(data)
+        player = self._players.get(channel)
+        if player is None:
+            name = R.CHANNEL_NAMES[channel]
+            player = ChannelPlayer(
+                name,
+                make_sink(self.config.sink, self.session_id, name),
+                self.config.clock,
+                self.config.target_latency,
+                lambda stats, ch=channel: self._loop.call_soon_threadsafe(self._progress, ch, stats),
+            )
+            self._players[channel] = player
+        player.push(fmt, data)
+        self._after_change()
+
+    # ------------------------------------------------------------------ device side effects
+    def _after_change(self) -> None:
+        irq = self.model.irq
+        if irq != self._irq:
+            self._irq = irq
+            if self.mode == BACKEND:
+                self.counters["interrupts" if irq else "interrupt_clears"] += 1
+                msg = audio_pb2.Interrupt(level=irq, status=self.model.state.status, sent_ns=time.monotonic_ns())
+                self._send(audio_pb2.BackendMessage(interrupt=msg))
+        if self.mode == BACKEND:
+            self.pump()
+
+    def pump(self) -> None:
+        """Backend mode: ask the shim for the guest memory each running DAC may consume now."""
+        if self.mode != BACKEND or self._closed:
+            return
+        for channel in (R.DAC1, R.DAC2):
+            if channel in self._pending:
+                continue
+            room = self._credit.room(self.model, channel)
+            addr, length = self.model.dma_window(channel, room) if room else (0, 0)
+            if not length:
+                continue
+            req = _PendingDma(self._next_request, addr, length)
+            self._next_request += 1
+            self._pending[channel] = req
+            self.counters["dma_requests"] += 1
+            seg = audio_pb2.DmaSegment(addr=addr, length=length)
+            msg = audio_pb2.DmaRequest(request_id=req.request_id, channel=channel, segments=[seg])
+            self._send(audio_pb2.BackendMessage(dma_request=msg))
+
+    def _progress(self, channel: int, stats: PlayerStats) -> None:
+        if self._closed:
+            return
+        self._credit.played(channel, stats.bytes_played)
+        pos = audio_pb2.Position(
+            channel=channel,
+            bytes_received=stats.bytes_received,
+            bytes_played=stats.bytes_played,
+            underruns=stats.underruns,
+        )
+        self._send(audio_pb2.BackendMessage(position=pos))
+        self.pump()
+
+    # ------------------------------------------------------------------ lifecycle
+    def player_stats(self, channel: int) -> PlayerStats | None:
+        player = self._players.get(channel)
+        return player.stats if player else None
+
+    async def close(self, drain: bool) -> None:
+        """End the session; with `drain` the buffered audio is played out first."""
+        self._closed = True
+        players = list(self._players.values())
+        self._players.clear()
+        for p in players:
+            await asyncio.to_thread(p.close, drain)

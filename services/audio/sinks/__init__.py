@@ -1,0 +1,7 @@
+"""Audio sinks: where the audio service sends PCM. One small interface, one file per implementation."""
+
+from __future__ import annotations
+
+from services.audio.sinks.base import AudioSink, SinkConfig, SinkError, make_sink
+
+__all__ = ["AudioSink", "SinkConfig", "SinkError", "make_sink"]

@@ -1,0 +1,58 @@
+"""Plays through ALSA with pyalsaaudio, in the guest's own sample format so nothing is converted."""
+
+from __future__ import annotations
+
+import alsaaudio
+
+from services.audio.sinks.base import SinkError
+from services.common import logs
+from services.devices.es1370 import PcmFormat
+
+# PCMs that accept data without waiting for a sound card: the player must pace them with its clock.
+_UNPACED_PREFIXES = ("null", "file:", "pcm.null")
+
+
+class AlsaSink:
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.paces_itself = not device.startswith(_UNPACED_PREFIXES)
+        self._pcm: alsaaudio.PCM | None = None
+
+    def open(self, fmt: PcmFormat) -> None:
+        self.close()
+        try:
+            self._pcm = alsaaudio.PCM(
+                type=alsaaudio.PCM_PLAYBACK,
+                mode=alsaaudio.PCM_NORMAL,
+                device=self.device,
+                rate=fmt.rate,
+                channels=fmt.channels,
+                format=alsaaudio.PCM_FORMAT_S16_LE if fmt.bits == 16 else alsaaudio.PCM_FORMAT_U8,
+                periodsize=max(64, fmt.rate // 100),
+            )
+        except alsaaudio.ALSAAudioError as exc:
+            raise SinkError(f"ALSA device {self.device!r} refused {fmt}: {exc}") from exc
+        got = self._pcm.info()
+        if got.get("rate") != fmt.rate or got.get("channels") != fmt.channels:
+            # ALSA may substitute a nearby rate; we still play, but say so: the output is no longer bit-exact.
+            logs.get("audio.alsa").warning(
+                "device substituted the format",
+                extra={"device": self.device, "asked": str(fmt), "rate": got.get("rate")},
+            )
+
+    def write(self, data: bytes) -> None:
+        if self._pcm is None:
+            raise SinkError("ALSA sink written before open")
+        try:
+            self._pcm.write(data)
+        except alsaaudio.ALSAAudioError as exc:
+            raise SinkError(f"ALSA write failed on {self.device!r}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._pcm is not None:
+            pcm, self._pcm = self._pcm, None
+            try:
+                pcm.drain()
+            except (alsaaudio.ALSAAudioError, AttributeError):
+                pass
+            pcm.close()

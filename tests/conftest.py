@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Service, start_service
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    """Factory: start a real service process; all are stopped at the end of the test."""
+    started: list[Service] = []
+
+    def start(name: str, *args: str, **kw: object) -> Service:
+        svc = start_service(name, tmp_path, *args, **kw)
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in started:
+        svc.stop()

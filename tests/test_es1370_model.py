@@ -1,0 +1,154 @@
+"""Register-level behaviour of the ES1370 model (as QEMU and the chip documentation describe it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.audio.dma import DmaCredit
+from services.common.clock import Clock
+from services.devices import es1370_regs as R
+from services.devices.es1370 import AccessError, Es1370, PcmFormat
+
+
+def started(fmt_bits: int = R.FMT_BIT_16 | R.FMT_BIT_STEREO, frames_per_period: int = 8, dwords: int = 32) -> Es1370:
+    """A DAC2 set up the way the Linux driver does it: buffer at 0x1000 of `dwords`, 8-frame periods."""
+    m = Es1370()
+    m.write(R.MEMPAGE, 4, R.FRAME_PAGE_DAC)
+    m.write(R.DAC2_FRAMEADR & 0xFF, 4, 0x1000)
+    m.write(R.DAC2_FRAMECNT & 0xFF, 4, dwords - 1)
+    m.write(R.SERIAL_CONTROL, 4, R.SCTRL_P2INTEN | (fmt_bits << R.SCTRL_SH_P2FMT))
+    m.write(R.DAC2_SCOUNT, 4, frames_per_period - 1)
+    m.write(R.CONTROL, 4, R.CTRL_DAC2_EN | (R.dac2_divider(44100) << R.CTRL_SH_PCLKDIV))
+    return m
+
+
+def test_reset_values() -> None:
+    m = Es1370()
+    assert m.read(R.CONTROL, 4) == 1
+    assert m.read(R.STATUS, 4) == 0x60
+    assert not m.irq
+    assert m.read(R.UART_DATA, 4) == 0xFFFFFFFF  # no UART: reads as all ones like QEMU's model
+
+
+def test_paging_selects_frame_registers() -> None:
+    m = Es1370()
+    m.write(R.MEMPAGE, 4, R.FRAME_PAGE_DAC)
+    m.write(0x38, 4, 0xABC000)  # DAC2 frame address on page 0xc
+    m.write(R.MEMPAGE, 4, R.FRAME_PAGE_ADC)
+    m.write(0x30, 4, 0x5000)  # ADC frame address on page 0xd
+    assert m.read(0x38, 4) == 0xFFFFFFFF  # page 0xd at 0x38 is the phantom register
+    m.write(R.MEMPAGE, 4, R.FRAME_PAGE_DAC)
+    assert m.read(0x38, 4) == 0xABC000
+    assert m.state.channels[R.ADC].frame_addr == 0x5000
+    assert m.read(R.MEMPAGE, 4) == R.FRAME_PAGE_DAC
+    m.write(R.MEMPAGE, 4, 0x1F)
+    assert m.read(R.MEMPAGE, 4) == 0xF  # four bits
+
+
+def test_scount_reads_current_and_total() -> None:
+    m = Es1370()
+    m.write(R.DAC1_SCOUNT, 4, 0x12340FFF)
+    assert m.read(R.DAC1_SCOUNT, 4) == 0x0FFF0FFF
+
+
+def test_narrow_writes_merge_into_lanes() -> None:
+    m = Es1370()
+    m.write(R.CONTROL, 4, 0x12345678)
+    m.write(R.CONTROL + 1, 1, 0xAB)
+    assert m.read(R.CONTROL, 4) == 0x1234AB78
+    assert m.read(R.CONTROL + 2, 2) == 0x1234
+    m.write(R.CODEC, 2, 0x1603)
+    assert m.state.codec_regs[0x16] == 0x03
+
+
+@pytest.mark.parametrize(("offset", "size"), [(0x100, 4), (0xFE, 4), (0x01, 4), (0x00, 3), (-4, 4), (0x10, 8)])
+def test_impossible_accesses_raise(offset: int, size: int) -> None:
+    with pytest.raises(AccessError):
+        Es1370().read(offset, size)
+    with pytest.raises(AccessError):
+        Es1370().write(offset, size, 0)
+
+
+def test_formats_and_rates() -> None:
+    m = started()
+    assert m.channel_format(R.DAC2) == PcmFormat(44100, 2, 16)
+    m.write(R.SERIAL_CONTROL, 4, 0)
+    assert m.channel_format(R.DAC2) == PcmFormat(44100, 1, 8)
+    for i, rate in enumerate(R.DAC1_RATES):
+        m.write(R.CONTROL, 4, i << R.CTRL_SH_WTSRSEL)
+        assert m.channel_format(R.DAC1).rate == rate
+    assert R.dac2_rate(R.dac2_divider(48000)) == 48662  # what ALSA ends up with on this chip
+
+
+def test_period_interrupt_and_ack() -> None:
+    m = started()  # 16-bit stereo: 4 bytes a frame, 8 frames = 32 bytes a period
+    addr, length = m.dma_window(R.DAC2, 1000)
+    assert (addr, length) == (0x1000, 32)
+    assert not m.dma_commit(R.DAC2, 12)
+    assert m.read(R.DAC2_SCOUNT, 4) >> 16 == 4  # 5 frames left, minus one
+    assert m.dma_window(R.DAC2, 1000) == (0x100C, 20)
+    assert m.dma_commit(R.DAC2, 20)
+    assert m.irq and m.read(R.STATUS, 4) & (R.STAT_INTR | R.STAT_DAC2) == R.STAT_INTR | R.STAT_DAC2
+    assert m.position_bytes(R.DAC2) == 32
+    m.write(R.SERIAL_CONTROL, 4, m.state.serial_control & ~R.SCTRL_P2INTEN)  # the driver's ack
+    assert not m.irq and not m.read(R.STATUS, 4) & R.STAT_INTR
+
+
+def test_position_wraps_in_loop_mode() -> None:
+    m = started(dwords=16)  # 64-byte buffer, 32-byte periods
+    for _ in range(2):
+        _, length = m.dma_window(R.DAC2, 1000)
+        m.dma_commit(R.DAC2, length)
+    assert m.position_bytes(R.DAC2) == 0
+    assert m.dma_window(R.DAC2, 1000) == (0x1000, 32)
+
+
+def test_window_never_crosses_buffer_end() -> None:
+    m = started(frames_per_period=64, dwords=16)  # period longer than the buffer
+    assert m.dma_window(R.DAC2, 10_000) == (0x1000, 64)
+
+
+def test_no_dma_when_stopped_or_paused() -> None:
+    m = started()
+    m.write(R.SERIAL_CONTROL, 4, m.state.serial_control | R.SCTRL_P2PAUSE)
+    assert m.dma_window(R.DAC2, 100) == (0, 0)
+    m.write(R.SERIAL_CONTROL, 4, m.state.serial_control & ~R.SCTRL_P2PAUSE)
+    m.write(R.CONTROL, 4, 0)
+    assert m.dma_window(R.DAC2, 100) == (0, 0)
+    with pytest.raises(ValueError):
+        m.dma_commit(R.DAC2, 4)
+
+
+def test_mono_8bit_leftover_bytes() -> None:
+    m = started(fmt_bits=0, frames_per_period=6, dwords=4)  # 6-byte periods in a 16-byte buffer
+    _, n = m.dma_window(R.DAC2, 100)
+    assert n == 6 and m.dma_commit(R.DAC2, n)
+    assert m.state.channels[R.DAC2].leftover == 2 and m.position_bytes(R.DAC2) == 6
+    m.write(R.SERIAL_CONTROL, 4, 0)
+    m.write(R.SERIAL_CONTROL, 4, R.SCTRL_P2INTEN)
+    assert m.dma_window(R.DAC2, 100) == (0x1006, 6)
+
+
+def test_credit_holds_at_pending_interrupt_then_gives_up() -> None:
+    class FakeClock(Clock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t = 0.0
+
+        def now(self) -> float:
+            return self.t
+
+    clock = FakeClock()
+    credit = DmaCredit(clock, lead=0.1, hold_limit=0.05)
+    m = started()
+    assert credit.room(m, R.DAC2) > 0
+    _, n = m.dma_window(R.DAC2, 1000)
+    m.dma_commit(R.DAC2, n)
+    credit.moved(R.DAC2, n)
+    assert credit.room(m, R.DAC2) == 0  # interrupt pending: hold
+    clock.t = 0.06
+    assert credit.room(m, R.DAC2) > 0  # the guest never acked: move on after the hold limit
+    credit.moved(R.DAC2, int(0.1 * 44100 * 4))
+    assert credit.room(m, R.DAC2) == 0  # a full lead ahead of playback
+    credit.played(R.DAC2, 4000)
+    assert credit.room(m, R.DAC2) > 0
