@@ -31,7 +31,7 @@ from services.audio.dma import DmaCredit
 from services.common import logs
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
-from services.devices.es1370 import AccessError, Es1370
+from services.devices.es1370 import AccessError, Es1370, check_access
 
 log = logs.get("shim.audio")
 Mode = Literal["backend", "mirrored"]
@@ -40,6 +40,7 @@ _FRAME_OVERHEAD = 5  # gRPC length-prefix per message, counted in the wire figur
 _ALL_ONES = 0xFFFFFFFF
 _PACER_PERIOD = 0.005  # device seconds between DMA checks when nothing else wakes the pacer
 _MAX_MESSAGE = 8 * 1024 * 1024
+_DMA_REGISTERS = frozenset((R.CONTROL, R.SERIAL_CONTROL))  # writes that can let the DMA move
 
 
 @dataclass
@@ -88,21 +89,30 @@ class _Connection:
         self.alive = True
         self.opened = threading.Event()
         self.session_id = ""
-        self._queue: queue.SimpleQueue[audio_pb2.FrontendMessage | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[audio_pb2.FrontendMessage | tuple[int, int, int] | None] = queue.SimpleQueue()
         self._call = audio_pb2_grpc.AudioServiceStub(self.channel).Session(self._requests())
         self._thread = threading.Thread(target=self._read, name="audio-link-rx", daemon=True)
         self._thread.start()
 
     def _requests(self) -> Iterator[audio_pb2.FrontendMessage]:
-        while (msg := self._queue.get()) is not None:
-            yield msg
+        # Runs on gRPC's sending thread: building and sizing messages here keeps it off the guest's path.
+        stats = self.link.stats
+        while (item := self._queue.get()) is not None:
+            if type(item) is tuple:  # a posted register write: (offset, size, value)
+                offset, size, value = item
+                access = common_pb2.RegisterAccess(offset=offset, size=size, write=True, value=value)
+                item = audio_pb2.FrontendMessage(access=access)
+            stats.bytes_to_backend += item.ByteSize() + _FRAME_OVERHEAD
+            stats.messages_to_backend += 1
+            yield item
 
     def send(self, msg: audio_pb2.FrontendMessage) -> None:
         if self.alive:
-            stats = self.link.stats
-            stats.bytes_to_backend += msg.ByteSize() + _FRAME_OVERHEAD
-            stats.messages_to_backend += 1
             self._queue.put(msg)
+
+    def post_write(self, offset: int, size: int, value: int) -> None:
+        if self.alive:
+            self._queue.put((offset, size, value))
 
     def _read(self) -> None:
         error = "stream ended"
@@ -167,6 +177,7 @@ class AudioLink:
         self._kick = threading.Event()  # pacer: DMA may be possible
         self._threads: list[threading.Thread] = []
         self._offline_since: float | None = None
+        self.last_interrupt_sent_ns = 0  # backend mode: when the service raised the latest interrupt
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, connect_timeout: float = 5.0) -> None:
@@ -216,32 +227,38 @@ class AudioLink:
 
     # ------------------------------------------------------------------ Device interface
     def io_read(self, bar: int, offset: int, size: int) -> int:
-        _check_bar(bar)
+        if bar:
+            raise AccessError(f"the ES1370 has no BAR {bar}")
         self.stats.reads += 1
         if self.model is not None:
             with self._lock:
                 return self.model.read(offset, size)
+        check_access(offset, size)
         mask = (1 << (8 * size)) - 1
-        value = self._round_trip(
-            "value", common_pb2.RegisterAccess(bar=bar, offset=offset, size=size), self.access_timeout
-        )
+        value = self._round_trip("value", common_pb2.RegisterAccess(offset=offset, size=size), self.access_timeout)
         if value is None:
             self.stats.read_timeouts += 1
             return mask  # nothing answered: read as a device that is gone
         return int(value) & mask
 
     def io_write(self, bar: int, offset: int, size: int, value: int) -> None:
-        _check_bar(bar)
+        if bar:
+            raise AccessError(f"the ES1370 has no BAR {bar}")
         self.stats.writes += 1
-        access = common_pb2.RegisterAccess(bar=bar, offset=offset, size=size, write=True, value=value)
         if self.model is None:
-            self._send(audio_pb2.FrontendMessage(access=access))
+            check_access(offset, size)
+            conn = self._conn
+            if conn is not None:
+                conn.post_write(offset, size, value)
             return
         with self._lock:
             self.model.write(offset, size, value)
-            self._send(audio_pb2.FrontendMessage(access=access))
+            conn = self._conn
+            if conn is not None:
+                conn.post_write(offset, size, value)
             self._update_irq()
-        self._kick.set()
+        if offset in _DMA_REGISTERS:
+            self._kick.set()  # the guest may have started a DAC or acknowledged a period
 
     # ------------------------------------------------------------------ measurements and checks
     def barrier(self, timeout: float = 5.0) -> audio_pb2.BarrierAck | None:
@@ -329,6 +346,7 @@ class AudioLink:
         elif kind == "interrupt":
             if msg.interrupt.level:
                 self.stats.interrupts += 1
+                self.last_interrupt_sent_ns = msg.interrupt.sent_ns
             self.irq.set_level(msg.interrupt.level)
         elif kind == "dma_request":
             self._serve_dma(conn, msg.dma_request)
@@ -420,7 +438,8 @@ class AudioLink:
             model.dma_commit(channel, length)
             self._credit.moved(channel, length)
             self.stats.pcm_bytes += length
-            self._send(audio_pb2.FrontendMessage(pcm=audio_pb2.PcmChunk(channel=channel, data=data)))
+            chunk = audio_pb2.PcmChunk(channel=channel, data=data, sent_ns=time.monotonic_ns())
+            self._send(audio_pb2.FrontendMessage(pcm=chunk))
             self._update_irq()
 
     def _play_offline(self, elapsed: float) -> None:
@@ -431,6 +450,3 @@ class AudioLink:
             self._credit.played(channel, min(moved, played + int(elapsed * fmt.rate * fmt.frame_bytes)))
 
 
-def _check_bar(bar: int) -> None:
-    if bar != 0:
-        raise AccessError(f"the ES1370 has no BAR {bar}")

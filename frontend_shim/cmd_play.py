@@ -12,6 +12,7 @@ from frontend_shim.audio_link import MODES, AudioLink
 from frontend_shim.pcm import read_wav
 from frontend_shim.scripted_audio import GuestError, ScriptedEs1370Driver, dac_for, expressible, new_guest
 from services.common.clock import Clock
+from services.devices.es1370 import PcmFormat
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,45 +31,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        fmt, pcm = read_wav(args.wav)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+class PlayError(RuntimeError):
+    pass
+
+
+def play(
+    pcm: bytes,
+    fmt: PcmFormat,
+    *,
+    audio: str,
+    mode: str,
+    dac: str = "dac2",
+    period_frames: int = 1024,
+    periods: int = 4,
+    access_timeout: float = 0.05,
+    vm: str = "scripted-guest",
+    clock: Clock | None = None,
+    status: bool = False,
+) -> dict:
+    """The scripted guest plays `pcm` through a shim link to `audio`; returns the summary."""
     if not expressible(fmt):
-        print(f"error: an ES1370 cannot play {fmt} exactly", file=sys.stderr)
-        return 2
+        raise PlayError(f"an ES1370 cannot play {fmt} exactly")
     memory, irq = new_guest()
-    clock = Clock(args.clock_scale)
-    link = AudioLink(
-        args.audio, args.mode, memory, irq, vm=args.vm, clock=clock, access_timeout=args.access_timeout_ms / 1000
-    )
+    link = AudioLink(audio, mode, memory, irq, vm=vm, clock=clock, access_timeout=access_timeout)
     try:
         link.start()
     except ConnectionError as exc:
-        print(f"error: {exc} (is `python -m services.audio` running there?)", file=sys.stderr)
-        return 1
-    driver = ScriptedEs1370Driver(link, memory, irq, irq_timeout=max(2.0, 4 * args.period_frames / fmt.rate))
+        raise PlayError(f"{exc} (is `python -m services.audio` running there?)") from exc
+    driver = ScriptedEs1370Driver(link, memory, irq, irq_timeout=max(2.0, 4 * period_frames / fmt.rate))
     stop_status = threading.Event()
-    if args.status:
-        threading.Thread(target=_status, args=(link, len(pcm), stop_status), daemon=True).start()
-    error = None
+    reporter = threading.Thread(target=_status, args=(link, len(pcm), stop_status), daemon=True)
+    if status:
+        reporter.start()
     try:
         driver.probe()
-        result = driver.play(
-            pcm, fmt, dac=dac_for(fmt, args.dac), period_frames=args.period_frames, periods=args.periods
-        )
+        result = driver.play(pcm, fmt, dac=dac_for(fmt, dac), period_frames=period_frames, periods=periods)
     except (GuestError, ValueError) as exc:
-        error, result = str(exc), None
+        link.close(drain=False)
+        raise PlayError(str(exc)) from exc
     finally:
-        link.close(drain=error is None)
         stop_status.set()
-    if result is None:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    summary = {
-        "mode": args.mode,
+        if status:
+            reporter.join()
+    link.close(drain=True)
+    return {
+        "mode": mode,
         "format": str(fmt),
         "frames": result.frames,
         "periods": result.periods,
@@ -78,26 +85,50 @@ def run(args: argparse.Namespace) -> int:
         **{k: v for k, v in link.stats.as_dict().items() if k != "interrupts"},
         "irq_raised": link.stats.interrupts,  # rising edges the device raised, even after the guest stopped
     }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        print(
-            f"played {result.frames} frames ({fmt}) in {args.mode} mode in {result.seconds:.2f} s: "
-            f"{result.interrupts} interrupts for {result.periods} periods, {result.accesses} register accesses, "
-            f"{link.stats.bytes_to_backend} B to / {link.stats.bytes_from_backend} B from the audio service"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        fmt, pcm = read_wav(args.wav)
+        summary = play(
+            pcm,
+            fmt,
+            audio=args.audio,
+            mode=args.mode,
+            dac=args.dac,
+            period_frames=args.period_frames,
+            periods=args.periods,
+            access_timeout=args.access_timeout_ms / 1000,
+            vm=args.vm,
+            clock=Clock(args.clock_scale),
+            status=args.status,
         )
+    except (OSError, ValueError, PlayError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary) if args.json else describe(summary))
     return 0
 
 
+def describe(s: dict) -> str:
+    return (
+        f"played {s['frames']} frames ({s['format']}) in {s['mode']} mode in {s['seconds']:.2f} s: "
+        f"{s['interrupts']} interrupts for {s['periods']} periods, {s['accesses']} register accesses, "
+        f"{s['bytes_to_backend']} B to / {s['bytes_from_backend']} B from the audio service"
+    )
+
+
 def _status(link: AudioLink, total: int, stop: threading.Event) -> None:
-    while not stop.wait(0.5):
+    """A live line on stderr: rewritten in place on a terminal, one line per update otherwise."""
+    tty = sys.stderr.isatty()
+    while True:
+        stopped = stop.wait(0.5)
         s = link.stats
-        pct = 100 * s.pcm_bytes / total if total else 100
-        print(
-            f"\r{link.mode:9} {pct:5.1f}%  irq {s.interrupts:5}  to {s.bytes_to_backend / 1024:8.1f} KiB  "
-            f"from {s.bytes_from_backend / 1024:8.1f} KiB  {'up' if link.connected else 'DOWN'}",
-            end="",
-            file=sys.stderr,
-            flush=True,
+        pct = min(100.0, 100 * s.pcm_bytes / total) if total else 100.0
+        line = (
+            f"{link.mode:9} {pct:5.1f}%  irq {s.interrupts:5}  to {s.bytes_to_backend / 1024:8.1f} KiB  "
+            f"from {s.bytes_from_backend / 1024:8.1f} KiB  {'up' if link.connected else 'DOWN'}"
         )
-    print(file=sys.stderr)
+        print(f"\r{line}" if tty else line, end="" if tty and not stopped else "\n", file=sys.stderr, flush=True)
+        if stopped:
+            return

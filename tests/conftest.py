@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Service, start_service
+from tests.helpers import ServiceProcess, start_service
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+def services(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     """Factory: start a real service process; all are stopped at the end of the test."""
-    started: list[Service] = []
+    started: list[ServiceProcess] = []
 
-    def start(name: str, *args: str, **kw: object) -> Service:
+    def start(name: str, *args: str, **kw: object) -> ServiceProcess:
         svc = start_service(name, tmp_path, *args, **kw)
         started.append(svc)
         return svc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Iterable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -97,7 +98,7 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
                     mode=s.mode,
                     peer=s.peer,
                     age_seconds=now - s.started,
-                    counters=dict(s.counters),
+                    counters={**s.counters, **_percentiles("audio_chunk_ns", s.audio_chunk_ns)},
                 )
                 for s in self.sessions.values()
             ]
@@ -143,6 +144,16 @@ def device_state(session: AudioSession) -> audio_pb2.DeviceState:
     return audio_pb2.DeviceState(
         session_id=session.session_id, raw=state_to_proto(model.state), irq=model.irq, channels=views
     )
+
+
+def _percentiles(name: str, samples: Iterable[int]) -> dict[str, int]:
+    ordered = sorted(samples)
+    if not ordered:
+        return {}
+    return {
+        f"{name}_p50": ordered[len(ordered) // 2],
+        f"{name}_p99": ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)],
+    }
 
 
 async def _drain(outbox: asyncio.Queue, context: grpc.aio.ServicerContext) -> None:

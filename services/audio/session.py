@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,6 +58,7 @@ class _PendingDma:
     request_id: int
     addr: int
     length: int
+    sent_ns: int
 
 
 class AudioSession:
@@ -87,6 +88,9 @@ class AudioSession:
         self._next_request = 1
         self._irq = self.model.irq
         self._closed = False
+        # Recent PCM path latencies (ns): mirrored = chunk read at the shim -> applied here (one way);
+        # backend = our DMA request -> the data applied here (the round trip this mode needs).
+        self.audio_chunk_ns: deque[int] = deque(maxlen=4096)
 
     # ------------------------------------------------------------------ frontend messages
     def handle(self, msg: audio_pb2.FrontendMessage) -> None:
@@ -144,6 +148,8 @@ class AudioSession:
                 f"mirror diverged: {len(p.data)} PCM bytes for a DMA window of {window} on channel {p.channel}",
             )
         self._play(p.channel, p.data)
+        if p.sent_ns:
+            self.audio_chunk_ns.append(time.monotonic_ns() - p.sent_ns)
 
     def _dma_data(self, d: audio_pb2.DmaData) -> None:
         pending = next((c for c, p in self._pending.items() if p.request_id == d.request_id), None)
@@ -157,6 +163,7 @@ class AudioSession:
             self.counters["stale_dma"] += 1
         else:
             self._play(pending, d.data)
+            self.audio_chunk_ns.append(time.monotonic_ns() - req.sent_ns)
         self.pump()
 
     def _play(self, channel: int, data: bytes) -> None:
@@ -201,7 +208,7 @@ class AudioSession:
             addr, length = self.model.dma_window(channel, room) if room else (0, 0)
             if not length:
                 continue
-            req = _PendingDma(self._next_request, addr, length)
+            req = _PendingDma(self._next_request, addr, length, time.monotonic_ns())
             self._next_request += 1
             self._pending[channel] = req
             self.counters["dma_requests"] += 1

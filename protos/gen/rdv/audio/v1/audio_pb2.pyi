@@ -50,14 +50,16 @@ class Open(_message.Message):
     def __init__(self, vm: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.CoherenceMode, str]] = ..., state: _Optional[_Union[Es1370State, _Mapping]] = ...) -> None: ...
 
 class PcmChunk(_message.Message):
-    __slots__ = ("channel", "seq", "data")
+    __slots__ = ("channel", "seq", "data", "sent_ns")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    SENT_NS_FIELD_NUMBER: _ClassVar[int]
     channel: int
     seq: int
     data: bytes
-    def __init__(self, channel: _Optional[int] = ..., seq: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    sent_ns: int
+    def __init__(self, channel: _Optional[int] = ..., seq: _Optional[int] = ..., data: _Optional[bytes] = ..., sent_ns: _Optional[int] = ...) -> None: ...
 
 class DmaData(_message.Message):
     __slots__ = ("request_id", "data", "ok")

@@ -1,0 +1,67 @@
+"""Runs every benchmark, prints one table beside the paper's figures, writes build/bench/results.json."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+from frontend_shim.processes import ROOT
+
+# Each module has run(quick, workdir) -> list of records (see tests/bench/stats.py).
+SUITES = ("tests.bench.audio",)
+TARGETS = {  # (metric, mode): target p50 in ns, from the issues
+    ("register_read", "mirrored"): 500,
+    ("register_read", "backend"): 150_000,
+    ("register_write", "mirrored"): 1_000,
+    ("register_write", "backend"): 1_000,
+}
+
+
+def _fmt(ns: float | None) -> str:
+    if ns is None or (isinstance(ns, float) and math.isnan(ns)):
+        return "-"
+    if ns >= 1_000_000:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1_000:
+        return f"{ns / 1e3:.1f} µs"
+    return f"{ns:.1f} ns"
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| metric | mode | link | p50 | p99 | paper | target p50 | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        target = TARGETS.get((r["metric"], r["mode"]))
+        met = "-" if target is None else ("yes" if r["p50"] <= target else "NO")
+        lines.append(
+            f"| {r['metric']} | {r['mode']} | {r['link']} | {_fmt(r['p50'])} | {_fmt(r['p99'])} | "
+            f"{_fmt(r['paper'])} | {_fmt(target)} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    quick = os.environ.get("BENCH_QUICK") == "1"
+    out = ROOT / "build" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    for name in SUITES:
+        results += importlib.import_module(name).run(quick, out)
+    text = (
+        f"rdv benchmark ({'quick' if quick else 'full'} run) on {platform.node()}: "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}\n\n{table(results)}\n"
+    )
+    print(text)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"written to {Path(out, 'results.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""ES1370 figures of the paper's Table 2, measured through the real stream on loopback.
+
+- register_read / register_write: the cost the guest's trapped access sees in the shim's handler. `local` is
+  our model called directly (the paper's local card); `mirrored` answers reads from the shim's copy and posts
+  writes; `backend` waits for the service's reply on every read.
+- interrupt: from the device raising its line (in the service for backend mode, in the shim for mirrored) to
+  the guest's handler thread running.
+- audio_chunk: one chunk of PCM from guest memory to the service's model: one way when the shim pushes it
+  (mirrored), the DMA request's round trip when the service has to ask (backend).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+
+from frontend_shim.audio_link import AudioLink
+from frontend_shim.guest import EventLine, RamMemory
+from frontend_shim.pcm import melody
+from frontend_shim.processes import start_service
+from frontend_shim.scripted_audio import GUEST_RAM, ScriptedEs1370Driver
+from rdv.audio.v1 import audio_pb2_grpc
+from rdv.common.v1 import common_pb2
+from services.devices import es1370_regs as R
+from services.devices.es1370 import Es1370, PcmFormat
+from tests.bench.stats import record
+
+# The paper's Table 2 in ns: (local card, remote card 1 = backend, remote card 2 = mirrored).
+PAPER = {
+    "register_read": {"local": 60.4, "backend": 209_000, "mirrored": 1_000},
+    "register_write": {"local": 51.3, "backend": 4_000, "mirrored": 1_000},
+    "interrupt": {"local": 0.038, "backend": 17_000, "mirrored": 16_000},
+    "audio_chunk": {"local": 5_000, "backend": 393_000, "mirrored": 377_000},
+}
+
+
+class TimedLine(EventLine):
+    """An interrupt line that remembers when it was raised, so the guest can tell how long it took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raised_ns = 0
+
+    def set_level(self, level: bool) -> None:
+        if level and not self.level:
+            self.raised_ns = time.monotonic_ns()
+        super().set_level(level)
+
+
+def _time_calls(fn, n: int) -> list[float]:  # noqa: ANN001
+    out = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        fn()
+        out.append(time.perf_counter_ns() - t)
+    return out
+
+
+def run(quick: bool, workdir: Path) -> list[dict]:
+    n = 500 if quick else 5000
+    seconds = 0.5 if quick else 3.0
+    results = []
+    model = Es1370()
+    results.append(record("register_read", "local", _time_calls(lambda: model.read(R.STATUS, 4), n), 60.4))
+    results.append(
+        record("register_write", "local", _time_calls(lambda: model.write(R.MEMPAGE, 4, 0xC), n), 51.3)
+    )
+    svc = start_service("audio", workdir / "logs", "--sink", "null")
+    try:
+        for mode in ("mirrored", "backend"):
+            memory, line = RamMemory(GUEST_RAM), TimedLine()
+            link = AudioLink(svc.address, mode, memory, line, access_timeout=1.0)
+            link.start()
+            for _ in range(200):  # warm the stream up
+                link.io_read(0, R.STATUS, 4)
+            reads = _time_calls(lambda: link.io_read(0, R.STATUS, 4), n)
+            writes = _time_calls(lambda: link.io_write(0, R.MEMPAGE, 4, 0xC), n)
+            results.append(record("register_read", mode, reads, PAPER["register_read"][mode]))
+            results.append(record("register_write", mode, writes, PAPER["register_write"][mode]))
+
+            irq_latency: list[float] = []
+
+            class Guest(ScriptedEs1370Driver):
+                def _interrupt(self, dac: int) -> tuple[bool, bool]:
+                    woke = time.monotonic_ns()
+                    raised = link.last_interrupt_sent_ns if mode == "backend" else line.raised_ns
+                    irq_latency.append(woke - raised)
+                    return super()._interrupt(dac)
+
+            fmt = PcmFormat(44100, 2, 16)
+            guest = Guest(link, memory, line)
+            guest.probe()
+            guest.play(melody(fmt, seconds), fmt, period_frames=1024)
+            with grpc.insecure_channel(svc.address) as ch:
+                (session,) = audio_pb2_grpc.AudioServiceStub(ch).ListSessions(common_pb2.ListSessionsRequest()).sessions
+                counters = dict(session.counters)
+            link.close()
+            results.append(record("interrupt", mode, irq_latency, PAPER["interrupt"][mode]))
+            chunk = record("audio_chunk", mode, [], PAPER["audio_chunk"][mode], chunk_bytes=4096)
+            chunk["p50"], chunk["p99"] = counters["audio_chunk_ns_p50"], counters["audio_chunk_ns_p99"]
+            chunk["samples"] = counters.get("pcm_bytes", 0) // 4096
+            results.append(chunk)
+    finally:
+        svc.stop()
+    return results
