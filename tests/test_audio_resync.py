@@ -1,0 +1,82 @@
+"""Sessions survive the service: format changes mid-session, and a mirrored shim resyncing a restarted service."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import wave
+from pathlib import Path
+
+import grpc
+
+from frontend_shim.audio_link import AudioLink
+from frontend_shim.pcm import melody
+from frontend_shim.scripted_audio import ScriptedEs1370Driver, new_guest
+from rdv.audio.v1 import audio_pb2_grpc
+from rdv.common.v1 import common_pb2
+from services.common.clock import Clock
+from services.devices import es1370_regs as R
+from services.devices.es1370 import PcmFormat
+
+SCALE = 4.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_format_changes_mid_session(services, tmp_path: Path) -> None:
+    svc = services("audio", "--sink", "wav", "--wav-path", str(tmp_path / "out.wav"), "--clock-scale", str(SCALE))
+    memory, irq = new_guest()
+    link = AudioLink(svc.address, "mirrored", memory, irq, clock=Clock(SCALE))
+    link.start()
+    driver = ScriptedEs1370Driver(link, memory, irq)
+    driver.probe()
+    first, second = PcmFormat(44100, 2, 16), PcmFormat(22050, 1, 8)
+    pcm1, pcm2 = melody(first, 0.3), melody(second, 0.3)
+    driver.play(pcm1, first, period_frames=512)
+    assert link.wait_played(10)
+    driver.play(pcm2, second, dac=R.DAC2, period_frames=512)
+    link.close()
+    with wave.open(str(tmp_path / "out.wav")) as w1, wave.open(str(tmp_path / "out.1.wav")) as w2:
+        assert (w1.getframerate(), w1.getnchannels(), w1.getsampwidth()) == (44100, 2, 2)
+        assert (w2.getframerate(), w2.getnchannels(), w2.getsampwidth()) == (22050, 1, 1)
+        assert w1.readframes(w1.getnframes()).startswith(pcm1)
+        assert w2.readframes(w2.getnframes()).startswith(pcm2)
+
+
+def test_mirrored_shim_resyncs_a_restarted_service(services, tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    args = ("--sink", "null", "--clock-scale", str(SCALE))
+    first = services("audio", *args, listen=listen)
+    memory, irq = new_guest()
+    link = AudioLink(listen, "mirrored", memory, irq, clock=Clock(SCALE))
+    link.start()
+    driver = ScriptedEs1370Driver(link, memory, irq)
+    driver.probe()
+    fmt = PcmFormat(44100, 2, 16)
+    pcm = melody(fmt, 8.0)
+    result: dict = {}
+    guest = threading.Thread(target=lambda: result.update(r=driver.play(pcm, fmt, period_frames=1024)))
+    guest.start()
+    while link.stats.pcm_bytes < 100_000:  # well into the song
+        time.sleep(0.01)
+    first.stop(sig_kill=True)
+    time.sleep(0.2)
+    services("audio", *args, listen=listen)
+    deadline = time.monotonic() + 10
+    while not link.connected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert link.connected and link.stats.reconnects == 1
+    ours, theirs = link.compare_mirror()
+    assert theirs is not None and ours == theirs  # the new service holds exactly the shim's state
+    time.sleep(0.3)
+    with grpc.insecure_channel(listen) as ch:
+        (session,) = audio_pb2_grpc.AudioServiceStub(ch).ListSessions(common_pb2.ListSessionsRequest()).sessions
+    assert session.counters["pcm_bytes"] > 0  # playback resumed on the new service
+    guest.join(20)
+    link.close()
+    assert result["r"].interrupts == result["r"].periods  # the guest never noticed
