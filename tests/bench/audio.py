@@ -61,47 +61,55 @@ def _time_calls(fn, n: int) -> list[float]:  # noqa: ANN001
 def run(quick: bool, workdir: Path) -> list[dict]:
     n = 500 if quick else 5000
     seconds = 0.5 if quick else 3.0
-    results = []
     model = Es1370()
-    results.append(record("register_read", "local", _time_calls(lambda: model.read(R.STATUS, 4), n), 60.4))
-    results.append(
-        record("register_write", "local", _time_calls(lambda: model.write(R.MEMPAGE, 4, 0xC), n), 51.3)
-    )
+    results = [
+        record("register_read", "local", _time_calls(lambda: model.read(R.STATUS, 4), n), 60.4),
+        record("register_write", "local", _time_calls(lambda: model.write(R.MEMPAGE, 4, 0xC), n), 51.3),
+    ]
     svc = start_service("audio", workdir / "logs", "--sink", "null")
     try:
         for mode in ("mirrored", "backend"):
-            memory, line = RamMemory(GUEST_RAM), TimedLine()
-            link = AudioLink(svc.address, mode, memory, line, access_timeout=1.0)
-            link.start()
-            for _ in range(200):  # warm the stream up
-                link.io_read(0, R.STATUS, 4)
-            reads = _time_calls(lambda: link.io_read(0, R.STATUS, 4), n)
-            writes = _time_calls(lambda: link.io_write(0, R.MEMPAGE, 4, 0xC), n)
-            results.append(record("register_read", mode, reads, PAPER["register_read"][mode]))
-            results.append(record("register_write", mode, writes, PAPER["register_write"][mode]))
-
-            irq_latency: list[float] = []
-
-            class Guest(ScriptedEs1370Driver):
-                def _interrupt(self, dac: int) -> tuple[bool, bool]:
-                    woke = time.monotonic_ns()
-                    raised = link.last_interrupt_sent_ns if mode == "backend" else line.raised_ns
-                    irq_latency.append(woke - raised)
-                    return super()._interrupt(dac)
-
-            fmt = PcmFormat(44100, 2, 16)
-            guest = Guest(link, memory, line)
-            guest.probe()
-            guest.play(melody(fmt, seconds), fmt, period_frames=1024)
-            with grpc.insecure_channel(svc.address) as ch:
-                (session,) = audio_pb2_grpc.AudioServiceStub(ch).ListSessions(common_pb2.ListSessionsRequest()).sessions
-                counters = dict(session.counters)
-            link.close()
-            results.append(record("interrupt", mode, irq_latency, PAPER["interrupt"][mode]))
-            chunk = record("audio_chunk", mode, [], PAPER["audio_chunk"][mode], chunk_bytes=4096)
-            chunk["p50"], chunk["p99"] = counters["audio_chunk_ns_p50"], counters["audio_chunk_ns_p99"]
-            chunk["samples"] = counters.get("pcm_bytes", 0) // 4096
-            results.append(chunk)
+            results += _measure_mode(svc.address, mode, n, seconds)
     finally:
         svc.stop()
     return results
+
+
+def _measure_mode(address: str, mode: str, n: int, seconds: float) -> list[dict]:
+    memory, line = RamMemory(GUEST_RAM), TimedLine()
+    link = AudioLink(address, mode, memory, line, access_timeout=1.0)
+    link.start()
+    for _ in range(200):  # warm the stream up
+        link.io_read(0, R.STATUS, 4)
+    reads = _time_calls(lambda: link.io_read(0, R.STATUS, 4), n)
+    writes = _time_calls(lambda: link.io_write(0, R.MEMPAGE, 4, 0xC), n)
+    irq_latency: list[float] = []
+
+    class Guest(ScriptedEs1370Driver):
+        def _interrupt(self, dac: int) -> tuple[bool, bool]:
+            woke = time.monotonic_ns()
+            raised = link.last_interrupt_sent_ns if mode == "backend" else line.raised_ns
+            irq_latency.append(woke - raised)
+            return super()._interrupt(dac)
+
+    fmt = PcmFormat(44100, 2, 16)
+    pcm = melody(fmt, seconds)
+    guest = Guest(link, memory, line)
+    guest.probe()
+    guest.play(pcm, fmt, period_frames=1024)
+    with grpc.insecure_channel(address) as ch:
+        (session,) = audio_pb2_grpc.AudioServiceStub(ch).ListSessions(common_pb2.ListSessionsRequest()).sessions
+        counters = dict(session.counters)
+    link.close()
+    chunk = record("audio_chunk", mode, [], PAPER["audio_chunk"][mode], chunk_bytes=4096)
+    chunk.update(
+        p50=counters["audio_chunk_ns_p50"],
+        p99=counters["audio_chunk_ns_p99"],
+        samples=counters.get("pcm_bytes", 0) // 4096,
+    )
+    return [
+        record("register_read", mode, reads, PAPER["register_read"][mode]),
+        record("register_write", mode, writes, PAPER["register_write"][mode]),
+        record("interrupt", mode, irq_latency, PAPER["interrupt"][mode]),
+        chunk,
+    ]
