@@ -223,6 +223,8 @@ class Es1370:
 
     def _read_dword(self, offset: int) -> int:
         s = self.state
+        if offset == R.STATUS:  # by far the most read register (interrupt handlers, codec polling)
+            return s.status
         reg = self._paged(offset)
         if reg == R.CONTROL:
             return s.control
