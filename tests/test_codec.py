@@ -1,0 +1,203 @@
+"""Framebuffer payload codecs: round trips, exact sizes, and hostile payloads."""
+
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+
+import lz4.block
+import lzo
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.common.codec import ENCODINGS, MAX_DECODED_SIZE, CodecError, decode, encode
+
+MiB = 1 << 20
+
+
+def screen_like(width: int = 320, height: int = 200) -> bytes:
+    """A desktop-ish 32-bit image: flat background, a few bands and some text-like noise."""
+    rows = []
+    noise = os.urandom(width * 4)
+    for y in range(height):
+        if y % 50 < 10:
+            rows.append(noise)
+        else:
+            rows.append((0x00336699 + (y // 50)).to_bytes(4, "little") * width)
+    return b"".join(rows)
+
+
+SAMPLES = {
+    "random": os.urandom(50_000),
+    "zeros": bytes(300_000),
+    "screen": screen_like(),
+    "one_byte": b"\x7f",
+    "odd": os.urandom(7) * 1001,
+}
+
+
+def test_encodings_constant() -> None:
+    assert ENCODINGS == ("raw", "lzo", "lz4", "zstd")
+    assert "auto" not in ENCODINGS
+    with pytest.raises(CodecError):
+        encode("auto", b"abc")
+    with pytest.raises(CodecError):
+        decode("auto", b"abc", 3)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_round_trip(encoding: str, name: str) -> None:
+    data = SAMPLES[name]
+    payload = encode(encoding, data)
+    assert isinstance(payload, bytes)
+    out = decode(encoding, payload, len(data))
+    assert out == data and isinstance(out, bytes)
+    # Every accepted input type gives the same answer.
+    assert decode(encoding, bytearray(payload), len(data)) == data
+    assert decode(encoding, memoryview(payload), len(data)) == data
+    for view in (memoryview(data), bytearray(data)):
+        assert decode(encoding, encode(encoding, view), len(data)) == data
+
+
+@pytest.mark.parametrize("encoding", ["lzo", "lz4", "zstd"])
+def test_compressible_data_shrinks(encoding: str) -> None:
+    assert len(encode(encoding, SAMPLES["zeros"])) < len(SAMPLES["zeros"]) // 50
+    assert len(encode(encoding, SAMPLES["screen"])) < len(SAMPLES["screen"]) // 2
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_empty(encoding: str) -> None:
+    assert encode(encoding, b"") == b""
+    assert decode(encoding, b"", 0) == b""
+    with pytest.raises(CodecError):
+        decode(encoding, b"", 10)
+    with pytest.raises(CodecError):
+        decode(encoding, encode(encoding, b"abcd"), 0)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_wrong_expected_size_is_refused(encoding: str) -> None:
+    data = SAMPLES["screen"]
+    payload = encode(encoding, data)
+    for size in (len(data) - 1, len(data) + 1, len(data) // 2, len(data) * 2, 1):
+        with pytest.raises(CodecError):
+            decode(encoding, payload, size)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_truncated_and_trailing_payloads_are_refused(encoding: str) -> None:
+    data = SAMPLES["screen"]
+    payload = encode(encoding, data)
+    for bad in (payload[:-1], payload[: len(payload) // 2], payload[:3], payload + b"\0", payload + payload):
+        with pytest.raises(CodecError):
+            decode(encoding, bad, len(data))
+
+
+@pytest.mark.parametrize("size", [-1, MAX_DECODED_SIZE + 1, True, 3.0])
+def test_bad_expected_size(size: object) -> None:
+    with pytest.raises(CodecError):
+        decode("raw", b"abc", size)  # type: ignore[arg-type]
+
+
+def test_zstd_frame_without_content_size_is_accepted_but_bounded() -> None:
+    data = SAMPLES["screen"]
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(data)
+    assert decode("zstd", frame, len(data)) == data
+    with pytest.raises(CodecError):
+        decode("zstd", frame, len(data) - 1)
+    with pytest.raises(CodecError):
+        decode("zstd", frame, len(data) + 1)
+
+
+def test_zstd_checksummed_multi_block_frame() -> None:
+    data = os.urandom(300_000) + bytes(300_000)
+    frame = zstandard.ZstdCompressor(level=3, write_checksum=True).compress(data)
+    assert decode("zstd", frame, len(data)) == data
+    corrupted = bytearray(frame)
+    corrupted[-1] ^= 0xFF  # the checksum
+    with pytest.raises(CodecError):
+        decode("zstd", bytes(corrupted), len(data))
+
+
+def _bombs() -> dict[str, bytes]:
+    zeros = bytes(100_000_000)
+    return {
+        "zstd": zstandard.ZstdCompressor(level=1).compress(zeros),
+        "zstd-no-size": zstandard.ZstdCompressor(level=1, write_content_size=False).compress(zeros),
+        "lz4": lz4.block.compress(zeros, store_size=False),
+        "lzo": lzo.compress(zeros, 1, False),
+    }
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    return _bombs()
+
+
+@pytest.mark.parametrize("kind", ["zstd", "zstd-no-size", "lz4", "lzo"])
+def test_decompression_bomb_is_refused_quickly_and_small(bombs: dict[str, bytes], kind: str) -> None:
+    payload = bombs[kind]
+    encoding = kind.split("-")[0]
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(CodecError):
+            decode(encoding, payload, MiB)
+        elapsed = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 0.5
+    assert peak < 2 * MiB + len(payload)  # never the 100 MB the payload expands to
+
+
+def test_zstd_bomb_is_refused_from_its_header() -> None:
+    frame = zstandard.ZstdCompressor(level=1).compress(bytes(100_000_000))
+    with pytest.raises(CodecError, match="declares 100000000"):
+        decode("zstd", frame, MiB)
+
+
+payloads = st.binary(max_size=600)
+sizes = st.integers(0, 70_000)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(ENCODINGS), payloads, sizes)
+def test_decode_of_random_bytes_only_raises_codec_error(encoding: str, payload: bytes, size: int) -> None:
+    try:
+        out = decode(encoding, payload, size)
+    except CodecError:
+        return
+    assert len(out) == size
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(ENCODINGS),
+    st.sampled_from(sorted(SAMPLES)),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(-3, 3),
+)
+def test_decode_of_damaged_payloads_only_raises_codec_error(
+    encoding: str, name: str, flips: list[tuple[int, int]], size_delta: int
+) -> None:
+    data = SAMPLES[name]
+    payload = bytearray(encode(encoding, data))
+    for pos, value in flips:
+        payload[pos % len(payload)] = value
+    size = max(0, len(data) + size_delta)
+    try:
+        out = decode(encoding, bytes(payload), size)
+    except CodecError:
+        return
+    assert len(out) == size
+
+
+@settings(max_examples=200)
+@given(st.sampled_from(ENCODINGS), st.binary(max_size=5000))
+def test_round_trip_property(encoding: str, data: bytes) -> None:
+    assert decode(encoding, encode(encoding, data), len(data)) == data
