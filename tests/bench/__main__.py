@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import platform
 from pathlib import Path
 
 from frontend_shim.processes import ROOT
+from tests.bench import netlinks
 
 # Each module has run(quick, workdir) -> list of records (see tests/bench/stats.py).
 SUITES = ("tests.bench.audio",)
@@ -51,8 +53,18 @@ def main() -> None:
     out = ROOT / "build" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
-    for name in SUITES:
-        results += importlib.import_module(name).run(quick, out)
+    why_not = netlinks.can_shape()
+    if why_not:
+        print(f"shaped links skipped: {why_not}")
+    for make_link in netlinks.all_links(quick):
+        with make_link() as link:
+            for name in SUITES:
+                suite = importlib.import_module(name)
+                # Suites that take a link run on every one; the others only once, on loopback.
+                if "link" in inspect.signature(suite.run).parameters:
+                    results += suite.run(quick, out, link=link)
+                elif link.name == "loopback":
+                    results += suite.run(quick, out)
     text = (
         f"rdv benchmark ({'quick' if quick else 'full'} run) on {platform.node()}: "
         f"{os.cpu_count()} cores, Python {platform.python_version()}\n\n{table(results)}\n"

@@ -25,6 +25,7 @@ from rdv.audio.v1 import audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370, PcmFormat
+from tests.bench.netlinks import Link
 from tests.bench.stats import record
 
 # The paper's Table 2 in ns: (local card, remote card 1 = backend, remote card 2 = mirrored).
@@ -58,18 +59,25 @@ def _time_calls(fn, n: int) -> list[float]:  # noqa: ANN001
     return out
 
 
-def run(quick: bool, workdir: Path) -> list[dict]:
+def run(quick: bool, workdir: Path, link: Link | None = None) -> list[dict]:
+    link = link or Link("loopback", "127.0.0.1", None)
     n = 500 if quick else 5000
     seconds = 0.5 if quick else 3.0
     model = Es1370()
-    results = [
-        record("register_read", "local", _time_calls(lambda: model.read(R.STATUS, 4), n), 60.4),
-        record("register_write", "local", _time_calls(lambda: model.write(R.MEMPAGE, 4, 0xC), n), 51.3),
-    ]
-    svc = start_service("audio", workdir / "logs", "--sink", "null")
+    results = []
+    if link.name == "loopback":  # the local card has no link
+        results += [
+            record("register_read", "local", _time_calls(lambda: model.read(R.STATUS, 4), n), 60.4, link="none"),
+            record(
+                "register_write", "local", _time_calls(lambda: model.write(R.MEMPAGE, 4, 0xC), n), 51.3, link="none"
+            ),
+        ]
+    svc = start_service("audio", workdir / "logs", "--sink", "null", listen=f"{link.remote_host}:0", prefix=link.prefix)
     try:
         for mode in ("mirrored", "backend"):
-            results += _measure_mode(svc.address, mode, n, seconds)
+            for r in _measure_mode(svc.address, mode, n, seconds):
+                r["link"] = link.name
+                results.append(r)
     finally:
         svc.stop()
     return results
