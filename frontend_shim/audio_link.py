@@ -257,7 +257,8 @@ class AudioLink:
             conn = self._conn
             if conn is not None:
                 conn.post_write(offset, size, value)
-            self._update_irq()
+            if self.model.irq != self._irq_level:
+                self._update_irq()
         if offset in _DMA_REGISTERS:
             self._kick.set()  # the guest may have started a DAC or acknowledged a period
 

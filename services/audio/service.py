@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import deque
 from collections.abc import Iterable
 
 import grpc
@@ -49,22 +50,23 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
             except ValueError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"open.state: {exc}")
 
-        outbox: asyncio.Queue[audio_pb2.BackendMessage | None] = asyncio.Queue()
+        outbox = _Outbox(context)
         session_id = f"s{next(self._ids)}"
         session = AudioSession(
-            session_id, opening.vm or "vm", opening.mode, state, self.config, outbox.put_nowait, context.peer()
+            session_id, opening.vm or "vm", opening.mode, state, self.config, outbox.put, context.peer()
         )
         self.sessions[session_id] = session
         log.info("session opened", extra={"session": session_id, "vm": session.vm, "peer": session.peer})
         opened = audio_pb2.Opened(session_id=session_id, info=self.info, lead_ms=round(self.config.lead * 1000))
         await context.write(audio_pb2.BackendMessage(opened=opened))
-        writer = asyncio.create_task(_drain(outbox, context))
+        writer = asyncio.create_task(outbox.run())
         ticker = asyncio.create_task(_tick(session, self.config.clock.real_seconds(PUMP_INTERVAL)))
         error: SessionError | None = None
         clean_end = False
         try:
             async for msg in request_iterator:
                 session.handle(msg)
+                await outbox.flush()  # answer a read right here: one task switch less on the round trip
             clean_end = True
         except SessionError as exc:
             error = exc
@@ -72,8 +74,9 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
             error = SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}")
         finally:
             ticker.cancel()
-            outbox.put_nowait(None)
+            writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            await outbox.flush()
             self.sessions.pop(session_id, None)
             await session.close(drain=clean_end)
             log.info(
@@ -156,9 +159,32 @@ def _percentiles(name: str, samples: Iterable[int]) -> dict[str, int]:
     }
 
 
-async def _drain(outbox: asyncio.Queue, context: grpc.aio.ServicerContext) -> None:
-    while (msg := await outbox.get()) is not None:
-        await context.write(msg)
+class _Outbox:
+    """Messages to the shim, written in order. The session loop flushes after each request (so replies go out
+    at once); a background task flushes what player threads and timers add in between."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+        self._queue: deque[audio_pb2.BackendMessage] = deque()
+        self._lock = asyncio.Lock()
+        self._ready = asyncio.Event()
+
+    def put(self, msg: audio_pb2.BackendMessage) -> None:
+        self._queue.append(msg)
+        self._ready.set()
+
+    async def flush(self) -> None:
+        if not self._queue:
+            return
+        async with self._lock:
+            while self._queue:
+                await self._context.write(self._queue.popleft())
+
+    async def run(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            await self.flush()
 
 
 async def _tick(session: AudioSession, interval: float) -> None:

@@ -118,6 +118,9 @@ class Es1370:
         the chip, like we do here, only changes the bytes written. Linux writes CODEC with 16 bits and the UART
         with 8, where both behave the same.
         """
+        if size == 4 and offset in _DWORD_OFFSETS:
+            self._write_dword(offset, value & _ALL_ONES)
+            return
         check_access(offset, size)
         if size < 4:
             aligned, lane = offset & ~3, (offset & 3) * 8
