@@ -9,7 +9,11 @@ import sys
 from services.common import logs
 
 # Each command lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
-COMMANDS = ("frontend_shim.cmd_play", "frontend_shim.cmd_demo")
+COMMANDS = (
+    "frontend_shim.cmd_play",
+    "frontend_shim.cmd_demo",
+    "frontend_shim.cmd_forward_input",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_input_service import Subscription
+
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 SERVICES = {"audio": "rdv.audio.v1.AudioService", "display": "rdv.display.v1.DisplayService",
             "input": "rdv.input.v1.InputService"}  # fmt: skip
@@ -51,3 +53,27 @@ def test_audio_debug_rpcs_from_grpcurl(services) -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert res.returncode != 0 and "NotFound" in res.stderr
+
+
+def test_input_inject_from_grpcurl(services) -> None:
+    svc = services("input")
+    sub = Subscription(svc.address, "vm1")
+    try:
+        events = [{"key": {"qcode": "a", "pressed": True}}, {"key": {"qcode": "a"}},
+                  {"pointer_move": {"x": 10, "y": 20, "width": 640, "height": 480}},
+                  {"button": {"button": "BUTTON_RIGHT", "pressed": True}}, {"wheel": {"dy": -3}}]  # fmt: skip
+        reply = json.loads(grpcurl("-d", json.dumps({"events": events}), svc.address,
+                                   "rdv.input.v1.InputService/Inject"))  # fmt: skip
+        assert reply == {"vm": "vm1", "delivered": 5}
+        got = sub.get(5)
+        assert [(e.WhichOneof("kind"), e.source) for e in got][:2] == [("key", "inject"), ("key", "inject")]
+        assert (got[0].key.pressed, got[1].key.pressed, got[2].pointer_move.y, got[4].wheel.dy) == (True, False, 20, -3)
+        focus = json.loads(grpcurl("-d", "{}", svc.address, "rdv.input.v1.InputService/GetFocus"))
+        assert focus["focused"] == "vm1" and "rule" in focus
+    finally:
+        sub.close()
+    res = subprocess.run(
+        [GRPCURL, "-plaintext", "-d", '{"events": [{"key": {"qcode": "Enter"}}]}', svc.address,
+         "rdv.input.v1.InputService/Inject"], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert res.returncode != 0 and "InvalidArgument" in res.stderr and "did you mean 'ret'" in res.stderr

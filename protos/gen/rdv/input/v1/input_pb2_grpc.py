@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from rdv.common.v1 import common_pb2 as rdv_dot_common_dot_v1_dot_common__pb2
+from rdv.input.v1 import input_pb2 as rdv_dot_input_dot_v1_dot_input__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -34,6 +35,31 @@ class InputServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Subscribe = channel.unary_stream(
+                '/rdv.input.v1.InputService/Subscribe',
+                request_serializer=rdv_dot_input_dot_v1_dot_input__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.InputEvent.FromString,
+                _registered_method=True)
+        self.Publish = channel.stream_unary(
+                '/rdv.input.v1.InputService/Publish',
+                request_serializer=rdv_dot_input_dot_v1_dot_input__pb2.InputEvent.SerializeToString,
+                response_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.PublishSummary.FromString,
+                _registered_method=True)
+        self.Inject = channel.unary_unary(
+                '/rdv.input.v1.InputService/Inject',
+                request_serializer=rdv_dot_input_dot_v1_dot_input__pb2.InjectRequest.SerializeToString,
+                response_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.InjectResponse.FromString,
+                _registered_method=True)
+        self.SetFocus = channel.unary_unary(
+                '/rdv.input.v1.InputService/SetFocus',
+                request_serializer=rdv_dot_input_dot_v1_dot_input__pb2.SetFocusRequest.SerializeToString,
+                response_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.FocusState.FromString,
+                _registered_method=True)
+        self.GetFocus = channel.unary_unary(
+                '/rdv.input.v1.InputService/GetFocus',
+                request_serializer=rdv_dot_input_dot_v1_dot_input__pb2.GetFocusRequest.SerializeToString,
+                response_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.FocusState.FromString,
+                _registered_method=True)
         self.GetServiceInfo = channel.unary_unary(
                 '/rdv.input.v1.InputService/GetServiceInfo',
                 request_serializer=rdv_dot_common_dot_v1_dot_common__pb2.GetServiceInfoRequest.SerializeToString,
@@ -49,8 +75,45 @@ class InputServiceStub:
 class InputServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def GetServiceInfo(self, request, context):
+    def Subscribe(self, request, context):
+        """A shim (one per VM) receives the events meant for its VM until it cancels. A newer subscription for the
+        same vm replaces the older one (which ends with ABORTED). The server sends its initial metadata once the
+        subscription is registered (header "rdv-focus" = the focused VM at that moment).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Publish(self, request_iterator, context):
+        """A source streams events in; they go to the focused VM. An invalid event ends the stream with
+        INVALID_ARGUMENT (events before it were delivered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Inject(self, request, context):
+        """A batch of events from a person (grpcurl) or a script. All are checked before any is delivered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetFocus(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFocus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetServiceInfo(self, request, context):
+        """Debugging aids: ListSessions lists subscribers ("sub-N", vm set) and sources ("src-N", vm empty).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -64,6 +127,31 @@ class InputServiceServicer:
 
 def add_InputServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.SubscribeRequest.FromString,
+                    response_serializer=rdv_dot_input_dot_v1_dot_input__pb2.InputEvent.SerializeToString,
+            ),
+            'Publish': grpc.stream_unary_rpc_method_handler(
+                    servicer.Publish,
+                    request_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.InputEvent.FromString,
+                    response_serializer=rdv_dot_input_dot_v1_dot_input__pb2.PublishSummary.SerializeToString,
+            ),
+            'Inject': grpc.unary_unary_rpc_method_handler(
+                    servicer.Inject,
+                    request_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.InjectRequest.FromString,
+                    response_serializer=rdv_dot_input_dot_v1_dot_input__pb2.InjectResponse.SerializeToString,
+            ),
+            'SetFocus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFocus,
+                    request_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.SetFocusRequest.FromString,
+                    response_serializer=rdv_dot_input_dot_v1_dot_input__pb2.FocusState.SerializeToString,
+            ),
+            'GetFocus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFocus,
+                    request_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.GetFocusRequest.FromString,
+                    response_serializer=rdv_dot_input_dot_v1_dot_input__pb2.FocusState.SerializeToString,
+            ),
             'GetServiceInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServiceInfo,
                     request_deserializer=rdv_dot_common_dot_v1_dot_common__pb2.GetServiceInfoRequest.FromString,
@@ -84,6 +172,141 @@ def add_InputServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class InputService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rdv.input.v1.InputService/Subscribe',
+            rdv_dot_input_dot_v1_dot_input__pb2.SubscribeRequest.SerializeToString,
+            rdv_dot_input_dot_v1_dot_input__pb2.InputEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Publish(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/rdv.input.v1.InputService/Publish',
+            rdv_dot_input_dot_v1_dot_input__pb2.InputEvent.SerializeToString,
+            rdv_dot_input_dot_v1_dot_input__pb2.PublishSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rdv.input.v1.InputService/Inject',
+            rdv_dot_input_dot_v1_dot_input__pb2.InjectRequest.SerializeToString,
+            rdv_dot_input_dot_v1_dot_input__pb2.InjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFocus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rdv.input.v1.InputService/SetFocus',
+            rdv_dot_input_dot_v1_dot_input__pb2.SetFocusRequest.SerializeToString,
+            rdv_dot_input_dot_v1_dot_input__pb2.FocusState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFocus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rdv.input.v1.InputService/GetFocus',
+            rdv_dot_input_dot_v1_dot_input__pb2.GetFocusRequest.SerializeToString,
+            rdv_dot_input_dot_v1_dot_input__pb2.FocusState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetServiceInfo(request,
