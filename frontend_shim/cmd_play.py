@@ -11,6 +11,7 @@ import threading
 from frontend_shim.audio_link import MODES, AudioLink
 from frontend_shim.pcm import read_wav
 from frontend_shim.scripted_audio import GuestError, ScriptedEs1370Driver, dac_for, expressible, new_guest
+from services.common import tls
 from services.common.clock import Clock
 from services.devices.es1370 import PcmFormat
 
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--periods", type=int, default=4)
     p.add_argument("--access-timeout-ms", type=float, default=50.0, help="longest a register read may wait")
     p.add_argument("--vm", default="scripted-guest", help="name shown in the service's session list")
+    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--status", action="store_true", help="print live progress on stderr")
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -48,12 +50,16 @@ def play(
     vm: str = "scripted-guest",
     clock: Clock | None = None,
     status: bool = False,
+    tls_dir: str | None = None,
 ) -> dict:
     """The scripted guest plays `pcm` through a shim link to `audio`; returns the summary."""
     if not expressible(fmt):
         raise PlayError(f"an ES1370 cannot play {fmt} exactly")
     memory, irq = new_guest()
-    link = AudioLink(audio, mode, memory, irq, vm=vm, clock=clock, access_timeout=access_timeout)
+    credentials = tls.channel_credentials(tls_dir) if tls_dir else None
+    link = AudioLink(
+        audio, mode, memory, irq, vm=vm, clock=clock, access_timeout=access_timeout, credentials=credentials
+    )
     try:
         link.start()
     except ConnectionError as exc:
@@ -102,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
             vm=args.vm,
             clock=Clock(args.clock_scale),
             status=args.status,
+            tls_dir=args.tls_dir,
         )
-    except (OSError, ValueError, PlayError) as exc:
+    except (OSError, ValueError, PlayError, tls.TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary) if args.json else describe(summary))

@@ -12,6 +12,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import tls
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,13 +67,15 @@ def start_service(
         proc.kill()
         raise RuntimeError(f"{name} did not start: {line!r}\n{log.read_text()}")
     address = line.rsplit(" ", 1)[-1].strip()
-    wait_serving(address)
+    tls_dir = args[args.index("--tls-dir") + 1] if "--tls-dir" in args else (env or {}).get("RDV_TLS_DIR")
+    host, _, port = address.rpartition(":")
+    wait_serving(f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]") else address, tls_dir=tls_dir)
     return ServiceProcess(name, address, proc, log)
 
 
-def wait_serving(address: str, timeout: float = 10.0) -> None:
+def wait_serving(address: str, timeout: float = 10.0, tls_dir: str | None = None) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with tls.channel(address, tls_dir) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:

@@ -70,7 +70,16 @@ def test_compose_settings_come_from_the_environment() -> None:
 def test_debug_profile_adds_grpcurl() -> None:
     services = compose_config("--profile", "debug")["services"]
     assert services["grpcurl"]["image"].startswith("fullstorydev/grpcurl:")
-    assert services["grpcurl"]["command"] == ["-plaintext", "input:50053", "list"]
+    command = services["grpcurl"]["command"]
+    assert "-plaintext" not in command and command[command.index("-cert") + 1] == "/etc/rdv/tls/cert.pem"
+
+
+def test_services_use_mtls_by_default() -> None:
+    services = compose_config()["services"]
+    for name in ("audio", "display", "input"):
+        assert services[name]["environment"]["RDV_TLS_DIR"] == "/etc/rdv/tls"
+        assert services[name]["environment"]["RDV_INSECURE"] == "0"
+        assert any(v["target"] == "/etc/rdv/tls" and v["read_only"] for v in services[name]["volumes"])
 
 
 def test_dockerfiles_lint_clean() -> None:

@@ -14,9 +14,11 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import tls
 
-def check(address: str, service: str = "", timeout: float = 3.0) -> int:
-    with grpc.insecure_channel(address) as channel:
+
+def check(address: str, service: str = "", timeout: float = 3.0, tls_dir: str | None = None) -> int:
+    with tls.channel(address, tls_dir) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout, wait_for_ready=True
@@ -42,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--service", default="", help="a fully qualified service name; empty = the whole server")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder (default $RDV_TLS_DIR)")
     args = p.parse_args(argv)
     host, _, port = args.address.rpartition(":")
     if host in ("0.0.0.0", "[::]", ""):
         host = "127.0.0.1"  # a wildcard listen address is not somewhere to connect to
-    return check(f"{host}:{port}", args.service, args.timeout)
+    return check(f"{host}:{port}", args.service, args.timeout, args.tls_dir)
 
 
 if __name__ == "__main__":

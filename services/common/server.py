@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rdv.common.v1 import common_pb2
-from services.common import logs
+from services.common import logs, tls
 
 VERSION = "0.1.0"
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a 1920x1080x32 raw rectangle fits; anything larger is refused
@@ -37,8 +38,8 @@ def parser(service: str, default_port: int, description: str) -> argparse.Argume
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            "Environment defaults: RDV_LISTEN, RDV_LOG_LEVEL (warning), RDV_MAX_MESSAGE_BYTES "
-            f"({DEFAULT_MAX_MESSAGE_BYTES})."
+            "Environment defaults: RDV_LISTEN, RDV_LOG_LEVEL (warning), RDV_TLS_DIR, RDV_INSECURE=1, "
+            f"RDV_MAX_MESSAGE_BYTES ({DEFAULT_MAX_MESSAGE_BYTES})."
         ),
     )
     p.add_argument(
@@ -47,6 +48,17 @@ def parser(service: str, default_port: int, description: str) -> argparse.Argume
         help=f"HOST:PORT to serve on; port 0 picks a free one (default $RDV_LISTEN or 127.0.0.1:{default_port})",
     )
     p.add_argument("--log-level", default=os.environ.get("RDV_LOG_LEVEL", "warning"), help="debug, info, warning")
+    p.add_argument(
+        "--tls-dir",
+        default=os.environ.get("RDV_TLS_DIR") or None,
+        help="mTLS: folder with ca.pem, cert.pem, key.pem (make them with `python -m services.common.certs`)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=os.environ.get("RDV_INSECURE") == "1",
+        help="allow plaintext on a non-loopback address: anyone on the network can then use this device",
+    )
     p.add_argument(
         "--max-message-bytes",
         type=int,
@@ -73,6 +85,7 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
             ("grpc.so_reuseport", 0),
         ],
         maximum_concurrent_rpcs=256,
+        interceptors=[tls.PairingInterceptor(service)] if args.tls_dir else None,
     )
     parts.register(server)
     health_servicer = health.aio.HealthServicer()
@@ -82,7 +95,10 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
         server,
     )
     host, _, port = args.listen.rpartition(":")
-    bound = server.add_insecure_port(args.listen)
+    if args.tls_dir:
+        bound = server.add_secure_port(args.listen, tls.server_credentials(args.tls_dir))
+    else:
+        bound = server.add_insecure_port(args.listen)
     if not bound:
         raise SystemExit(f"cannot listen on {args.listen}")
     args.listen = f"{host}:{bound}"
@@ -106,9 +122,32 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
         await parts.on_stop()
 
 
+def check_exposure(service: str, args: argparse.Namespace) -> None:
+    """Refuse plaintext beyond loopback unless the user opted out, loudly."""
+    if args.tls_dir or tls.is_loopback(args.listen):
+        return
+    if not args.insecure:
+        raise SystemExit(
+            f"rdv {service}: refusing to listen on {args.listen} without TLS: anyone on this network could "
+            f"use the {service} device. Pair this node: `python -m services.common.certs --help`, then pass "
+            "--tls-dir DIR; or pass --insecure (RDV_INSECURE=1) to accept plaintext."
+        )
+    print(
+        f"WARNING: rdv {service} serves PLAINTEXT on {args.listen}: anyone on this network can use it (--insecure)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def main(service: str, args: argparse.Namespace, build: Callable[[argparse.Namespace], ServiceParts]) -> None:
     """Entry point of `python -m services.<service>`; `build` runs inside the event loop."""
     logs.setup(args.log_level)
+    check_exposure(service, args)
+    if args.tls_dir:
+        try:
+            tls.server_credentials(args.tls_dir)  # fail now, with the file's name, not deep inside gRPC
+        except tls.TlsError as exc:
+            raise SystemExit(f"rdv {service}: {exc}") from exc
 
     async def run() -> None:
         await serve(service, args, build(args))
