@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rdv-installed
 # Debian packages: ALSA and LZO headers to build pyalsaaudio and python-lzo, ALSA's plugins and tools,
 # QEMU for the tests against real peers.
-APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils
+APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils \
+	xvfb xdotool imagemagick
 PYTEST_ARGS ?=
 
 .PHONY: setup proto test test-live run bench lint clean

@@ -12,6 +12,7 @@ from services.common import logs
 COMMANDS = (
     "frontend_shim.cmd_play",
     "frontend_shim.cmd_demo",
+    "frontend_shim.cmd_draw_demo",
     "frontend_shim.cmd_forward_input",
 )
 

@@ -1,12 +1,15 @@
 """`demo`: the whole system on loopback. Starts the remote node's services, then a scripted guest plays a
-generated song through the shim in both coherence modes, with live status and a side-by-side summary."""
+generated song through the shim in both coherence modes, with live status and a side-by-side summary, and
+then draws an animated desktop on the display service (a window when DISPLAY is set, offscreen otherwise)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from frontend_shim import cmd_draw_demo
 from frontend_shim.cmd_play import PlayError, describe, play
 from frontend_shim.pcm import melody, write_wav
 from frontend_shim.processes import ROOT, ServiceProcess, start_service
@@ -25,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: the default ALSA device when this machine has a sound card, else WAV files in --out",
     )
+    p.add_argument("--display-seconds", type=float, default=3.0, help="how long the guest draws on the display")
     p.set_defaults(run=run)
 
 
@@ -58,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
             summary = play(melody(DEMO_FORMAT, args.seconds), DEMO_FORMAT, audio=audio, mode=mode, status=True)
             print(describe(summary))
             summaries.append(summary)
-    except (PlayError, RuntimeError, OSError) as exc:
+        screen = "a window on $DISPLAY" if os.environ.get("DISPLAY") else "SDL's offscreen driver (no DISPLAY)"
+        print(f"\n  the scripted guest now draws a desktop for {args.display_seconds:.0f} s on the display service, "
+              f"shown in {screen}")  # fmt: skip
+        drawn = cmd_draw_demo.draw([started[1].address], seconds=args.display_seconds, encoding="auto")
+        print(cmd_draw_demo.describe(drawn))
+    except (PlayError, cmd_draw_demo.DrawError, RuntimeError, OSError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -72,5 +81,9 @@ def run(args: argparse.Namespace) -> int:
         m, b = (s[key] / args.seconds for s in summaries)
         shown_m = "0 (answered locally)" if key == "reads" else f"{m:,.0f}"
         print(f"{label:27}{shown_m:>20}{b:>19,.0f}")
+    per_s = drawn["seconds"] or 1.0
+    pixels, wire = (drawn[k] / per_s / 2**20 for k in ("pixel_bytes", "payload_bytes"))
+    print(f"{'display frames per second':27}{drawn['frames'] / per_s:>20,.1f}   pixels {pixels:,.1f} MiB/s, wire "
+          f"{wire:,.2f} MiB/s, median latency {drawn['latency_p50_ms']} ms")  # fmt: skip
     print(f"\nlogs in {out / 'logs'}")
     return 0

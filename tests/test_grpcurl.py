@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -77,3 +78,24 @@ def test_input_inject_from_grpcurl(services) -> None:
          "rdv.input.v1.InputService/Inject"], capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert res.returncode != 0 and "InvalidArgument" in res.stderr and "did you mean 'ret'" in res.stderr
+
+
+def test_display_screenshot_from_grpcurl(services) -> None:
+    """A person can fetch what a display service shows: the PNG arrives base64 in the JSON `png` field."""
+    from services.common.raster import Rect
+    from services.display.png import decode
+    from tests.display_helpers import guest_rgb, start_guest
+
+    svc = services("display", "--headless", "--viewport", "100,50,200,120")
+    driver, link = start_guest([svc.address], "mirrored", "lz4")
+    try:
+        assert link.flush(10)
+        reply = json.loads(grpcurl("-d", "{}", svc.address, "rdv.display.v1.DisplayService/Screenshot"))
+        width, height, rgb = decode(base64.b64decode(reply["png"]))
+        assert (width, height) == (reply["width"], reply["height"]) == (200, 120)
+        assert rgb == guest_rgb(driver, Rect(100, 50, 200, 120))
+        state = json.loads(grpcurl("-d", "{}", svc.address, "rdv.display.v1.DisplayService/GetDisplayState"))
+        assert state["mode"]["width"] == driver.width and state["presenter"] == "sdl:dummy"
+        assert int(state["stats"]["frames_presented"]) >= 1, state
+    finally:
+        link.close()

@@ -193,10 +193,11 @@ def read_rect(buf: Buffer, surface: Surface, rect: Rect) -> bytes:
         return b""
     n = rect.w * surface.bytes_per_pixel
     start = _start(surface, rect.x, rect.y)
+    view = memoryview(buf)  # slicing a view copies nothing: the rows are copied once, by the join
     if _contiguous(surface, rect):
-        return bytes(buf[start : start + n * rect.h])
+        return bytes(view[start : start + n * rect.h])
     pitch = surface.pitch
-    return b"".join([buf[o : o + n] for o in range(start, start + rect.h * pitch, pitch)])
+    return b"".join([view[o : o + n] for o in range(start, start + rect.h * pitch, pitch)])
 
 
 def write_rect(buf: Buffer, surface: Surface, rect: Rect, data: bytes | bytearray | memoryview) -> None:
@@ -212,12 +213,13 @@ def write_rect(buf: Buffer, surface: Surface, rect: Rect, data: bytes | bytearra
     if rect.empty:
         return
     start = _start(surface, rect.x, rect.y)
+    target = memoryview(buf)  # row stores into a view skip bytearray's resize checks
     if _contiguous(surface, rect):
-        buf[start : start + expected] = view
+        target[start : start + expected] = view
         return
     pitch = surface.pitch
     for i, o in enumerate(range(start, start + rect.h * pitch, pitch)):
-        buf[o : o + n] = view[i * n : (i + 1) * n]
+        target[o : o + n] = view[i * n : (i + 1) * n]
 
 
 def copy(buf: Buffer, surface: Surface, src: Rect, dst_x: int, dst_y: int) -> None:

@@ -1,50 +1,98 @@
-"""`python -m services.display`: the remote display service (so far: health, reflection and service info only)."""
+"""`python -m services.display`: the remote SVGA II's screen, shown with SDL (a window, or offscreen)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
-import grpc
-
-from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import server
+from services.display.desktop import DEFAULT_MAX_FRAME_BYTES
+from services.display.presenters import make_presenter
+from services.display.service import DisplayServicer
+from services.display.stage import Stage
+from services.display.viewport import Viewport
 
 DEFAULT_PORT = 50052
 
 
-class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
-    def __init__(self, info: common_pb2.ServiceInfo) -> None:
-        self.info = info
-
-    async def GetServiceInfo(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ServiceInfo:  # noqa: ANN001
-        return self.info
-
-    async def ListSessions(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ListSessionsResponse:  # noqa: ANN001
-        return common_pb2.ListSessionsResponse()
-
-
 def build_parser() -> argparse.ArgumentParser:
-    return server.parser(
+    env = os.environ.get
+    p = server.parser(
         "display",
         DEFAULT_PORT,
-        "Remote display service. Not implemented yet beyond health, reflection and GetServiceInfo: "
-        "it answers so that the remote node starts whole.",
+        "Remote VMware SVGA II display: receives a VM's frames from rdv shims, keeps a copy of the guest desktop\n"
+        "and shows its viewport with SDL: a window when DISPLAY is set, SDL's dummy driver otherwise.\n"
+        "Two services with adjacent viewports extend one guest desktop over two screens.\n"
+        "Extra environment defaults: RDV_VIEWPORT, RDV_PRESENTER, RDV_REFRESH_HZ, RDV_INPUT.",
     )
+    p.add_argument(
+        "--viewport",
+        type=Viewport.parse,
+        default=Viewport.parse(env("RDV_VIEWPORT", "")),
+        metavar="X,Y,W,H",
+        help="part of the guest desktop this screen shows (default: all of it)",
+    )
+    p.add_argument("--headless", action="store_true", help="never open a window (SDL's dummy video driver)")
+    p.add_argument(
+        "--presenter",
+        choices=["auto", "sdl", "headless"],
+        default=env("RDV_PRESENTER", "auto"),
+        help="sdl, headless (no SDL at all), auto (sdl; headless if SDL cannot start)",
+    )
+    p.add_argument(
+        "--refresh-hz", type=float, default=float(env("RDV_REFRESH_HZ", "60")), help="most presents per second"
+    )
+    p.add_argument(
+        "--input",
+        default=env("RDV_INPUT", ""),
+        metavar="HOST:PORT",
+        help="input service to publish the window's mouse and keyboard to (guest coordinates via the viewport)",
+    )
+    p.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES, help=argparse.SUPPRESS)
+    return p
 
 
 def build(args: argparse.Namespace) -> server.ServiceParts:
-    info = server.service_info("display", args.listen, ["placeholder"], {})
-    servicer = DisplayServicer(info)
+    on_input = None
+    if args.input:
+        from services.display.input_bridge import make_bridge
+
+        on_input = make_bridge(args.input)
+    stage = Stage(make_presenter(args.presenter, args.headless), args.viewport, args.refresh_hz, on_input)
+    stage.start()
+    v: Viewport = args.viewport
+    info = server.service_info(
+        "display",
+        args.listen,
+        ["svga2", "coherence:backend", "coherence:mirrored", "encodings:raw,lzo,lz4,zstd", "screenshot"],
+        {
+            "viewport": "all" if v.whole else f"{v.x},{v.y},{v.width},{v.height}",
+            "presenter": stage.presenter.name,
+            "refresh_hz": str(args.refresh_hz),
+            "input": args.input,
+        },
+    )
+    servicer = DisplayServicer(info, stage, args.max_frame_bytes)
+
+    async def stop() -> None:
+        stage.stop()
+        if on_input is not None:
+            on_input.close()
+
     return server.ServiceParts(
         names=[display_pb2.DESCRIPTOR.services_by_name["DisplayService"].full_name],
         register=lambda grpc_server: display_pb2_grpc.add_DisplayServiceServicer_to_server(servicer, grpc_server),
         info=info,
+        on_stop=stop,
     )
 
 
 def main() -> None:
-    server.main("display", build_parser().parse_args(), build)
+    args = build_parser().parse_args()
+    if args.refresh_hz < 0:
+        raise SystemExit("--refresh-hz must not be negative")
+    server.main("display", args, build)
 
 
 if __name__ == "__main__":

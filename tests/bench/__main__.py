@@ -14,7 +14,7 @@ from frontend_shim.processes import ROOT
 from tests.bench import netlinks
 
 # Each module has run(quick, workdir) -> list of records (see tests/bench/stats.py).
-SUITES = ("tests.bench.audio",)
+SUITES = ("tests.bench.audio", "tests.bench.display")
 TARGETS = {  # (metric, mode): target p50 in ns, from the issues
     ("register_read", "mirrored"): 500,
     ("register_read", "backend"): 150_000,

@@ -25,13 +25,63 @@ _sym_db = _symbol_database.Default()
 from rdv.common.v1 import common_pb2 as rdv_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crdv/display/v1/display.proto\x12\x0erdv.display.v1\x1a\x1ardv/common/v1/common.proto2\xbd\x01\n\x0e\x44isplayService\x12R\n\x0eGetServiceInfo\x12$.rdv.common.v1.GetServiceInfoRequest\x1a\x1a.rdv.common.v1.ServiceInfo\x12W\n\x0cListSessions\x12\".rdv.common.v1.ListSessionsRequest\x1a#.rdv.common.v1.ListSessionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crdv/display/v1/display.proto\x12\x0erdv.display.v1\x1a\x1ardv/common/v1/common.proto\";\n\x04Rect\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"?\n\x08Viewport\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"W\n\tFrameMode\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x0b\n\x03\x62pp\x18\x03 \x01(\r\x12\r\n\x05pitch\x18\x04 \x01(\r\x12\x0f\n\x07\x65nabled\x18\x05 \x01(\x08\"\xb0\x03\n\rSvgaRegisters\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07svga_id\x18\x02 \x01(\r\x12\x0e\n\x06\x65nable\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x0b\n\x03\x62pp\x18\x06 \x01(\r\x12\x11\n\tpitchlock\x18\x07 \x01(\r\x12\x13\n\x0b\x63onfig_done\x18\x08 \x01(\r\x12\x10\n\x08guest_id\x18\t \x01(\r\x12\x11\n\tcursor_id\x18\n \x01(\r\x12\x10\n\x08\x63ursor_x\x18\x0b \x01(\r\x12\x10\n\x08\x63ursor_y\x18\x0c \x01(\r\x12\x11\n\tcursor_on\x18\r \x01(\r\x12\x10\n\x08irq_mask\x18\x0e \x01(\r\x12\x12\n\nirq_status\x18\x0f \x01(\r\x12\x16\n\x0e\x63ursor_visible\x18\x10 \x01(\x08\x12\x0c\n\x04\x62usy\x18\x11 \x01(\x08\x12\x10\n\x08\x66\x62_start\x18\x12 \x01(\x04\x12\x11\n\tmem_start\x18\x13 \x01(\x04\x12\x0f\n\x07scratch\x18\x14 \x03(\r\x12\x0f\n\x07palette\x18\x15 \x03(\r\x12,\n\x06\x63ursor\x18\x16 \x01(\x0b\x32\x1c.rdv.display.v1.CursorDefine\"\x96\x01\n\x04Open\x12\n\n\x02vm\x18\x01 \x01(\t\x12*\n\x04mode\x18\x02 \x01(\x0e\x32\x1c.rdv.common.v1.CoherenceMode\x12\x30\n\tregisters\x18\x03 \x01(\x0b\x32\x1d.rdv.display.v1.SvgaRegisters\x12\x11\n\tvram_size\x18\x04 \x01(\x04\x12\x11\n\tfifo_size\x18\x05 \x01(\x04\"9\n\x04\x46ill\x12\"\n\x04rect\x18\x01 \x01(\x0b\x32\x14.rdv.display.v1.Rect\x12\r\n\x05\x63olor\x18\x02 \x01(\r\"G\n\x04\x43opy\x12\r\n\x05src_x\x18\x01 \x01(\x05\x12\r\n\x05src_y\x18\x02 \x01(\x05\x12!\n\x03\x64st\x18\x03 \x01(\x0b\x32\x14.rdv.display.v1.Rect\"\x82\x01\n\tPixelRect\x12\"\n\x04rect\x18\x01 \x01(\x0b\x32\x14.rdv.display.v1.Rect\x12*\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x18.rdv.display.v1.Encoding\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x14\n\x0c\x64\x65\x63oded_size\x18\x04 \x01(\r\"Y\n\x0c\x43ursorDefine\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05hot_x\x18\x03 \x01(\r\x12\r\n\x05hot_y\x18\x04 \x01(\r\x12\x0c\n\x04\x61rgb\x18\x05 \x01(\x0c\"3\n\nCursorMove\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\x0f\n\x07visible\x18\x03 \x01(\x08\"\xfa\x01\n\rDisplayUpdate\x12$\n\x04\x66ill\x18\x01 \x01(\x0b\x32\x14.rdv.display.v1.FillH\x00\x12$\n\x04\x63opy\x18\x02 \x01(\x0b\x32\x14.rdv.display.v1.CopyH\x00\x12+\n\x06pixels\x18\x03 \x01(\x0b\x32\x19.rdv.display.v1.PixelRectH\x00\x12\x35\n\rcursor_define\x18\x04 \x01(\x0b\x32\x1c.rdv.display.v1.CursorDefineH\x00\x12\x31\n\x0b\x63ursor_move\x18\x05 \x01(\x0b\x32\x1a.rdv.display.v1.CursorMoveH\x00\x42\x06\n\x04kind\"\x91\x01\n\x05\x46rame\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\'\n\x04mode\x18\x02 \x01(\x0b\x32\x19.rdv.display.v1.FrameMode\x12.\n\x07updates\x18\x03 \x03(\x0b\x32\x1d.rdv.display.v1.DisplayUpdate\x12\x0f\n\x07sent_ns\x18\x04 \x01(\x03\x12\x0c\n\x04\x66ull\x18\x05 \x01(\x08\"=\n\x08\x46ifoDone\x12\x0c\n\x04\x62usy\x18\x01 \x01(\x08\x12\x11\n\tirq_flags\x18\x02 \x01(\r\x12\x10\n\x08\x63ommands\x18\x03 \x01(\r\"\xf2\x01\n\x0f\x46rontendMessage\x12$\n\x04open\x18\x01 \x01(\x0b\x32\x14.rdv.display.v1.OpenH\x00\x12/\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0b\x32\x1d.rdv.common.v1.RegisterAccessH\x00\x12&\n\x05\x66rame\x18\x03 \x01(\x0b\x32\x15.rdv.display.v1.FrameH\x00\x12)\n\x07\x62\x61rrier\x18\x04 \x01(\x0b\x32\x16.rdv.common.v1.BarrierH\x00\x12-\n\tfifo_done\x18\x05 \x01(\x0b\x32\x18.rdv.display.v1.FifoDoneH\x00\x42\x06\n\x04kind\"\xbd\x01\n\x06Opened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x04info\x18\x02 \x01(\x0b\x32\x1a.rdv.common.v1.ServiceInfo\x12*\n\x08viewport\x18\x03 \x01(\x0b\x32\x18.rdv.display.v1.Viewport\x12\x1c\n\x14max_frames_in_flight\x18\x04 \x01(\r\x12\x12\n\nrefresh_hz\x18\x05 \x01(\r\x12\x17\n\x0fmax_frame_bytes\x18\x06 \x01(\x04\"\x7f\n\x08\x46rameAck\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x13\n\x0breceived_ns\x18\x02 \x01(\x03\x12\x12\n\napplied_ns\x18\x03 \x01(\x03\x12\x14\n\x0cpresented_ns\x18\x04 \x01(\x03\x12\x11\n\tpresented\x18\x05 \x01(\x08\x12\x0f\n\x07sent_ns\x18\x06 \x01(\x03\"\x8b\x01\n\nBarrierAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07sent_ns\x18\x02 \x01(\x03\x12\x30\n\tregisters\x18\x03 \x01(\x0b\x32\x1d.rdv.display.v1.SvgaRegisters\x12\x16\n\x0e\x66rames_applied\x18\x04 \x01(\x04\x12\x15\n\rlast_frame_id\x18\x05 \x01(\x04\"\x19\n\x06Notice\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xfd\x01\n\x0e\x42\x61\x63kendMessage\x12(\n\x06opened\x18\x01 \x01(\x0b\x32\x16.rdv.display.v1.OpenedH\x00\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1c.rdv.common.v1.RegisterValueH\x00\x12-\n\tframe_ack\x18\x03 \x01(\x0b\x32\x18.rdv.display.v1.FrameAckH\x00\x12\x31\n\x0b\x62\x61rrier_ack\x18\x04 \x01(\x0b\x32\x1a.rdv.display.v1.BarrierAckH\x00\x12(\n\x06notice\x18\x05 \x01(\x0b\x32\x16.rdv.display.v1.NoticeH\x00\x42\x06\n\x04kind\"\'\n\x11ScreenshotRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x94\x01\n\x0fScreenshotReply\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12*\n\x08viewport\x18\x05 \x01(\x0b\x32\x18.rdv.display.v1.Viewport\x12\x15\n\rlast_frame_id\x18\x06 \x01(\x04\",\n\x16GetDisplayStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xa0\x02\n\x0c\x44isplayStats\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x04\x12\x18\n\x10\x66rames_presented\x18\x02 \x01(\x04\x12\x10\n\x08presents\x18\x03 \x01(\x04\x12\x0f\n\x07updates\x18\x04 \x01(\x04\x12\r\n\x05\x66ills\x18\x05 \x01(\x04\x12\x0e\n\x06\x63opies\x18\x06 \x01(\x04\x12\x13\n\x0bpixel_rects\x18\x07 \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\x08 \x01(\x04\x12\x15\n\rdecoded_bytes\x18\t \x01(\x04\x12\x19\n\x11\x63ompression_ratio\x18\n \x01(\x01\x12\x1a\n\x12updates_per_second\x18\x0b \x01(\x01\x12\x16\n\x0eregister_reads\x18\x0c \x01(\x04\x12\x17\n\x0fregister_writes\x18\r \x01(\x04\"\xf9\x02\n\x0c\x44isplayState\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\n\n\x02vm\x18\x02 \x01(\t\x12/\n\tcoherence\x18\x03 \x01(\x0e\x32\x1c.rdv.common.v1.CoherenceMode\x12\'\n\x04mode\x18\x04 \x01(\x0b\x32\x19.rdv.display.v1.FrameMode\x12*\n\x08viewport\x18\x05 \x01(\x0b\x32\x18.rdv.display.v1.Viewport\x12\x11\n\tpresenter\x18\x06 \x01(\t\x12+\n\x05stats\x18\x07 \x01(\x0b\x32\x1c.rdv.display.v1.DisplayStats\x12\x30\n\tregisters\x18\x08 \x01(\x0b\x32\x1d.rdv.display.v1.SvgaRegisters\x12*\n\x06\x63ursor\x18\t \x01(\x0b\x32\x1a.rdv.display.v1.CursorMove\x12\x11\n\ton_screen\x18\n \x01(\x08\x12\x12\n\nrefresh_hz\x18\x0b \x01(\r*m\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x10\n\x0c\x45NCODING_LZO\x10\x02\x12\x10\n\x0c\x45NCODING_LZ4\x10\x03\x12\x11\n\rENCODING_ZSTD\x10\x04\x32\xb8\x03\n\x0e\x44isplayService\x12N\n\x07Session\x12\x1f.rdv.display.v1.FrontendMessage\x1a\x1e.rdv.display.v1.BackendMessage(\x01\x30\x01\x12R\n\x0eGetServiceInfo\x12$.rdv.common.v1.GetServiceInfoRequest\x1a\x1a.rdv.common.v1.ServiceInfo\x12W\n\x0cListSessions\x12\".rdv.common.v1.ListSessionsRequest\x1a#.rdv.common.v1.ListSessionsResponse\x12P\n\nScreenshot\x12!.rdv.display.v1.ScreenshotRequest\x1a\x1f.rdv.display.v1.ScreenshotReply\x12W\n\x0fGetDisplayState\x12&.rdv.display.v1.GetDisplayStateRequest\x1a\x1c.rdv.display.v1.DisplayStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rdv.display.v1.display_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DISPLAYSERVICE']._serialized_start=77
-  _globals['_DISPLAYSERVICE']._serialized_end=266
+  _globals['_ENCODING']._serialized_start=3652
+  _globals['_ENCODING']._serialized_end=3761
+  _globals['_RECT']._serialized_start=76
+  _globals['_RECT']._serialized_end=135
+  _globals['_VIEWPORT']._serialized_start=137
+  _globals['_VIEWPORT']._serialized_end=200
+  _globals['_FRAMEMODE']._serialized_start=202
+  _globals['_FRAMEMODE']._serialized_end=289
+  _globals['_SVGAREGISTERS']._serialized_start=292
+  _globals['_SVGAREGISTERS']._serialized_end=724
+  _globals['_OPEN']._serialized_start=727
+  _globals['_OPEN']._serialized_end=877
+  _globals['_FILL']._serialized_start=879
+  _globals['_FILL']._serialized_end=936
+  _globals['_COPY']._serialized_start=938
+  _globals['_COPY']._serialized_end=1009
+  _globals['_PIXELRECT']._serialized_start=1012
+  _globals['_PIXELRECT']._serialized_end=1142
+  _globals['_CURSORDEFINE']._serialized_start=1144
+  _globals['_CURSORDEFINE']._serialized_end=1233
+  _globals['_CURSORMOVE']._serialized_start=1235
+  _globals['_CURSORMOVE']._serialized_end=1286
+  _globals['_DISPLAYUPDATE']._serialized_start=1289
+  _globals['_DISPLAYUPDATE']._serialized_end=1539
+  _globals['_FRAME']._serialized_start=1542
+  _globals['_FRAME']._serialized_end=1687
+  _globals['_FIFODONE']._serialized_start=1689
+  _globals['_FIFODONE']._serialized_end=1750
+  _globals['_FRONTENDMESSAGE']._serialized_start=1753
+  _globals['_FRONTENDMESSAGE']._serialized_end=1995
+  _globals['_OPENED']._serialized_start=1998
+  _globals['_OPENED']._serialized_end=2187
+  _globals['_FRAMEACK']._serialized_start=2189
+  _globals['_FRAMEACK']._serialized_end=2316
+  _globals['_BARRIERACK']._serialized_start=2319
+  _globals['_BARRIERACK']._serialized_end=2458
+  _globals['_NOTICE']._serialized_start=2460
+  _globals['_NOTICE']._serialized_end=2485
+  _globals['_BACKENDMESSAGE']._serialized_start=2488
+  _globals['_BACKENDMESSAGE']._serialized_end=2741
+  _globals['_SCREENSHOTREQUEST']._serialized_start=2743
+  _globals['_SCREENSHOTREQUEST']._serialized_end=2782
+  _globals['_SCREENSHOTREPLY']._serialized_start=2785
+  _globals['_SCREENSHOTREPLY']._serialized_end=2933
+  _globals['_GETDISPLAYSTATEREQUEST']._serialized_start=2935
+  _globals['_GETDISPLAYSTATEREQUEST']._serialized_end=2979
+  _globals['_DISPLAYSTATS']._serialized_start=2982
+  _globals['_DISPLAYSTATS']._serialized_end=3270
+  _globals['_DISPLAYSTATE']._serialized_start=3273
+  _globals['_DISPLAYSTATE']._serialized_end=3650
+  _globals['_DISPLAYSERVICE']._serialized_start=3764
+  _globals['_DISPLAYSERVICE']._serialized_end=4204
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from rdv.common.v1 import common_pb2 as rdv_dot_common_dot_v1_dot_common__pb2
+from rdv.display.v1 import display_pb2 as rdv_dot_display_dot_v1_dot_display__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -34,6 +35,11 @@ class DisplayServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Session = channel.stream_stream(
+                '/rdv.display.v1.DisplayService/Session',
+                request_serializer=rdv_dot_display_dot_v1_dot_display__pb2.FrontendMessage.SerializeToString,
+                response_deserializer=rdv_dot_display_dot_v1_dot_display__pb2.BackendMessage.FromString,
+                _registered_method=True)
         self.GetServiceInfo = channel.unary_unary(
                 '/rdv.display.v1.DisplayService/GetServiceInfo',
                 request_serializer=rdv_dot_common_dot_v1_dot_common__pb2.GetServiceInfoRequest.SerializeToString,
@@ -44,13 +50,33 @@ class DisplayServiceStub:
                 request_serializer=rdv_dot_common_dot_v1_dot_common__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=rdv_dot_common_dot_v1_dot_common__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.Screenshot = channel.unary_unary(
+                '/rdv.display.v1.DisplayService/Screenshot',
+                request_serializer=rdv_dot_display_dot_v1_dot_display__pb2.ScreenshotRequest.SerializeToString,
+                response_deserializer=rdv_dot_display_dot_v1_dot_display__pb2.ScreenshotReply.FromString,
+                _registered_method=True)
+        self.GetDisplayState = channel.unary_unary(
+                '/rdv.display.v1.DisplayService/GetDisplayState',
+                request_serializer=rdv_dot_display_dot_v1_dot_display__pb2.GetDisplayStateRequest.SerializeToString,
+                response_deserializer=rdv_dot_display_dot_v1_dot_display__pb2.DisplayState.FromString,
+                _registered_method=True)
 
 
 class DisplayServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def Session(self, request_iterator, context):
+        """One long-lived stream per display connection of a virtual SVGA card. The first frontend message must be
+        `open`. A message the service cannot accept ends the stream with INVALID_ARGUMENT (or FAILED_PRECONDITION)
+        and a message saying what was wrong; other sessions are not affected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServiceInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Debugging aids a person can call with grpcurl.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -61,9 +87,27 @@ class DisplayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Screenshot(self, request, context):
+        """The service's viewport of a session's desktop copy as a PNG (exact pixels, no cursor).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDisplayState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DisplayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=rdv_dot_display_dot_v1_dot_display__pb2.FrontendMessage.FromString,
+                    response_serializer=rdv_dot_display_dot_v1_dot_display__pb2.BackendMessage.SerializeToString,
+            ),
             'GetServiceInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetServiceInfo,
                     request_deserializer=rdv_dot_common_dot_v1_dot_common__pb2.GetServiceInfoRequest.FromString,
@@ -73,6 +117,16 @@ def add_DisplayServiceServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=rdv_dot_common_dot_v1_dot_common__pb2.ListSessionsRequest.FromString,
                     response_serializer=rdv_dot_common_dot_v1_dot_common__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'Screenshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Screenshot,
+                    request_deserializer=rdv_dot_display_dot_v1_dot_display__pb2.ScreenshotRequest.FromString,
+                    response_serializer=rdv_dot_display_dot_v1_dot_display__pb2.ScreenshotReply.SerializeToString,
+            ),
+            'GetDisplayState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDisplayState,
+                    request_deserializer=rdv_dot_display_dot_v1_dot_display__pb2.GetDisplayStateRequest.FromString,
+                    response_serializer=rdv_dot_display_dot_v1_dot_display__pb2.DisplayState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -84,6 +138,33 @@ def add_DisplayServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class DisplayService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rdv.display.v1.DisplayService/Session',
+            rdv_dot_display_dot_v1_dot_display__pb2.FrontendMessage.SerializeToString,
+            rdv_dot_display_dot_v1_dot_display__pb2.BackendMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def GetServiceInfo(request,
@@ -129,6 +210,60 @@ class DisplayService:
             '/rdv.display.v1.DisplayService/ListSessions',
             rdv_dot_common_dot_v1_dot_common__pb2.ListSessionsRequest.SerializeToString,
             rdv_dot_common_dot_v1_dot_common__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Screenshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rdv.display.v1.DisplayService/Screenshot',
+            rdv_dot_display_dot_v1_dot_display__pb2.ScreenshotRequest.SerializeToString,
+            rdv_dot_display_dot_v1_dot_display__pb2.ScreenshotReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDisplayState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rdv.display.v1.DisplayService/GetDisplayState',
+            rdv_dot_display_dot_v1_dot_display__pb2.GetDisplayStateRequest.SerializeToString,
+            rdv_dot_display_dot_v1_dot_display__pb2.DisplayState.FromString,
             options,
             channel_credentials,
             insecure,

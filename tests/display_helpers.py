@@ -1,0 +1,61 @@
+"""Shared by the display tests: a scripted guest drawing through a real DisplayLink, and screenshots."""
+
+from __future__ import annotations
+
+import grpc
+
+from frontend_shim.display_link import DisplayLink
+from frontend_shim.scripted_svga import ScriptedSvgaDriver, new_memory
+from rdv.display.v1 import display_pb2, display_pb2_grpc
+from services.common import raster
+from services.common.raster import Rect
+from services.display.png import bgrx_to_rgb, decode
+
+W, H = 640, 480
+
+
+def start_guest(
+    targets: list[str],
+    mode: str = "mirrored",
+    encoding: str = "auto",
+    tile_diff: bool = False,
+    fifo_size: int = 6144,
+    partial_every: int = 0,
+    width: int = W,
+    height: int = H,
+) -> tuple[ScriptedSvgaDriver, DisplayLink]:
+    """A guest whose desktop is drawn and shown (nothing animated yet)."""
+    vram, fifo = new_memory(fifo_size=fifo_size)
+    link = DisplayLink(targets, mode, vram, fifo, encoding=encoding, tile_diff=tile_diff, access_timeout=2.0)
+    link.start()
+    driver = ScriptedSvgaDriver(link, vram, fifo, partial_every=partial_every)
+    driver.probe()
+    driver.set_mode(width, height)
+    driver.init_fifo()
+    driver.desktop()
+    return driver, link
+
+
+def screenshot(address: str, session_id: str = "") -> tuple[int, int, bytes, display_pb2.ScreenshotReply]:
+    with grpc.insecure_channel(address) as ch:
+        reply = display_pb2_grpc.DisplayServiceStub(ch).Screenshot(
+            display_pb2.ScreenshotRequest(session_id=session_id), timeout=10
+        )
+    w, h, rgb = decode(reply.png)
+    return w, h, rgb, reply
+
+
+def guest_rgb(driver: ScriptedSvgaDriver, view: Rect | None = None) -> bytes:
+    """The guest's framebuffer (or part of it) as packed RGB, what a screenshot must equal."""
+    view = view or Rect(0, 0, driver.width, driver.height)
+    return bytes(bgrx_to_rgb(raster.read_rect(driver.vram, driver.surface, view)))
+
+
+def first_difference(a: bytes, b: bytes, width: int) -> str:
+    if len(a) != len(b):
+        return f"sizes differ: {len(a)} vs {len(b)}"
+    bad = [i // 3 for i in range(0, len(a), 3) if a[i : i + 3] != b[i : i + 3]]
+    if not bad:
+        return "equal"
+    xs, ys = [p % width for p in bad], [p // width for p in bad]
+    return f"{len(bad)} pixels differ within x {min(xs)}..{max(xs)}, y {min(ys)}..{max(ys)}"
