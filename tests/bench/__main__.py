@@ -23,27 +23,29 @@ TARGETS = {  # (metric, mode): target p50 in ns, from the issues
 }
 
 
-def _fmt(ns: float | None) -> str:
-    if ns is None or (isinstance(ns, float) and math.isnan(ns)):
+def _fmt(value: float | None, unit: str = "ns") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if ns >= 1_000_000:
-        return f"{ns / 1e6:.2f} ms"
-    if ns >= 1_000:
-        return f"{ns / 1e3:.1f} µs"
-    return f"{ns:.1f} ns"
+    if unit != "ns":
+        return f"{value:,.0f} {unit}"
+    if value >= 1_000_000:
+        return f"{value / 1e6:.2f} ms"
+    if value >= 1_000:
+        return f"{value / 1e3:.1f} µs"
+    return f"{value:.1f} ns"
 
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| metric | mode | link | p50 | p99 | paper | target p50 | met |",
-        "|---|---|---|---|---|---|---|---|",
+        "| metric | mode | link | content | p50 | p99 | paper | target p50 | met |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         target = TARGETS.get((r["metric"], r["mode"]))
         met = "-" if target is None else ("yes" if r["p50"] <= target else "NO")
         lines.append(
-            f"| {r['metric']} | {r['mode']} | {r['link']} | {_fmt(r['p50'])} | {_fmt(r['p99'])} | "
-            f"{_fmt(r['paper'])} | {_fmt(target)} | {met} |"
+            f"| {r['metric']} | {r['mode']} | {r['link']} | {r.get('content', '-')} | {_fmt(r['p50'], r['unit'])} | "
+            f"{_fmt(r['p99'], r['unit'])} | {_fmt(r['paper'], r['unit'])} | {_fmt(target)} | {met} |"
         )
     return "\n".join(lines)
 
