@@ -10,6 +10,7 @@ import time
 
 from frontend_shim.display_link import ENCODINGS, MODES, DisplayLink
 from frontend_shim.scripted_svga import GuestError, ScriptedSvgaDriver, new_memory
+from services.common import tls
 from services.display.png import bgrx_to_rgb, encode_rgb
 
 
@@ -34,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-guest-png", metavar="FILE", help="write the guest's visible framebuffer as PNG at the end")
     p.add_argument("--vm", default="scripted-guest", help="name shown in the services' session lists")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
     p.set_defaults(run=run)
 
 
@@ -55,10 +57,21 @@ def draw(
     seed: int = 1,
     vm: str = "scripted-guest",
     save_png: str | None = None,
+    tls_dir: str | None = None,
 ) -> dict:
     """The scripted guest draws for `seconds`; returns the summary once every service has presented it all."""
     vram, fifo = new_memory()
-    link = DisplayLink(displays, mode, vram, fifo, vm=vm, encoding=encoding, tile_diff=tile_diff)  # type: ignore[arg-type]
+    credentials = tls.channel_credentials(tls_dir) if tls_dir else None
+    link = DisplayLink(
+        displays,
+        mode,  # type: ignore[arg-type]
+        vram,
+        fifo,
+        vm=vm,
+        encoding=encoding,  # type: ignore[arg-type]
+        tile_diff=tile_diff,
+        credentials=credentials,
+    )
     try:
         link.start()
     except ConnectionError as exc:
@@ -118,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             vm=args.vm,
             save_png=args.save_guest_png,
+            tls_dir=args.tls_dir,
         )
-    except (OSError, ValueError, DrawError) as exc:
+    except (OSError, ValueError, DrawError, tls.TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary) if args.json else describe(summary))

@@ -43,11 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="this VM's name at the input service (focus and SetFocus use it; default $RDV_VM or vm)",
     )
     p.add_argument("--json", action="store_true", help="print the final counters as one JSON object")
+    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    forwarder = InputForwarder(args.input, args.qmp, args.vm, device=args.qmp_device)
+    forwarder = InputForwarder(args.input, args.qmp, args.vm, device=args.qmp_device, tls_dir=args.tls_dir)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

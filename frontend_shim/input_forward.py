@@ -23,7 +23,7 @@ from collections.abc import Callable
 import grpc
 
 from rdv.input.v1 import input_pb2, input_pb2_grpc
-from services.common import logs
+from services.common import logs, tls
 from services.input.events import BUTTON_NAMES, InvalidEvent, check
 
 log = logs.get("shim.input")
@@ -196,8 +196,10 @@ class InputForwarder:
         device: str | None = None,
         on_ack: Callable[[list[input_pb2.InputEvent], int], None] | None = None,
         max_pending: int = _MAX_PENDING,
+        tls_dir: str | None = None,
     ) -> None:
         self.target = target
+        self.tls_dir = tls_dir
         self.qmp_path = qmp_path
         self.vm = vm
         self.device = device
@@ -251,7 +253,12 @@ class InputForwarder:
     async def _subscribe_loop(self) -> None:
         backoff = 0.05
         while True:
-            channel = grpc.aio.insecure_channel(self.target, options=[("grpc.keepalive_time_ms", 10_000)])
+            options = [("grpc.keepalive_time_ms", 10_000)]
+            channel = (
+                grpc.aio.secure_channel(self.target, tls.channel_credentials(self.tls_dir), options)
+                if self.tls_dir
+                else grpc.aio.insecure_channel(self.target, options=options)
+            )
             try:
                 call = input_pb2_grpc.InputServiceStub(channel).Subscribe(input_pb2.SubscribeRequest(vm=self.vm))
                 metadata = dict(await call.initial_metadata() or ())

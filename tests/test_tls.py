@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -101,3 +102,34 @@ def test_input_service_pairing(services, pki: Path) -> None:
             except grpc.RpcError as exc:
                 code = exc.code()
         assert (code == grpc.StatusCode.OK) == allowed, who
+
+
+def test_display_and_input_over_mtls(services, pki: Path, tmp_path: Path) -> None:
+    node = str(pki / "node")
+    inp = services("input", "--tls-dir", node)
+    disp = services("display", "--headless", "--tls-dir", node, "--input", inp.address)
+    drawn = run_shim("draw-demo", "--display", disp.address, "--seconds", "0.3", "--encoding", "lz4",
+                     "--width", "320", "--height", "200", "--tls-dir", str(pki / "vm2"), "--json")  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr
+    assert json.loads(drawn.stdout)["flushed"]
+    refused = run_shim("draw-demo", "--display", disp.address, "--seconds", "0.3", "--tls-dir", str(pki / "vm1"))
+    assert refused.returncode != 0  # vm1 is paired for audio only
+    # The shim's input forwarder subscribes over mTLS (QEMU need not exist for the subscription to be made).
+    fwd = subprocess.Popen(
+        [sys.executable, "-m", "frontend_shim", "forward-input", "--input", inp.address, "--qmp",
+         str(tmp_path / "no-qemu.sock"), "--vm", "vm2", "--tls-dir", str(pki / "vm2")],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with tls.channel(inp.address, node) as ch:
+            from rdv.input.v1 import input_pb2
+
+            stub = input_pb2_grpc.InputServiceStub(ch)
+            for _ in range(100):
+                if "vm2" in stub.GetFocus(input_pb2.GetFocusRequest(), timeout=5).subscribed:
+                    break
+                time.sleep(0.05)
+            assert "vm2" in stub.GetFocus(input_pb2.GetFocusRequest(), timeout=5).subscribed
+    finally:
+        fwd.terminate()
+        fwd.wait(10)

@@ -58,7 +58,7 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
     if args.input:
         from services.display.input_bridge import make_bridge
 
-        on_input = make_bridge(args.input)
+        on_input = make_bridge(args.input, args.tls_dir)
     stage = Stage(make_presenter(args.presenter, args.headless), args.viewport, args.refresh_hz, on_input)
     stage.start()
     v: Viewport = args.viewport

@@ -7,7 +7,7 @@ become rdv input events handed to the input service's InputPublisher.
 
 from __future__ import annotations
 
-from services.common import logs
+from services.common import logs, tls
 from services.display.stage import GuestInput
 from services.input import events, keys
 from services.input.publisher import InputPublisher
@@ -56,6 +56,7 @@ class InputBridge:
         self.publisher.close()
 
 
-def make_bridge(target: str) -> InputBridge:
+def make_bridge(target: str, tls_dir: str | None = None) -> InputBridge:
     """An InputBridge publishing to the input service at `target` (connects in the background)."""
-    return InputBridge(InputPublisher(target, source="display").start())
+    credentials = tls.channel_credentials(tls_dir) if tls_dir else None
+    return InputBridge(InputPublisher(target, source="display", credentials=credentials).start())
