@@ -12,9 +12,10 @@ from pathlib import Path
 
 from frontend_shim.processes import ROOT
 from tests.bench import netlinks
+from tests.bench import plots as plots_mod
 
 # Each module has run(quick, workdir) -> list of records (see tests/bench/stats.py).
-SUITES = ("tests.bench.audio", "tests.bench.display")
+SUITES = ("tests.bench.audio", "tests.bench.display", "tests.bench.traces")
 TARGETS = {  # (metric, mode): target p50 in ns, from the issues
     ("register_read", "mirrored"): 500,
     ("register_read", "backend"): 150_000,
@@ -74,7 +75,8 @@ def main() -> None:
     print(text)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"written to {Path(out, 'results.json')}")
+    plots = [p for p in (plots_mod.display_ns_per_px(results, out), plots_mod.audio_latencies(results, out)) if p]
+    print(f"written to {Path(out, 'results.json')}, {out / 'results.md'}" + "".join(f", {p}" for p in plots))
 
 
 if __name__ == "__main__":

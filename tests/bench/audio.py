@@ -26,7 +26,7 @@ from rdv.common.v1 import common_pb2
 from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370, PcmFormat
 from tests.bench.netlinks import Link
-from tests.bench.stats import record
+from tests.bench.stats import record, resource_usage
 
 # The paper's Table 2 in ns: (local card, remote card 1 = backend, remote card 2 = mirrored).
 PAPER = {
@@ -72,12 +72,16 @@ def run(quick: bool, workdir: Path, link: Link | None = None) -> list[dict]:
                 "register_write", "local", _time_calls(lambda: model.write(R.MEMPAGE, 4, 0xC), n), 51.3, link="none"
             ),
         ]
-    svc = start_service("audio", workdir / "logs", "--sink", "null", listen=f"{link.remote_host}:0", prefix=link.prefix)
+    svc = start_service(
+        "audio", workdir / "logs", "--sink", "null", listen=f"{link.remote_host}:0", prefix=link.prefix, env=link.env
+    )
     try:
         for mode in ("mirrored", "backend"):
-            for r in _measure_mode(svc.address, mode, n, seconds):
+            with resource_usage(f"audio {mode}", link.name, {"audio service": svc.proc.pid}) as usage:
+                measured = _measure_mode(svc.address, mode, n, seconds)
+            for r in measured:
                 r["link"] = link.name
-                results.append(r)
+            results += measured + usage
     finally:
         svc.stop()
     return results

@@ -31,7 +31,7 @@ from services.display.desktop import Desktop, DesktopMode, Prepared, _Op
 from services.display.presenters import RenderJob
 from services.display.presenters.sdl import SdlPresenter
 from tests.bench.netlinks import Link
-from tests.bench.stats import record
+from tests.bench.stats import record, resource_usage
 
 DESKTOP = (1024, 768)
 WINDOW = Rect(192, 144, 640, 480)  # the refreshed area: a window of 307,200 pixels
@@ -189,13 +189,17 @@ def run(quick: bool, workdir: Path, link: Link | None = None) -> list[dict]:
     else:  # shaped links: fewer, slower samples (a raw refresh is ~0.1 s at 100 Mb/s)
         n, configs = (8 if quick else 60), ("raw", "lzo", "auto")
         kinds = ("desktop",) if quick else ("desktop", "photo")
-    svc = start_service("display", workdir / "logs", "--headless", listen=f"{link.remote_host}:0", prefix=link.prefix)
+    svc = start_service(
+        "display", workdir / "logs", "--headless", listen=f"{link.remote_host}:0", prefix=link.prefix, env=link.env
+    )
     try:
-        for kind in kinds:
-            for config in configs:
-                r = _measure_remote(svc.address, config, kind, n, link.name)
-                r["wire_ns_per_px"] = link.wire_ns_per_px()
-                results.append(r)
+        with resource_usage("display refresh, every encoding", link.name, {"display service": svc.proc.pid}) as usage:
+            for kind in kinds:
+                for config in configs:
+                    r = _measure_remote(svc.address, config, kind, n, link.name)
+                    r["wire_ns_per_px"] = link.wire_ns_per_px()
+                    results.append(r)
+        results += usage
     finally:
         svc.stop()
     return results

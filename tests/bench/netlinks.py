@@ -23,6 +23,9 @@ class Link:
     remote_host: str  # where the services listen
     rate_bps: float | None  # shaped rate, None = unshaped
     prefix: list[str] = field(default_factory=list)  # command prefix that runs a process on the remote node
+    # Plaintext like the paper (no TLS in its figures); allowed on a non-loopback address only because the pair
+    # lives in namespaces this run made and removes.
+    env: dict[str, str] = field(default_factory=dict)
 
     def wire_ns_per_px(self, bytes_per_px: int = 4) -> float | None:
         """The physical limit of the paper's Table 3: time to carry one pixel's bytes at the link rate."""
@@ -77,7 +80,7 @@ def shaped(name: str, rate: str, rate_bps: float, index: int) -> Iterator[Link]:
         tbf = ["root", "tbf", "rate", rate, "burst", "64kb", "latency", "50ms"]
         subprocess.run(["tc", "qdisc", "add", "dev", outer, *tbf], check=True, capture_output=True)
         subprocess.run([*in_ns, "tc", "qdisc", "add", "dev", inner, *tbf], check=True, capture_output=True)
-        yield Link(name, remote, rate_bps, in_ns)
+        yield Link(name, remote, rate_bps, in_ns, {"RDV_INSECURE": "1"})
     finally:
         _ip("netns", "del", ns, check=False)  # takes the veth pair with it
         _ip("link", "del", outer, check=False)
