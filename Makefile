@@ -37,6 +37,10 @@ proto: setup
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Boots real Linux guests under QEMU 10.2 (built once into ~/.cache/rdv by tests/tools): minutes, not seconds.
+test-live: setup
+	$(PY) -m pytest -q -m live tests/live $(PYTEST_ARGS)
+
 run: setup
 	$(PY) -m frontend_shim demo
 

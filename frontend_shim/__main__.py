@@ -14,6 +14,7 @@ COMMANDS = (
     "frontend_shim.cmd_demo",
     "frontend_shim.cmd_draw_demo",
     "frontend_shim.cmd_forward_input",
+    "frontend_shim.cmd_vfio_user",
 )
 
 

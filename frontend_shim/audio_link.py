@@ -178,6 +178,7 @@ class AudioLink:
         self._threads: list[threading.Thread] = []
         self._offline_since: float | None = None
         self.last_interrupt_sent_ns = 0  # backend mode: when the service raised the latest interrupt
+        self._dma_failing = False  # guest memory was unreadable at the last DMA attempt
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, connect_timeout: float = 5.0) -> None:
@@ -370,15 +371,25 @@ class AudioLink:
             for seg in req.segments:
                 data += self.memory.read(seg.addr, seg.length)
         except GuestMemoryError as exc:
-            self.stats.dma_errors += 1
-            log.warning("DMA outside guest memory", extra={"error": str(exc)})
+            self._dma_failed(exc)
             data, ok = bytearray(), False
         else:
+            self._dma_failing = False
             self._credit.moved(req.channel, len(data))
             self.stats.pcm_bytes += len(data)
         conn.send(
             audio_pb2.FrontendMessage(dma_data=audio_pb2.DmaData(request_id=req.request_id, data=bytes(data), ok=ok))
         )
+
+    def _dma_failed(self, exc: GuestMemoryError) -> None:
+        """The DMA engine retries every few ms while guest memory is unreachable (e.g. the VM is gone): warn
+        once per outage, not once per retry."""
+        self.stats.dma_errors += 1
+        if self._dma_failing:
+            log.debug("DMA outside guest memory", extra={"error": str(exc)})
+        else:
+            self._dma_failing = True
+            log.warning("DMA outside guest memory (repeats logged at debug level)", extra={"error": str(exc)})
 
     def _lost(self, conn: _Connection, error: str) -> None:
         for seq in list(self._waiters):
@@ -434,9 +445,9 @@ class AudioLink:
             try:
                 data = self.memory.read(addr, length)
             except GuestMemoryError as exc:
-                self.stats.dma_errors += 1
-                log.warning("DMA outside guest memory", extra={"error": str(exc)})
+                self._dma_failed(exc)
                 return
+            self._dma_failing = False
             model.dma_commit(channel, length)
             self._credit.moved(channel, length)
             self.stats.pcm_bytes += length

@@ -21,3 +21,13 @@ def services(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     yield start
     for svc in started:
         svc.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Live tests boot a real guest under QEMU: they run only when selected with `-m live` (make test-live)."""
+    if "live" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="boots a real guest: run with `make test-live` (pytest -m live)")
+    for item in items:
+        if "live" in item.keywords:
+            item.add_marker(skip)

@@ -157,9 +157,14 @@ class AudioSession:
             self.counters["stale_dma"] += 1
             return
         req = self._pending.pop(pending)
+        if not d.ok:
+            # Guest memory was unreadable (the VM went away, or its memory cannot be reached just now): retry on
+            # the pump tick, not at once, or shim and service bounce requests at each other as fast as they can.
+            self.counters["dma_failed"] += 1
+            return
         addr, window = self.model.dma_window(pending, req.length)
-        if not d.ok or len(d.data) != req.length or addr != req.addr or window != req.length:
-            # The guest moved the buffer (or memory was unreadable) while the data was in flight: refetch.
+        if len(d.data) != req.length or addr != req.addr or window != req.length:
+            # The guest moved the buffer while the data was in flight: refetch.
             self.counters["stale_dma"] += 1
         else:
             self._play(pending, d.data)

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--service", default="", help="a fully qualified service name; empty = the whole server")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds")
-    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder (default $RDV_TLS_DIR)")
+    p.add_argument(
+        "--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder (default $RDV_TLS_DIR)"
+    )
     args = p.parse_args(argv)
     host, _, port = args.address.rpartition(":")
     if host in ("0.0.0.0", "[::]", ""):
