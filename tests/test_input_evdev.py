@@ -48,6 +48,10 @@ def test_evdev_device_events_reach_the_focused_vm(services, tmp_path) -> None:
         assert {e.source for e in got} == {f"evdev:{fifo}"}
         assert [e.seq for e in got] == list(range(1, 9))
         os.close(fd)  # unplugged ...
+        deadline = time.monotonic() + 10
+        while "input device went away" not in svc.logs():  # reopening before the service closed its end would
+            assert time.monotonic() < deadline  # hand the write to a reader about to close (EPIPE)
+            time.sleep(0.01)
         fd = os.open(fifo, os.O_WRONLY)  # ... and back: the service reopens it
         os.write(fd, records((1, 28, 1), SYN, (1, 28, 0), SYN))
         assert [ev.describe(e) for e in sub.get(2)] == ["key ret down", "key ret up"]
