@@ -15,6 +15,7 @@ COMMANDS = (
     "frontend_shim.cmd_draw_demo",
     "frontend_shim.cmd_forward_input",
     "frontend_shim.cmd_vfio_user",
+    "frontend_shim.cmd_replay",
 )
 
 
