@@ -234,6 +234,11 @@ def qemu_es1370() -> Iterator[QemuEs1370]:
 
 def normalize(dev: QemuEs1370 | ModelEs1370) -> None:
     w = dev.io_write
+    # QEMU opens a channel's audio voice only when its rate or format changes, so a channel still at the reset
+    # format (DAC1 5512 Hz 8-bit mono) never plays there. Leave the reset format once, so every channel has a
+    # voice whatever the scenario then sets (a QEMU quirk we do not copy: the chip plays its reset format).
+    w(0, R.CONTROL, 4, (3 << R.CTRL_SH_WTSRSEL) | (R.dac2_divider(44100) << R.CTRL_SH_PCLKDIV))
+    w(0, R.SERIAL_CONTROL, 4, R.SCTRL_P1FMT | R.SCTRL_P2FMT | R.SCTRL_R1FMT)
     w(0, R.CONTROL, 4, R.RESET_CONTROL)  # every channel stopped
     w(0, R.SERIAL_CONTROL, 4, R.SCTRL_P1INTEN | R.SCTRL_P2INTEN | R.SCTRL_R1INTEN)
     w(0, R.SERIAL_CONTROL, 4, 0)  # INT_EN 1 -> 0 clears every pending interrupt
