@@ -15,7 +15,13 @@ from tests.bench import netlinks
 from tests.bench import plots as plots_mod
 
 # Each module has run(quick, workdir) -> list of records (see tests/bench/stats.py).
-SUITES = ("tests.bench.audio", "tests.bench.display", "tests.bench.traces")
+SUITES = (
+    "tests.bench.audio",
+    "tests.bench.display",
+    "tests.bench.traces",
+    "tests.bench_input",
+    "tests.bench_vfio",
+)
 TARGETS = {  # (metric, mode): target p50 in ns, from the issues
     ("register_read", "mirrored"): 500,
     ("register_read", "backend"): 150_000,
@@ -38,14 +44,14 @@ def _fmt(value: float | None, unit: str = "ns") -> str:
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| metric | mode | link | content | p50 | p99 | paper | target p50 | met |",
+        "| metric | mode | link | detail | p50 | p99 | paper | target p50 | met |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         target = TARGETS.get((r["metric"], r["mode"]))
         met = "-" if target is None else ("yes" if r["p50"] <= target else "NO")
         lines.append(
-            f"| {r['metric']} | {r['mode']} | {r['link']} | {r.get('content', '-')} | {_fmt(r['p50'], r['unit'])} | "
+            f"| {r['metric']} | {r['mode']} | {r['link']} | {r.get('content') or r.get('direction') or r.get('workload') or '-'} | {_fmt(r['p50'], r['unit'])} | "
             f"{_fmt(r['p99'], r['unit'])} | {_fmt(r['paper'], r['unit'])} | {_fmt(target)} | {met} |"
         )
     return "\n".join(lines)
