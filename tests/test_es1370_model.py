@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.audio.dma import DmaCredit
 from services.common.clock import Clock
@@ -152,3 +154,28 @@ def test_credit_holds_at_pending_interrupt_then_gives_up() -> None:
     assert credit.room(m, R.DAC2) == 0  # a full lead ahead of playback
     credit.played(R.DAC2, 4000)
     assert credit.room(m, R.DAC2) > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0x00, 0x04, 0x08, 0x0C, 0x10, 0x20, 0x24, 0x28, 0x2C, 0x30, 0x34, 0x38, 0x3C]),
+            st.sampled_from([1, 2, 4]),
+            st.integers(0, 0xFFFFFFFF),
+            st.integers(0, 3),
+        ),
+        max_size=40,
+    )
+)
+def test_write_reports_exactly_whether_the_state_changed(writes: list[tuple[int, int, int, int]]) -> None:
+    """Mirrored mode leaves out writes that change nothing; that is only coherent if `changed` is exact."""
+    m = started()
+    for offset, size, value, lane in writes:
+        offset += lane % size if size < 4 else 0
+        offset &= ~(size - 1)
+        before = m.state.copy()
+        changed = m.write(offset, size, value & ((1 << (8 * size)) - 1))
+        assert changed == (m.state != before)
+        if m.dma_window(R.DAC2, 64)[1]:
+            m.dma_commit(R.DAC2, m.dma_window(R.DAC2, 64)[1])  # interleave DMA so leftover/positions vary

@@ -115,16 +115,15 @@ class Es1370:
         lane = (offset & 3) * 8
         return (self._read_dword(offset & ~3) >> lane) & _mask(size)
 
-    def write(self, offset: int, size: int, value: int) -> None:
-        """A guest write. Narrow writes land in their byte lanes of the dword register.
+    def write(self, offset: int, size: int, value: int) -> bool:
+        """A guest write; True when it changed the device state. Narrow writes land in their byte lanes.
 
         Deviation: QEMU hands a narrow write to its dword handler zero-extended (and drops it when unaligned);
         the chip, like we do here, only changes the bytes written. Linux writes CODEC with 16 bits and the UART
         with 8, where both behave the same.
         """
         if size == 4 and offset in _DWORD_OFFSETS:
-            self._write_dword(offset, value & _ALL_ONES)
-            return
+            return self._write_dword(offset, value & _ALL_ONES)
         check_access(offset, size)
         if size < 4:
             aligned, lane = offset & ~3, (offset & 3) * 8
@@ -132,7 +131,7 @@ class Es1370:
             current = self._register_value_for_merge(aligned)
             value = (current & ~mask) | ((value << lane) & mask)
             offset = aligned
-        self._write_dword(offset, value & _ALL_ONES)
+        return self._write_dword(offset, value & _ALL_ONES)
 
     # ----------------------------------------------------------------- interrupt line
     @property
@@ -266,20 +265,26 @@ class Es1370:
             return self.state.codec
         return self._read_dword(offset)
 
-    def _write_dword(self, offset: int, value: int) -> None:
+    def _write_dword(self, offset: int, value: int) -> bool:
+        """Apply a dword write; True when the device state changed (mirrored mode streams only those)."""
         s = self.state
         reg = self._paged(offset)
         if reg == R.CONTROL:
+            changed = s.control != value
             s.control = value
         elif reg == R.MEMPAGE:
+            changed = s.mempage != value & 0xF
             s.mempage = value & 0xF
         elif reg == R.CODEC:
-            s.codec = value
             address, data = (value >> 8) & 0xFF, value & 0xFF
+            changed = s.codec != value
+            s.codec = value
             if address < R.AK4531_REGISTERS:
+                changed |= s.codec_regs[address] != data
                 s.codec_regs[address] = data
         elif reg == R.SERIAL_CONTROL:
             # Clearing a channel's INT_EN clears its pending interrupt: this is how drivers acknowledge.
+            changed = s.serial_control != value  # the status can only change when INT_EN bits do
             cleared = s.serial_control & ~value
             status = s.status
             for bits in _CHANNEL_BITS:
@@ -289,16 +294,22 @@ class Es1370:
             self._set_status(status)
         elif reg in _SCOUNT_REGS:
             count = value & 0xFFFF
-            s.channels[_SCOUNT_REGS[reg]].scount = (count << 16) | count
+            ch = s.channels[_SCOUNT_REGS[reg]]
+            changed = ch.scount != (count << 16) | count
+            ch.scount = (count << 16) | count
         elif reg in _FRAME_REGS:
             channel, name = _FRAME_REGS[reg]
             ch = s.channels[channel]
+            changed = getattr(ch, name) != value or (name == "frame_cnt" and ch.leftover != 0)
             setattr(ch, name, value)
             if name == "frame_cnt":
                 ch.leftover = 0
         elif reg == R.UART_DATA:
+            changed = s.uart_control != (value >> 8) & 0xFF
             s.uart_control = (value >> 8) & 0xFF  # kept so a resync restores it; no UART is modelled
-        # STATUS is read-only; other offsets are ignored like on the chip.
+        else:
+            changed = False  # STATUS is read-only; other offsets are ignored like on the chip
+        return changed
 
     def _set_status(self, status: int) -> None:
         if status & _CHANNEL_STAT_BITS:
