@@ -4,6 +4,11 @@
         -device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"/run/rdv/es1370.sock"}}'
 
 The server must listen before QEMU starts. It serves one QEMU at a time, and the next one after it leaves.
+
+`--device svga` serves a VMware SVGA II (use `-vga none` so it is the only display): BAR0 port accesses are
+trapped, VRAM and FIFO memory are memfds QEMU maps into the guest, and the damage goes to the display services.
+Its VALUE port is a 32-bit access at BAR0+1: stock QEMU 10.2 under KVM splits it into 1+2+1 byte pieces (the
+model reassembles them); under TCG stock QEMU refuses it as unaligned (see tests/tools/README.md).
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ import os
 import signal
 import sys
 import threading
+from typing import Any, Protocol
 
 from frontend_shim.audio_link import MODES, AudioLink
-from frontend_shim.vfio_user.devices import es1370_over_link
+from frontend_shim.display_link import ENCODINGS
+from frontend_shim.vfio_user.devices import es1370_over_link, svga_over_link
 from frontend_shim.vfio_user.irq import IrqController
 from frontend_shim.vfio_user.memory import DmaMemory
 from frontend_shim.vfio_user.server import VfioUserServer
+from frontend_shim.vfio_user.svga import SvgaLink, SvgaMemory
 from frontend_shim.vfio_user.trace import AccessLog
-from services.common import logs
+from services.common import logs, tls
 from services.common.clock import Clock
 
 log = logs.get("shim.vfio_user")
@@ -32,8 +40,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
     p.add_argument("--device", choices=["es1370", "svga"], default="es1370")
     p.add_argument("--audio", default=os.environ.get("RDV_AUDIO", "127.0.0.1:50051"), help="audio service HOST:PORT")
-    p.add_argument("--display", default=None, help="display service HOST:PORT (with --device svga)")
+    p.add_argument(
+        "--display",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="display service for --device svga (repeat for several screens; default $RDV_DISPLAY or 127.0.0.1:50052)",
+    )
     p.add_argument("--mode", choices=sorted(MODES), default="mirrored", help="coherence mode (default mirrored)")
+    p.add_argument("--encoding", choices=ENCODINGS, default="auto", help="svga: pixel encoding (auto: per rectangle)")
+    p.add_argument("--tile-diff", action="store_true", help="svga: send only tiles that differ from what was sent")
+    p.add_argument(
+        "--vram-scan-ms",
+        type=float,
+        default=500.0,
+        help="svga: compare the visible framebuffer with what was reported this often and send changes no FIFO "
+        "command announced (0: off; Linux vmwgfx announces everything)",
+    )
     p.add_argument("--vm", default=None, help="name shown in the service's session list (default from --socket)")
     p.add_argument(
         "--access-timeout-ms",
@@ -44,21 +67,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--irq-recheck-ms", type=float, default=5.0, help="INTx re-check delay after writes and UNMASK")
     p.add_argument("--access-log", default=None, help="write the register traffic here (.gz: gzip)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on exit")
+    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
 
 
+class _Link(Protocol):
+    """What `run` needs of the device's link, whichever device it is."""
+
+    stats: Any
+
+    def close(self, drain: bool = True, timeout: float = 10.0) -> None: ...
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.device == "svga":
-        print(
-            "error: --device svga is not implemented yet (the SVGA II link to the display service is still to "
-            "come); only --device es1370 can be served",
-            file=sys.stderr,
-        )
-        return 2
-    if args.display:
+    if args.display and args.device != "svga":
         print("error: --display applies to --device svga only", file=sys.stderr)
         return 2
+    try:
+        credentials = tls.channel_credentials(args.tls_dir) if args.tls_dir else None
+    except tls.TlsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -67,23 +97,49 @@ def run(args: argparse.Namespace) -> int:
     access_log = AccessLog(args.access_log, f"device={args.device} mode={args.mode}") if args.access_log else None
     memory = DmaMemory()
     irq = IrqController(args.irq_recheck_ms / 1000, on_event=access_log.event if access_log else None)
-    link = AudioLink(
-        args.audio,
-        args.mode,
-        memory,
-        irq,
-        vm=args.vm or f"vfio-user:{os.path.basename(args.socket)}",
-        clock=Clock(args.clock_scale),
-        access_timeout=args.access_timeout_ms / 1000,
-    )
+    vm = args.vm or f"vfio-user:{os.path.basename(args.socket)}"
+    svga_memory: SvgaMemory | None = None
+    link: _Link
     try:
-        link.start()
+        if args.device == "svga":
+            svga_memory = SvgaMemory.create()
+            link = SvgaLink(
+                args.display or [os.environ.get("RDV_DISPLAY", "127.0.0.1:50052")],
+                args.mode,
+                svga_memory,
+                vm=vm,
+                encoding=args.encoding,
+                tile_diff=args.tile_diff,
+                access_timeout=args.access_timeout_ms / 1000,
+                credentials=credentials,
+                vram_scan_period=args.vram_scan_ms / 1000,
+            )
+            link.start()
+            function = svga_over_link(link)
+        else:
+            link = AudioLink(
+                args.audio,
+                args.mode,
+                memory,
+                irq,
+                vm=vm,
+                clock=Clock(args.clock_scale),
+                access_timeout=args.access_timeout_ms / 1000,
+                credentials=credentials,
+            )
+            link.start()
+            function = es1370_over_link(link, irq)
     except ConnectionError as exc:
-        print(f"error: {exc} (is `python -m services.audio` running there?)", file=sys.stderr)
+        service = "services.display" if args.device == "svga" else "services.audio"
+        print(f"error: {exc} (is `python -m {service}` running there?)", file=sys.stderr)
         irq.close()
+        if svga_memory is not None:
+            svga_memory.close()
+        if access_log:
+            access_log.close()
         return 1
     server = VfioUserServer(
-        es1370_over_link(link, irq),
+        function,
         memory,
         irq,
         on_access=access_log.access if access_log else None,
@@ -95,6 +151,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.socket}: {exc}", file=sys.stderr)
         link.close(drain=False)
         irq.close()
+        function.close()
+        if svga_memory is not None:
+            svga_memory.close()
+        if access_log:
+            access_log.close()
         return 1
     print(f"listening on {args.socket}", flush=True)
     log.info("serving", extra={"socket": args.socket, "device": args.device, "mode": args.mode})
@@ -108,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
         server.wait_idle(5.0)
         link.close(drain=True, timeout=5.0)
         irq.close()
-        server.function.close()
+        function.close()
+        if svga_memory is not None:
+            svga_memory.close()
         if access_log:
             access_log.close()
     if args.json:
@@ -121,5 +184,7 @@ def run(args: argparse.Namespace) -> int:
             "link": link.stats.as_dict(),
             "access_log_lines": access_log.count if access_log else 0,
         }
+        if isinstance(link, SvgaLink):
+            summary["vram_scan"] = link.scan_stats.as_dict()
         print(json.dumps(summary), flush=True)
     return 0

@@ -84,6 +84,7 @@ _MAX_RECTS = 32  # damage rectangles kept per frame before the closest ones are 
 _TILE = 64  # tile side for tile diff
 _REFRESH_PERIOD = 0.016  # seconds between timer-driven FIFO passes
 _MAX_PASSES = 64  # passes per SYNC while the device reports it stopped at its per-pass bound
+_BACKOFF_MAX = 1.0  # seconds between reconnect attempts at most: a restarted service is back in use within ~1 s
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -598,7 +599,9 @@ class _Slot:
 
     @property
     def connected(self) -> bool:
-        return self.conn is not None and self.conn.alive
+        """A session is open (not merely being opened) on a live stream."""
+        conn = self.conn
+        return conn is not None and conn.alive and conn.opened.is_set()
 
     # ------------------------------------------------------------------ connecting
     def connect(self, timeout: float) -> bool:
@@ -869,7 +872,9 @@ class DisplayLink:
         """One FIFO pass now (what the refresh timer does; QEMU runs one on every display refresh)."""
         with self.lock:
             res = self.model.process_fifo()
-            if res.ran or res.effects:
+            # A pass that found nothing changed nothing the services know (BUSY, interrupt flags): telling them
+            # would be a message per refresh period per service while the guest idles.
+            if res.commands or res.effects or res.errors:
                 self._after_pass(res)
             return res
 
@@ -921,20 +926,41 @@ class DisplayLink:
         """Everything sent so far to the first service has been applied there; returns its state then."""
         return self._round_trip("barrier", common_pb2.Barrier(sent_ns=time.monotonic_ns()), timeout)
 
+    def compare_mirror(
+        self, timeout: float = 5.0
+    ) -> tuple[display_pb2.SvgaRegisters, display_pb2.SvgaRegisters | None]:
+        """(our register file, the first service's) at the same point of its stream; equal in mirrored mode. The
+        cursor image reaches the service in frames: compare after `flush` when it matters."""
+        with self.lock:  # nothing enters the stream between our snapshot and the barrier
+            ours = registers_to_proto(self.model.snapshot())
+            seq, waiter = self._post("barrier", common_pb2.Barrier(sent_ns=time.monotonic_ns()))
+        ack = self._wait(seq, waiter, timeout)
+        return ours, ack.registers if ack is not None else None  # type: ignore[attr-defined]
+
     def latencies(self) -> list[int]:
         """Frame latencies in ns: oldest damage in the frame (shim) to presented (service), same host only."""
         return list(self.stats.latency_ns)
 
     # ------------------------------------------------------------------ internals
     def _round_trip(self, kind: str, payload: object, timeout: float) -> object:
+        seq, waiter = self._post(kind, payload)
+        return self._wait(seq, waiter, timeout)
+
+    def _post(self, kind: str, payload: object) -> tuple[int, _Waiter | None]:
+        """Send a message that expects an answer; the waiter is None when there is no session."""
         conn = self.slots[0].conn
         if conn is None or not conn.alive:
-            return None
+            return 0, None
         seq = next(self._seq)
         payload.seq = seq  # type: ignore[attr-defined]
         waiter = _Waiter()
         self.waiters[seq] = waiter
         conn.send(display_pb2.FrontendMessage(**{"access" if kind == "value" else kind: payload}))
+        return seq, waiter
+
+    def _wait(self, seq: int, waiter: _Waiter | None, timeout: float) -> object:
+        if waiter is None:
+            return None
         if not waiter.event.wait(timeout):
             self.waiters.pop(seq, None)
             return None
@@ -953,7 +979,7 @@ class DisplayLink:
                     backoff = 0.1
                 else:
                     self.stopping.wait(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
                     self.wake_supervisor.set()
 
     def _refresh(self) -> None:

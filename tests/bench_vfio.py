@@ -1,11 +1,13 @@
-"""vfio-user round trip of one ES1370 register access, as QEMU sees it: client -> `serve-vfio-user` -> reply.
+"""vfio-user round trip of one trapped register access, as QEMU sees it: client -> `serve-vfio-user` -> reply.
 
 The client is the test harness (tests/test_vfio_user_harness.py) in this process; the server is the real
-`python -m frontend_shim serve-vfio-user` in its own process with a real audio service behind it, so the
-figure is what a QEMU vCPU waits for per trapped access, minus QEMU's own share. Per coherence mode:
-backend (the read crosses gRPC to the service) and mirrored (the shim answers from its copy).
+`python -m frontend_shim serve-vfio-user` in its own process with a real service behind it (audio for the
+ES1370, display for the SVGA II), so the figure is what a QEMU vCPU waits for per trapped access, minus QEMU's
+own share. Per coherence mode: backend (the read crosses gRPC to the service) and mirrored (the shim answers
+from its copy). ES1370: STATUS read, MEMPAGE write. SVGA II: a VALUE-port read (4 bytes at offset 1, the ID
+register), an INDEX-port write.
 
-    .venv/bin/python -m tests.bench_vfio [--n 2000]
+    .venv/bin/python -m tests.bench_vfio [--n 2000] [--device es1370|svga|both]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 from services.devices import es1370_regs as R
+from services.devices import svga_regs as S
 from tests.helpers import ROOT, start_service
 from tests.test_vfio_user_harness import CONFIG_REGION, VfioUserClient
 
@@ -34,15 +37,20 @@ def _percentiles(samples_ns: list[int]) -> dict[str, float]:
     }
 
 
-def measure_round_trips(mode: str, n: int = 2000, workdir: Path | None = None) -> dict:
-    """p50/p99 of a BAR0 STATUS read, a BAR0 MEMPAGE write and a config-space read, `n` of each."""
+def measure_round_trips(mode: str, n: int = 2000, workdir: Path | None = None, device: str = "es1370") -> dict:
+    """p50/p99 of a BAR0 register read, a BAR0 register write and a config-space read, `n` of each."""
     with tempfile.TemporaryDirectory() as tmp:
         work = workdir or Path(tmp)
-        audio = start_service("audio", work, "--sink", "null")
-        sock_path = str(work / f"bench-{mode}.sock")
+        if device == "svga":
+            service = start_service("display", work, "--presenter", "headless")
+            device_args = ["--device", "svga", "--display", service.address, "--vram-scan-ms", "0"]
+        else:
+            service = start_service("audio", work, "--sink", "null")
+            device_args = ["--audio", service.address]
+        sock_path = str(work / f"bench-{device}-{mode}.sock")
         shim = subprocess.Popen(
             [sys.executable, "-m", "frontend_shim", "serve-vfio-user", "--socket", sock_path,
-             "--audio", audio.address, "--mode", mode],  # fmt: skip
+             *device_args, "--mode", mode],  # fmt: skip
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -58,11 +66,19 @@ def measure_round_trips(mode: str, n: int = 2000, workdir: Path | None = None) -
             client = VfioUserClient(s)
             client.version()
             results = {}
-            ops = {
-                "bar_read": lambda: client.read32(0, R.STATUS),
-                "bar_write": lambda: client.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC),
-                "config_read": lambda: client.read32(CONFIG_REGION, 0),
-            }
+            if device == "svga":
+                client.write32(0, S.INDEX_PORT, S.REG_ID)
+                ops = {
+                    "bar_read": lambda: client.read(0, S.VALUE_PORT, 4),
+                    "bar_write": lambda: client.write32(0, S.INDEX_PORT, S.REG_ID),
+                    "config_read": lambda: client.read32(CONFIG_REGION, 0),
+                }
+            else:
+                ops = {
+                    "bar_read": lambda: client.read32(0, R.STATUS),
+                    "bar_write": lambda: client.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC),
+                    "config_read": lambda: client.read32(CONFIG_REGION, 0),
+                }
             for name, op in ops.items():
                 for _ in range(min(200, n)):  # warm up: connections, caches, the service's session
                     op()
@@ -73,11 +89,11 @@ def measure_round_trips(mode: str, n: int = 2000, workdir: Path | None = None) -
                     samples.append(time.perf_counter_ns() - t)
                 results[name] = _percentiles(samples)
             client.close()
-            return {"mode": mode, "n": n, **results}
+            return {"device": device, "mode": mode, "n": n, **results}
         finally:
             shim.terminate()
             shim.wait(10)
-            audio.stop()
+            service.stop()
 
 
 PAPER_NS = {  # the paper's Table 2 for the same access, per card
@@ -89,23 +105,26 @@ PAPER_NS = {  # the paper's Table 2 for the same access, per card
 def run(quick: bool, workdir: Path) -> list[dict]:
     """`make bench` records: the vfio-user round trip per access kind and mode (loopback, in ns)."""
     records = []
-    for mode in ("mirrored", "backend"):
-        measured = measure_round_trips(mode, 300 if quick else 3000, workdir)
-        for op in ("bar_read", "bar_write", "config_read"):
-            records.append({
-                "metric": f"vfio_user_{op}", "mode": mode, "link": "loopback",
-                "p50": measured[op]["p50_us"] * 1000, "p99": measured[op]["p99_us"] * 1000, "unit": "ns",
-                "paper": PAPER_NS.get((op, mode)), "samples": measured["n"],
-            })  # fmt: skip
+    for device in ("es1370", "svga"):
+        for mode in ("mirrored", "backend"):
+            measured = measure_round_trips(mode, 300 if quick else 3000, workdir, device)
+            for op in ("bar_read", "bar_write", "config_read"):
+                records.append({
+                    "metric": f"vfio_user_{op}", "mode": mode, "link": "loopback", "content": device,
+                    "p50": measured[op]["p50_us"] * 1000, "p99": measured[op]["p99_us"] * 1000, "unit": "ns",
+                    "paper": PAPER_NS.get((op, mode)), "samples": measured["n"],
+                })  # fmt: skip
     return records
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--device", choices=["es1370", "svga", "both"], default="both")
     args = p.parse_args()
-    for mode in ("mirrored", "backend"):
-        print(json.dumps(measure_round_trips(mode, args.n)))
+    for device in ("es1370", "svga") if args.device == "both" else (args.device,):
+        for mode in ("mirrored", "backend"):
+            print(json.dumps(measure_round_trips(mode, args.n, device=device)))
 
 
 if __name__ == "__main__":

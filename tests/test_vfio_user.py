@@ -35,7 +35,7 @@ from rdv.common.v1 import common_pb2
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370, PcmFormat
-from tests.helpers import ServiceProcess, run_shim, start_service
+from tests.helpers import ServiceProcess, start_service
 from tests.test_vfio_user_harness import (
     CONFIG_REGION,
     DMA_MAP,
@@ -844,8 +844,3 @@ def test_dma_layouts() -> None:
     assert s.read_reply_data(struct.pack("<QQ", 0x10, 2) + b"ab", 0x10, 2) == b"ab"
     with pytest.raises(P.ProtocolError):
         q.read_reply_data(struct.pack("<QI", 0x10, 2) + b"a", 0x10, 2)
-
-
-def test_cli_refuses_svga_for_now() -> None:
-    res = run_shim("serve-vfio-user", "--socket", "/nonexistent/x.sock", "--device", "svga", "--display", "h:1")
-    assert res.returncode == 2 and "not implemented" in res.stderr

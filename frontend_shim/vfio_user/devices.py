@@ -17,6 +17,7 @@ from frontend_shim.vfio_user.pci import (
     PciFunction,
     PciSpec,
 )
+from frontend_shim.vfio_user.svga import SvgaLink, reset_svga
 from services.devices import es1370_regs as R
 
 
@@ -82,8 +83,10 @@ SVGA_CLASS_VGA = 0x030000
 
 
 def svga_spec(vram: FdBacking, fifo: FdBacking, vram_size: int = 16 << 20, fifo_size: int = 256 << 10) -> PciSpec:
-    """VMware SVGA II's PCI face, for when its link exists: I/O BAR0 (INDEX +0, VALUE +1 with unaligned 32-bit
-    accesses, so pieces are not split), VRAM and FIFO as memfd-backed BARs QEMU maps into the guest."""
+    """VMware SVGA II's PCI face: I/O BAR0 (INDEX +0, VALUE +1 with unaligned 32-bit accesses: they reach the
+    model as they arrive, one 4-byte access at offset 1 or QEMU's 1+2+1 pieces, which the model reassembles),
+    VRAM and FIFO as memfd-backed BARs QEMU maps into the guest. No capability list, INTA (never raised: the
+    model offers no IRQMASK capability)."""
     return PciSpec(
         vendor_id=SVGA_VENDOR_ID,
         device_id=SVGA_DEVICE_ID,
@@ -98,3 +101,10 @@ def svga_spec(vram: FdBacking, fifo: FdBacking, vram_size: int = 16 << 20, fifo_
         interrupt_pin=1,
         status=STATUS_DEVSEL_MEDIUM,
     )
+
+
+def svga_over_link(link: SvgaLink) -> PciFunction:
+    """The SVGA II whose BAR0 is `link` and whose VRAM/FIFO BARs are the link's memfds."""
+    mem = link.memory
+    spec = svga_spec(mem.vram_backing, mem.fifo_backing, len(mem.vram), len(mem.fifo))
+    return PciFunction(spec, link, reset=lambda: reset_svga(link))

@@ -50,8 +50,9 @@ def table(results: list[dict]) -> str:
     for r in results:
         target = TARGETS.get((r["metric"], r["mode"]))
         met = "-" if target is None else ("yes" if r["p50"] <= target else "NO")
+        detail = r.get("content") or r.get("direction") or r.get("workload") or r.get("device") or "-"
         lines.append(
-            f"| {r['metric']} | {r['mode']} | {r['link']} | {r.get('content') or r.get('direction') or r.get('workload') or '-'} | {_fmt(r['p50'], r['unit'])} | "
+            f"| {r['metric']} | {r['mode']} | {r['link']} | {detail} | {_fmt(r['p50'], r['unit'])} | "
             f"{_fmt(r['p99'], r['unit'])} | {_fmt(r['paper'], r['unit'])} | {_fmt(target)} | {met} |"
         )
     return "\n".join(lines)
