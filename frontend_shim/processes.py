@@ -69,7 +69,12 @@ def start_service(
     address = line.rsplit(" ", 1)[-1].strip()
     tls_dir = args[args.index("--tls-dir") + 1] if "--tls-dir" in args else (env or {}).get("RDV_TLS_DIR")
     host, _, port = address.rpartition(":")
-    wait_serving(f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]") else address, tls_dir=tls_dir)
+    try:
+        wait_serving(f"127.0.0.1:{port}" if host in ("0.0.0.0", "[::]") else address, tls_dir=tls_dir)
+    except BaseException:
+        proc.kill()  # never leave a service behind that nobody holds a handle to
+        proc.wait(5)
+        raise
     return ServiceProcess(name, address, proc, log)
 
 
