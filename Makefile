@@ -11,7 +11,7 @@ APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-sy
 	xvfb xdotool imagemagick
 PYTEST_ARGS ?=
 
-.PHONY: setup proto test test-live run bench lint clean
+.PHONY: setup proto test test-live run bench fuzz lint clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,12 @@ run: setup
 
 bench: setup
 	$(PY) -m tests.bench
+
+# The fuzz tests at nightly size: RDV_FUZZ_EXAMPLES=100000 make fuzz (each test runs its share of that many
+# inputs, new ones every run); `make test` runs them small and derandomized. Figures go to build/fuzz.
+RDV_FUZZ_EXAMPLES ?= 100000
+fuzz: setup
+	RDV_FUZZ_EXAMPLES=$(RDV_FUZZ_EXAMPLES) $(PY) -m pytest -q --timeout=0 --hypothesis-show-statistics tests/test_fuzz_*.py $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

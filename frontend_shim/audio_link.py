@@ -41,6 +41,9 @@ _ALL_ONES = 0xFFFFFFFF
 _PACER_PERIOD = 0.005  # device seconds between DMA checks when nothing else wakes the pacer
 _MAX_MESSAGE = 8 * 1024 * 1024
 _DMA_REGISTERS = frozenset((R.CONTROL, R.SERIAL_CONTROL))  # writes that can let the DMA move
+_MAX_WINDOWS = 64  # DMA windows stepped per channel and pacer pass (a sane ring needs one or two)
+_MAX_CHUNK = 128 * 1024  # PCM bytes per message, far below the service's limit
+_BACKOFF_MAX = 1.0  # seconds between reconnect attempts at most: a restarted service is back in use within ~1 s
 
 
 @dataclass
@@ -224,7 +227,9 @@ class AudioLink:
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and self._conn.alive
+        """A session is open (not merely being opened) on a live stream."""
+        conn = self._conn
+        return conn is not None and conn.alive and conn.opened.is_set()
 
     # ------------------------------------------------------------------ Device interface
     def io_read(self, bar: int, offset: int, size: int) -> int:
@@ -418,7 +423,7 @@ class AudioLink:
                 self._kick.set()
             else:
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
                 self._wake.set()
 
     def _pace(self) -> None:
@@ -436,24 +441,33 @@ class AudioLink:
             last = now
 
     def _run_channel(self, channel: int) -> None:
+        """Move what playback has room for, as one PCM chunk. A guest may program a ring of a few bytes at
+        hundreds of kHz: one message per DMA window would flood the link and the service (every session there
+        shares one event loop), and stepping the model unboundedly would hold the lock against the guest. So
+        windows are coalesced (the service replays a chunk window by window: both copies take the same steps)
+        and at most _MAX_WINDOWS are stepped per pass; such a guest then sees a card slower than its rate."""
         model = self.model
         assert model is not None
-        while (room := self._credit.room(model, channel)) > 0:
-            addr, length = model.dma_window(channel, room)
+        chunk = bytearray()
+        for _ in range(_MAX_WINDOWS):
+            room = min(self._credit.room(model, channel), _MAX_CHUNK - len(chunk))
+            addr, length = model.dma_window(channel, room) if room > 0 else (0, 0)
             if not length:
-                return
+                break
             try:
                 data = self.memory.read(addr, length)
             except GuestMemoryError as exc:
                 self._dma_failed(exc)
-                return
+                break
             self._dma_failing = False
             model.dma_commit(channel, length)
             self._credit.moved(channel, length)
             self.stats.pcm_bytes += length
-            chunk = audio_pb2.PcmChunk(channel=channel, data=data, sent_ns=time.monotonic_ns())
-            self._send(audio_pb2.FrontendMessage(pcm=chunk))
+            chunk += data
             self._update_irq()
+        if chunk:
+            msg = audio_pb2.PcmChunk(channel=channel, data=bytes(chunk), sent_ns=time.monotonic_ns())
+            self._send(audio_pb2.FrontendMessage(pcm=msg))
 
     def _play_offline(self, elapsed: float) -> None:
         """No service: pretend the sink played in real time, so the guest keeps its interrupts and never hangs."""

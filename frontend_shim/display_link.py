@@ -701,9 +701,12 @@ class _Slot:
             self.cond.notify_all()
 
     def idle(self) -> bool:
-        """Nothing waiting to be sent and nothing unacknowledged (caller holds the device lock)."""
+        """Nothing waiting to be sent and nothing unacknowledged (caller holds the device lock). Damage while the
+        guest shows nothing (display disabled, a mode that does not fit VRAM) waits for a mode: nothing to send."""
         conn = self.conn
-        if self.sending or self.builder.dirty:
+        model = self.link.model
+        showing = model.surface is not None and model.mode.enabled
+        if self.sending or (self.builder.dirty and showing):
             return conn is None or not conn.alive
         return conn is None or not conn.alive or not conn.in_flight
 
@@ -891,6 +894,17 @@ class DisplayLink:
                 flags |= R.IRQFLAG_ANY_FENCE
             done = display_pb2.FrontendMessage(
                 fifo_done=display_pb2.FifoDone(busy=self.model.busy, irq_flags=flags, commands=res.commands)
+            )
+            for slot in self.slots:
+                conn = slot.conn
+                if conn is not None:
+                    conn.send(done)
+        elif res.errors:
+            # A pass refused outright (FIFO registers out of bounds) cleared BUSY and raised the error flag here;
+            # the services set BUSY on the SYNC and must hear it cleared. Sending our whole IRQSTATUS is exact: the
+            # services only ever hold bits we raised and the guest has not cleared since.
+            done = display_pb2.FrontendMessage(
+                fifo_done=display_pb2.FifoDone(busy=self.model.busy, irq_flags=int(self.model.snapshot()["irq_status"]))
             )
             for slot in self.slots:
                 conn = slot.conn

@@ -56,7 +56,7 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
         ["es1370", "coherence:backend", "coherence:mirrored", f"sink:{args.sink}"],
         {"alsa_device": args.alsa_device, "target_latency_ms": str(args.target_latency_ms)},
     )
-    servicer = AudioServicer(config, info)
+    servicer = AudioServicer(config, info, server.open_gate(args))
 
     return server.ServiceParts(
         names=[audio_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name],

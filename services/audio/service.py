@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import deque
@@ -16,28 +17,26 @@ from rdv.common.v1 import common_pb2
 from services.audio.convert import state_from_proto, state_to_proto
 from services.audio.session import BACKEND, MIRRORED, AudioSession, SessionConfig, SessionError
 from services.common import logs
+from services.common.server import live_info
+from services.common.sessions import OpenGate
 from services.devices import es1370_regs as R
 
 log = logs.get("audio")
-OPEN_TIMEOUT = 10.0  # seconds a new stream may take to send `open`
+FLUSH_TIMEOUT = 2.0  # seconds the last messages of a cleanly ended session may take to leave
 PUMP_INTERVAL = 0.01  # device seconds between backend-mode DMA checks (interrupt holds expire on it)
 
 
 class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
-    def __init__(self, config: SessionConfig, info: common_pb2.ServiceInfo) -> None:
+    def __init__(self, config: SessionConfig, info: common_pb2.ServiceInfo, gate: OpenGate | None = None) -> None:
         self.config = config
         self.info = info
+        self.gate = gate or OpenGate()
         self.sessions: dict[str, AudioSession] = {}
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ the device stream
     async def Session(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # noqa: ANN001
-        try:
-            first = await asyncio.wait_for(anext(request_iterator), OPEN_TIMEOUT)
-        except (StopAsyncIteration, TimeoutError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with an `open` message")
-        except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}")
+        first = await self.gate.first(request_iterator, context, len(self.sessions))
         if first.WhichOneof("kind") != "open":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with an `open` message")
         opening = first.open
@@ -58,7 +57,7 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
         self.sessions[session_id] = session
         log.info("session opened", extra={"session": session_id, "vm": session.vm, "peer": session.peer})
         opened = audio_pb2.Opened(session_id=session_id, info=self.info, lead_ms=round(self.config.lead * 1000))
-        await context.write(audio_pb2.BackendMessage(opened=opened))
+        outbox.put(audio_pb2.BackendMessage(opened=opened))  # first in line, before anything the session says
         writer = asyncio.create_task(outbox.run())
         ticker = asyncio.create_task(_tick(session, self.config.clock.real_seconds(PUMP_INTERVAL)))
         error: SessionError | None = None
@@ -74,22 +73,32 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
             error = SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}")
         finally:
             ticker.cancel()
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
-            await outbox.flush()
-            self.sessions.pop(session_id, None)
-            await session.close(drain=clean_end)
-            log.info(
-                "session closed",
-                extra={"session": session_id, "clean": clean_end, **dict(session.counters)},
-            )
+            outbox.stop()
+            await self.gate.finish(self._close(session, outbox, writer, clean_end))
         if error is not None:
             log.warning("session refused a message", extra={"session": session_id, "error": str(error)})
             await context.abort(error.code, str(error))
 
+    async def _close(self, session: AudioSession, outbox: _Outbox, writer: asyncio.Task, clean_end: bool) -> None:
+        try:
+            # Let the writer finish the message it is writing: a write cancelled halfway can wedge the call.
+            _, stuck = await asyncio.wait({writer}, timeout=FLUSH_TIMEOUT)
+            for task in stuck:  # the shim stopped reading
+                task.cancel()
+            if clean_end and not stuck:
+                with contextlib.suppress(Exception):  # the shim is gone or not reading: nobody to tell
+                    await asyncio.wait_for(outbox.flush(), FLUSH_TIMEOUT)
+        finally:
+            self.sessions.pop(session.session_id, None)
+            await session.close(drain=clean_end)
+            log.info(
+                "session closed",
+                extra={"session": session.session_id, "clean": clean_end, **dict(session.counters)},
+            )
+
     # ------------------------------------------------------------------ debugging RPCs
     async def GetServiceInfo(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ServiceInfo:  # noqa: ANN001
-        return self.info
+        return live_info(self.info)
 
     async def ListSessions(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ListSessionsResponse:  # noqa: ANN001
         now = time.monotonic()
@@ -101,7 +110,11 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
                     mode=s.mode,
                     peer=s.peer,
                     age_seconds=now - s.started,
-                    counters={**s.counters, **_percentiles("audio_chunk_ns", s.audio_chunk_ns)},
+                    counters={
+                        **s.counters,
+                        **s.playback_counters(),
+                        **_percentiles("audio_chunk_ns", s.audio_chunk_ns),
+                    },
                 )
                 for s in self.sessions.values()
             ]
@@ -168,6 +181,7 @@ class _Outbox:
         self._queue: deque[audio_pb2.BackendMessage] = deque()
         self._lock = asyncio.Lock()
         self._ready = asyncio.Event()
+        self._stopping = False
 
     def put(self, msg: audio_pb2.BackendMessage) -> None:
         self._queue.append(msg)
@@ -181,10 +195,15 @@ class _Outbox:
                 await self._context.write(self._queue.popleft())
 
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._ready.wait()
             self._ready.clear()
             await self.flush()
+
+    def stop(self) -> None:
+        """`run` returns after the flush in progress, if any."""
+        self._stopping = True
+        self._ready.set()
 
 
 async def _tick(session: AudioSession, interval: float) -> None:

@@ -137,17 +137,10 @@ class AudioSession:
             raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "PCM is pushed only in mirrored mode")
         if p.channel not in (R.DAC1, R.DAC2):
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"channel {p.channel} does not play")
-        if not 0 < len(p.data) <= MAX_PCM_CHUNK:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"PCM chunk of {len(p.data)} bytes")
-        _, window = self.model.dma_window(p.channel, len(p.data))
-        if window != len(p.data):
-            # The copies disagree about where the DMA is; the shim reconnects and resyncs its full state.
-            self.counters["coherence_errors"] += 1
-            raise SessionError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"mirror diverged: {len(p.data)} PCM bytes for a DMA window of {window} on channel {p.channel}",
-            )
-        self._play(p.channel, p.data)
+        data = p.data
+        if not 0 < len(data) <= MAX_PCM_CHUNK:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"PCM chunk of {len(data)} bytes")
+        self._play(p.channel, data)
         if p.sent_ns:
             self.audio_chunk_ns.append(time.monotonic_ns() - p.sent_ns)
 
@@ -172,8 +165,21 @@ class AudioSession:
         self.pump()
 
     def _play(self, channel: int, data: bytes) -> None:
+        """Replay the DMA steps that moved `data` (one window, or several the shim coalesced: the same steps
+        on both copies, since a window only ever ends at the caller's room, the ring's end or a period's end)."""
         fmt = self.model.channel_format(channel)
-        self.model.dma_commit(channel, len(data))
+        done = 0
+        while done < len(data):
+            _, window = self.model.dma_window(channel, len(data) - done)
+            if not window:
+                # The copies disagree about where the DMA is; the shim reconnects and resyncs its full state.
+                self.counters["coherence_errors"] += 1
+                raise SessionError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"mirror diverged: {len(data)} PCM bytes, but the DMA of channel {channel} stops after {done}",
+                )
+            self.model.dma_commit(channel, window)
+            done += window
         self._credit.moved(channel, len(data))
         self.counters["pcm_bytes"] += len(data)
         player = self._players.get(channel)
@@ -239,10 +245,21 @@ class AudioSession:
         player = self._players.get(channel)
         return player.stats if player else None
 
+    def playback_counters(self) -> dict[str, int]:
+        """Totals over this session's players: what reached the sink, and how often it starved."""
+        stats = [p.stats for p in list(self._players.values())]
+        return {
+            "bytes_played": sum(s.bytes_played for s in stats),
+            "underruns": sum(s.underruns for s in stats),
+            "sink_errors": sum(s.sink_errors for s in stats),
+        }
+
     async def close(self, drain: bool) -> None:
         """End the session; with `drain` the buffered audio is played out first."""
         self._closed = True
         players = list(self._players.values())
         self._players.clear()
+        for p in players:
+            p.close(drain, timeout=0)  # every thread is told before we wait for any
         for p in players:
             await asyncio.to_thread(p.close, drain)

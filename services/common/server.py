@@ -5,21 +5,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
+import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rdv.common.v1 import common_pb2
-from services.common import logs, tls
+from services.common import logs, sessions, tls
 
 VERSION = "0.1.0"
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a 1920x1080x32 raw rectangle fits; anything larger is refused
+# The server pings every connection this often and drops one whose peer does not answer within as long again:
+# a shim whose host vanished (power cut, cable pulled: no FIN, no RST) is found within 2x this, and its session
+# (which holds the screen, its players and a session slot) ends. A ping costs a few bytes per interval, and
+# ping acks come from gRPC's core, not from the peer's Python, so a busy shim never misses one.
+DEFAULT_KEEPALIVE = 10.0
+MAX_CONCURRENT_RPCS = 256
 
 
 @dataclass
@@ -39,7 +50,8 @@ def parser(service: str, default_port: int, description: str) -> argparse.Argume
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "Environment defaults: RDV_LISTEN, RDV_LOG_LEVEL (warning), RDV_TLS_DIR, RDV_INSECURE=1, "
-            f"RDV_MAX_MESSAGE_BYTES ({DEFAULT_MAX_MESSAGE_BYTES})."
+            f"RDV_MAX_MESSAGE_BYTES ({DEFAULT_MAX_MESSAGE_BYTES}), RDV_KEEPALIVE ({DEFAULT_KEEPALIVE:g}), "
+            f"RDV_OPEN_TIMEOUT ({sessions.DEFAULT_OPEN_TIMEOUT:g}), RDV_MAX_SESSIONS ({sessions.DEFAULT_MAX_SESSIONS})."
         ),
     )
     p.add_argument(
@@ -65,6 +77,26 @@ def parser(service: str, default_port: int, description: str) -> argparse.Argume
         default=int(os.environ.get("RDV_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
         help="largest gRPC message accepted or sent",
     )
+    p.add_argument(
+        "--keepalive",
+        type=float,
+        default=float(os.environ.get("RDV_KEEPALIVE", DEFAULT_KEEPALIVE)),
+        metavar="SECONDS",
+        help="ping each connection this often; a peer silent for as long again is dropped with its sessions",
+    )
+    p.add_argument(
+        "--open-timeout",
+        type=float,
+        default=float(os.environ.get("RDV_OPEN_TIMEOUT", sessions.DEFAULT_OPEN_TIMEOUT)),
+        metavar="SECONDS",
+        help="a session stream that has not sent `open` by then is ended",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=int(os.environ.get("RDV_MAX_SESSIONS", sessions.DEFAULT_MAX_SESSIONS)),
+        help="open sessions (streams) this service accepts at once; more are refused with RESOURCE_EXHAUSTED",
+    )
     return p
 
 
@@ -74,18 +106,43 @@ def service_info(service: str, listen: str, features: Iterable[str], config: dic
     )
 
 
+def live_info(info: common_pb2.ServiceInfo) -> common_pb2.ServiceInfo:
+    """`info` plus what someone chasing a leak wants: the service's Python threads by kind (config "threads")."""
+    out = common_pb2.ServiceInfo()
+    out.CopyFrom(info)
+    kinds = Counter(re.sub(r"[\d_-]*( \(.*\))?$", "", t.name) or "thread" for t in threading.enumerate())
+    out.config["threads"] = ",".join(f"{k}:{n}" for k, n in sorted(kinds.items()))
+    return out
+
+
+def open_gate(args: argparse.Namespace) -> sessions.OpenGate:
+    """The session-stream limits from the command line (audio and display)."""
+    return sessions.OpenGate(args.open_timeout, max_sessions=args.max_sessions)
+
+
 async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> None:
     """Run until SIGINT/SIGTERM; report SERVING only once everything is registered and bound."""
     log = logs.get(service)
     limit = args.max_message_bytes
+    keepalive_ms = max(100, int(args.keepalive * 1000))
+    interceptors: list[grpc.aio.ServerInterceptor] = [tls.PairingInterceptor(service)] if args.tls_dir else []
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_time_ms", keepalive_ms),
+            ("grpc.keepalive_timeout_ms", keepalive_ms),
+            # Any unanswered ping ends the connection, not just keepalive's: a bandwidth probe sent just before the
+            # peer froze is never answered, and gRPC delays the keepalive ping behind it forever otherwise.
+            ("grpc.http2.ping_timeout_ms", keepalive_ms),
+            # An idle session (a guest not playing, a still desktop) carries no data: keep pinging it anyway.
+            ("grpc.http2.max_pings_without_data", 0),
+            # Shims ping every 10 s (their side of keepalive): accept that, refuse floods.
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ],
-        maximum_concurrent_rpcs=256,
-        interceptors=[tls.PairingInterceptor(service)] if args.tls_dir else None,
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        interceptors=[*interceptors, DecodeGuard()],  # pairing first: nothing of an unpaired peer is parsed
     )
     parts.register(server)
     health_servicer = health.aio.HealthServicer()
@@ -120,6 +177,65 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
     await server.stop(grace=1.0)
     if parts.on_stop:
         await parts.on_stop()
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    """Requests that do not parse end with INVALID_ARGUMENT. gRPC itself would answer UNKNOWN for a unary request
+    (and log a traceback at error level), and a streaming handler that forgot to catch DecodeError likewise."""
+
+    async def intercept_service(
+        self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        return _parsing(handler)
+
+
+def _parsing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    parse = handler.request_deserializer
+
+    async def parsed(raw: bytes, context: grpc.aio.ServicerContext) -> object:
+        try:
+            return parse(raw)
+        except DecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}")
+
+    async def parsed_stream(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+        async for raw in raws:
+            yield await parsed(raw, context)
+
+    if handler.request_streaming:
+        inner = handler.stream_stream or handler.stream_unary
+
+        def requests(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+            return parsed_stream(raws, context)
+    else:
+        inner = handler.unary_stream or handler.unary_unary
+        requests = parsed
+
+    if inspect.isasyncgenfunction(inner):
+
+        async def behaviour(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+            async for item in inner(await _maybe(requests(request, context)), context):
+                yield item
+
+    else:
+
+        async def behaviour(request: object, context: grpc.aio.ServicerContext) -> object:
+            return await inner(await _maybe(requests(request, context)), context)
+
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(handler.request_streaming, handler.response_streaming)]
+    return make(behaviour, None, handler.response_serializer)
+
+
+async def _maybe(value: object) -> object:
+    return await value if inspect.isawaitable(value) else value
 
 
 def check_exposure(service: str, args: argparse.Namespace) -> None:

@@ -186,7 +186,12 @@ class Es1370:
         # lags a dword from then on (tests/test_oracle_es1370.py, test_leftover_deviation).
         left = ((size - cnt + 1) << 2) - ch.leftover
         period_left = ((ch.scount >> 16) + 1) << shift
-        length = min(max_bytes & ~((1 << shift) - 1), left, period_left)
+        length = min(max_bytes, left, period_left)
+        if length < left and length < period_left:
+            # Only the caller's room is rounded down to whole samples. The buffer's end is exact even when a
+            # format change left the position inside a sample, so that the window of a window's length is that
+            # window again: the shim and the service check each other's DMA steps that way.
+            length &= ~((1 << shift) - 1)
         if length <= 0:
             return 0, 0
         return (ch.frame_addr + (cnt << 2) + ch.leftover) & _ALL_ONES, length

@@ -73,7 +73,7 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
             "input": args.input,
         },
     )
-    servicer = DisplayServicer(info, stage, args.max_frame_bytes)
+    servicer = DisplayServicer(info, stage, args.max_frame_bytes, server.open_gate(args))
 
     async def stop() -> None:
         stage.stop()

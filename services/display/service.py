@@ -12,17 +12,22 @@ from google.protobuf.message import DecodeError
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import logs
+from services.common.server import live_info
+from services.common.sessions import OpenGate
 from services.display.session import BACKEND, MIRRORED, DisplaySession, SessionError
 from services.display.stage import Stage
 
 log = logs.get("display")
-OPEN_TIMEOUT = 10.0  # seconds a new stream may take to send `open`
+FLUSH_TIMEOUT = 2.0  # seconds the last acknowledgements of a cleanly ended session may take to leave
 MAX_FRAMES_IN_FLIGHT = 4
 
 
 class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
-    def __init__(self, info: common_pb2.ServiceInfo, stage: Stage, max_frame_bytes: int) -> None:
+    def __init__(
+        self, info: common_pb2.ServiceInfo, stage: Stage, max_frame_bytes: int, gate: OpenGate | None = None
+    ) -> None:
         self.info = info
+        self.gate = gate or OpenGate()
         self.stage = stage
         self.max_frame_bytes = max_frame_bytes
         self.sessions: dict[str, DisplaySession] = {}
@@ -30,12 +35,7 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
 
     # ------------------------------------------------------------------ the device stream
     async def Session(self, request_iterator, context: grpc.aio.ServicerContext) -> None:  # noqa: ANN001
-        try:
-            first = await asyncio.wait_for(anext(request_iterator), OPEN_TIMEOUT)
-        except (StopAsyncIteration, TimeoutError):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with an `open` message")
-        except DecodeError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}")
+        first = await self.gate.first(request_iterator, context, len(self.sessions))
         if first.WhichOneof("kind") != "open":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with an `open` message")
         if first.open.mode not in (BACKEND, MIRRORED):
@@ -58,7 +58,7 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
             refresh_hz=round(self.stage.refresh_hz),
             max_frame_bytes=self.max_frame_bytes,
         )
-        await context.write(display_pb2.BackendMessage(opened=opened))
+        outbox.put_nowait(display_pb2.BackendMessage(opened=opened))  # first in line, before any acknowledgement
         self.stage.attach(session)
         log.info("session opened", extra={"session": session_id, "vm": session.vm, "peer": session.peer})
         writer = asyncio.create_task(_drain(outbox, context))
@@ -73,19 +73,25 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
         except DecodeError as exc:
             error = SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed message: {exc}")
         finally:
-            session.close()
-            self.stage.detach(session)
-            outbox.put_nowait(None)
-            await asyncio.gather(writer, return_exceptions=True)
-            self.sessions.pop(session_id, None)
-            log.info("session closed", extra={"session": session_id, "clean": clean_end, **dict(session.counters)})
+            await self.gate.finish(self._close(session, outbox, writer, clean_end))
         if error is not None:
             log.warning("session refused a message", extra={"session": session_id, "error": str(error)})
             await context.abort(error.code, str(error))
 
+    async def _close(self, session: DisplaySession, outbox: asyncio.Queue, writer: asyncio.Task, clean: bool) -> None:
+        session.close()
+        self.stage.detach(session)
+        self.sessions.pop(session.session_id, None)
+        outbox.put_nowait(None)
+        # Let the writer finish what it is writing (a write cancelled halfway can wedge the call), then stop it.
+        _, stuck = await asyncio.wait({writer}, timeout=FLUSH_TIMEOUT if clean else 0.2)
+        for task in stuck:  # the shim stopped reading
+            task.cancel()
+        log.info("session closed", extra={"session": session.session_id, "clean": clean, **dict(session.counters)})
+
     # ------------------------------------------------------------------ debugging RPCs
     async def GetServiceInfo(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ServiceInfo:  # noqa: ANN001
-        return self.info
+        return live_info(self.info)
 
     async def ListSessions(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ListSessionsResponse:  # noqa: ANN001
         now = time.monotonic()

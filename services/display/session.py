@@ -56,6 +56,10 @@ class RemoteFifoSvga(SvgaII):
 
     def _run_pass(self, max_commands: int) -> FifoResult:
         self.passes_requested += 1
+        if not (self._config_done and self._enable & R.ENABLE_ENABLE):
+            # The shim's engine will not run this pass either (SvgaII's own early out), so no `fifo_done` will
+            # come: BUSY clears here, or a backend guest that SYNCs with its display off would wait forever.
+            self._busy = False
         return FifoResult()
 
     def _init_fifo_registers(self) -> None:

@@ -68,7 +68,7 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
             "desktop": f"{desktop.width}x{desktop.height}",
         },
     )
-    servicer = InputServicer(Hub(args.queue_limit), info)
+    servicer = InputServicer(Hub(args.queue_limit), info, max_streams=args.max_sessions)
     loop = asyncio.get_running_loop()
     readers = []
     for path in paths:

@@ -15,6 +15,8 @@ from google.protobuf.message import DecodeError
 from rdv.common.v1 import common_pb2
 from rdv.input.v1 import input_pb2, input_pb2_grpc
 from services.common import logs
+from services.common.server import live_info
+from services.common.sessions import DEFAULT_MAX_SESSIONS
 from services.input import events as ev
 from services.input.hub import Hub, NoTarget
 
@@ -36,9 +38,12 @@ class Source:
 
 
 class InputServicer(input_pb2_grpc.InputServiceServicer):
-    def __init__(self, hub: Hub, info: common_pb2.ServiceInfo) -> None:
+    def __init__(self, hub: Hub, info: common_pb2.ServiceInfo, max_streams: int = DEFAULT_MAX_SESSIONS) -> None:
         self.hub = hub
         self.info = info
+        # Publish and Subscribe streams may idle for hours (a still mouse), so they cannot be timed out; they are
+        # counted instead, so idle or hostile streams can never take all of the server's RPC slots.
+        self.max_streams = max_streams
         self.sources: dict[str, Source] = {}
         self._ids = itertools.count(1)
 
@@ -82,6 +87,10 @@ class InputServicer(input_pb2_grpc.InputServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "vm must be 1-64 printable ASCII characters without spaces"
             )
+        if vm not in self.hub.subscribers and len(self.hub.subscribers) >= self.max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{len(self.hub.subscribers)} VMs are subscribed (the maximum)"
+            )
         sub = self.hub.subscribe(vm, context.peer())
         try:
             await context.send_initial_metadata((("rdv-focus", self.hub.focused()),))
@@ -99,6 +108,10 @@ class InputServicer(input_pb2_grpc.InputServiceServicer):
     async def Publish(
         self, request_iterator: AsyncIterator[input_pb2.InputEvent], context: grpc.aio.ServicerContext
     ) -> input_pb2.PublishSummary:
+        if len(self.sources) >= self.max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{len(self.sources)} sources are publishing (the maximum)"
+            )
         src = self.add_source(f"publish:{context.peer()}", context.peer())
         log.info("source connected", extra={"session": src.session_id, "peer": src.peer})
         error = ""
@@ -171,7 +184,7 @@ class InputServicer(input_pb2_grpc.InputServiceServicer):
 
     # ------------------------------------------------------------------ debugging RPCs
     async def GetServiceInfo(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ServiceInfo:  # noqa: ANN001
-        return self.info
+        return live_info(self.info)
 
     async def ListSessions(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ListSessionsResponse:  # noqa: ANN001
         now = time.monotonic()

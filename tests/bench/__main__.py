@@ -21,6 +21,7 @@ SUITES = (
     "tests.bench.traces",
     "tests.bench_input",
     "tests.bench_vfio",
+    "tests.bench.load",
 )
 def target(r: dict) -> float | None:
     """The issues' targets for a record (p50, in its unit), or None."""
