@@ -259,9 +259,10 @@ class AudioLink:
                 conn.post_write(offset, size, value)
             return
         with self._lock:
-            self.model.write(offset, size, value)
+            # A write that changed nothing here changes nothing at the service either (same model, same state):
+            # leave it out. Linux's pointer reads rewrite MEMPAGE with the value it already has, for instance.
             conn = self._conn
-            if conn is not None:
+            if self.model.write(offset, size, value) and conn is not None:
                 conn.post_write(offset, size, value)
             if self.model.irq != self._irq_level:
                 self._update_irq()
