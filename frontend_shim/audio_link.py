@@ -14,16 +14,16 @@ mode, sequencing, DMA pacing and reconnection:
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import grpc
 
 from frontend_shim.guest import GuestMemory, GuestMemoryError, InterruptLine
+from frontend_shim.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
+from frontend_shim.session_stream import SessionStream
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.audio.convert import state_to_proto
@@ -36,10 +36,8 @@ from services.devices.es1370 import AccessError, Es1370, check_access
 log = logs.get("shim.audio")
 Mode = Literal["backend", "mirrored"]
 MODES: dict[str, int] = {"backend": common_pb2.COHERENCE_MODE_BACKEND, "mirrored": common_pb2.COHERENCE_MODE_MIRRORED}
-_FRAME_OVERHEAD = 5  # gRPC length-prefix per message, counted in the wire figures
 _ALL_ONES = 0xFFFFFFFF
 _PACER_PERIOD = 0.005  # device seconds between DMA checks when nothing else wakes the pacer
-_MAX_MESSAGE = 8 * 1024 * 1024
 _DMA_REGISTERS = frozenset((R.CONTROL, R.SERIAL_CONTROL))  # writes that can let the DMA move
 _MAX_WINDOWS = 64  # DMA windows stepped per channel and pacer pass (a sane ring needs one or two)
 _MAX_CHUNK = 128 * 1024  # PCM bytes per message, far below the service's limit
@@ -76,70 +74,14 @@ class _Waiter:
         self.value: object = None
 
 
-class _Connection:
-    """One session stream. Requests go through a queue consumed by gRPC; a thread reads the responses."""
+class _Connection(SessionStream):
+    """The ES1370's session stream."""
 
     def __init__(self, link: AudioLink, target: str, credentials: grpc.ChannelCredentials | None) -> None:
-        options = [
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ("grpc.keepalive_time_ms", 10_000),
-        ]
-        self.channel = (
-            grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
-        )
+        super().__init__(target, credentials, link.stats, audio_pb2.FrontendMessage)
         self.link = link
-        self.alive = True
-        self.opened = threading.Event()
-        self.session_id = ""
-        self._queue: queue.SimpleQueue[audio_pb2.FrontendMessage | tuple[int, int, int] | None] = queue.SimpleQueue()
-        self._call = audio_pb2_grpc.AudioServiceStub(self.channel).Session(self._requests())
-        self._thread = threading.Thread(target=self._read, name="audio-link-rx", daemon=True)
-        self._thread.start()
-
-    def _requests(self) -> Iterator[audio_pb2.FrontendMessage]:
-        # Runs on gRPC's sending thread: building and sizing messages here keeps it off the guest's path.
-        stats = self.link.stats
-        while (item := self._queue.get()) is not None:
-            if type(item) is tuple:  # a posted register write: (offset, size, value)
-                offset, size, value = item
-                access = common_pb2.RegisterAccess(offset=offset, size=size, write=True, value=value)
-                item = audio_pb2.FrontendMessage(access=access)
-            stats.bytes_to_backend += item.ByteSize() + _FRAME_OVERHEAD
-            stats.messages_to_backend += 1
-            yield item
-
-    def send(self, msg: audio_pb2.FrontendMessage) -> None:
-        if self.alive:
-            self._queue.put(msg)
-
-    def post_write(self, offset: int, size: int, value: int) -> None:
-        if self.alive:
-            self._queue.put((offset, size, value))
-
-    def _read(self) -> None:
-        error = "stream ended"
-        try:
-            for msg in self._call:
-                self.link._dispatch(self, msg)
-        except grpc.RpcError as exc:
-            error = f"{exc.code().name}: {exc.details()}"
-        finally:
-            self.alive = False
-            self.opened.set()
-            self.link._lost(self, error)
-
-    def finish(self, timeout: float) -> None:
-        """Half-close and wait for the service to end the stream (it drains its players first)."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self.close()
-
-    def close(self) -> None:
-        self.alive = False
-        self._queue.put(None)
-        self._call.cancel()
-        self.channel.close()
+        stub = audio_pb2_grpc.AudioServiceStub(self.channel)
+        self.start(stub.Session, link._dispatch, link._lost, "audio-link-rx")  # type: ignore[arg-type]
 
 
 class AudioLink:
@@ -476,5 +418,3 @@ class AudioLink:
             fmt = self.model.channel_format(channel)  # type: ignore[union-attr]
             moved, played = self._credit.totals(channel)
             self._credit.played(channel, min(moved, played + int(elapsed * fmt.rate * fmt.frame_bytes)))
-
-

@@ -39,7 +39,6 @@ After a reconnect the service gets the register state in `open` and a full redra
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
 import time
 from collections import Counter, deque
@@ -49,6 +48,8 @@ from typing import Literal
 
 import grpc
 
+from frontend_shim.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
+from frontend_shim.session_stream import SessionStream
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import codec, logs, raster
@@ -75,7 +76,6 @@ log = logs.get("shim.display")
 CoherenceMode = Literal["backend", "mirrored"]
 MODES: dict[str, int] = {"backend": common_pb2.COHERENCE_MODE_BACKEND, "mirrored": common_pb2.COHERENCE_MODE_MIRRORED}
 ENCODINGS = ("raw", "lzo", "lz4", "zstd", "auto")
-_FRAME_OVERHEAD = 5  # gRPC length prefix per message, counted in the wire figures
 _ALL_ONES = 0xFFFFFFFF
 _MAX_MESSAGE = 16 * 1024 * 1024
 _FRAME_PAYLOAD_BUDGET = 4 * 1024 * 1024  # split frames above this many payload bytes (service limit is 8 MiB)
@@ -181,8 +181,10 @@ def add_damage(rects: list[Rect], new: Rect) -> None:
             if r.contains(new):
                 return
             u = r.union(new)
-            if new.contains(r) or u.area <= (r.area + new.area) * 5 // 4 or r.intersection(new).area * 2 >= min(
-                r.area, new.area
+            if (
+                new.contains(r)
+                or u.area <= (r.area + new.area) * 5 // 4
+                or r.intersection(new).area * 2 >= min(r.area, new.area)
             ):
                 del rects[i]
                 new = u
@@ -509,76 +511,19 @@ class _Waiter:
         self.value: object = None
 
 
-class _Connection:
-    """One session stream to one display service. Requests go through a queue consumed by gRPC."""
+class _Connection(SessionStream):
+    """One session stream to one display service, with its flow-control window."""
 
     def __init__(self, slot: _Slot, credentials: grpc.ChannelCredentials | None) -> None:
-        options = [
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ("grpc.keepalive_time_ms", 10_000),
-        ]
-        target = slot.target
-        self.channel = (
-            grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
-        )
+        super().__init__(slot.target, credentials, slot.link.stats, display_pb2.FrontendMessage, _MAX_MESSAGE)
         self.slot = slot
-        self.alive = True
-        self.opened = threading.Event()
-        self.session_id = ""
         self.viewport: Rect | None = None
         self.max_in_flight = 4
         self.max_frame_bytes = 64 * 1024 * 1024
         self.in_flight: dict[int, tuple[float, int]] = {}  # frame id -> (perf_counter at send, payload bytes)
         self.frame_ids = itertools.count(1)
-        self._queue: queue.SimpleQueue[display_pb2.FrontendMessage | tuple[int, int, int] | None] = (
-            queue.SimpleQueue()
-        )
-        self._call = display_pb2_grpc.DisplayServiceStub(self.channel).Session(self._requests())
-        self._thread = threading.Thread(target=self._read, name=f"display-rx-{target}", daemon=True)
-        self._thread.start()
-
-    def _requests(self) -> Iterator[display_pb2.FrontendMessage]:
-        stats = self.slot.link.stats
-        while (item := self._queue.get()) is not None:
-            if type(item) is tuple:  # a posted register write: (offset, size, value)
-                offset, size, value = item
-                access = common_pb2.RegisterAccess(offset=offset, size=size, write=True, value=value)
-                item = display_pb2.FrontendMessage(access=access)
-            stats.bytes_to_backend += item.ByteSize() + _FRAME_OVERHEAD
-            stats.messages_to_backend += 1
-            yield item
-
-    def send(self, msg: display_pb2.FrontendMessage) -> None:
-        if self.alive:
-            self._queue.put(msg)
-
-    def post_write(self, offset: int, size: int, value: int) -> None:
-        if self.alive:
-            self._queue.put((offset, size, value))
-
-    def _read(self) -> None:
-        error = "stream ended"
-        try:
-            for msg in self._call:
-                self.slot.dispatch(self, msg)
-        except grpc.RpcError as exc:
-            error = f"{exc.code().name}: {exc.details()}"
-        finally:
-            self.alive = False
-            self.opened.set()
-            self.slot.lost(self, error)
-
-    def finish(self, timeout: float) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self.close()
-
-    def close(self) -> None:
-        self.alive = False
-        self._queue.put(None)
-        self._call.cancel()
-        self.channel.close()
+        stub = display_pb2_grpc.DisplayServiceStub(self.channel)
+        self.start(stub.Session, slot.dispatch, slot.lost, f"display-rx-{slot.target}")  # type: ignore[arg-type]
 
 
 class _Slot:
@@ -999,4 +944,3 @@ class DisplayLink:
     def _refresh(self) -> None:
         while not self.stopping.wait(self.refresh_period):
             self.process_fifo()
-

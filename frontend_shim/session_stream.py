@@ -1,0 +1,111 @@
+"""The client end of one device session stream, shared by the audio and display links.
+
+Requests go through a queue that gRPC's sending thread consumes: messages (and posted register writes, queued
+as plain tuples) are built and sized there, off the guest's path. A thread reads the replies and hands them to
+`on_message`; when the stream ends, `on_lost` hears why.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import grpc
+
+from rdv.common.v1 import common_pb2
+
+FRAME_OVERHEAD = 5  # gRPC's length prefix per message, counted in the wire figures
+MAX_MESSAGE = 8 * 1024 * 1024
+
+
+class WireStats(Protocol):
+    bytes_to_backend: int
+    messages_to_backend: int
+
+
+class SessionStream:
+    def __init__(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None,
+        stats: WireStats,
+        make_message: Callable[..., Any],  # the service's FrontendMessage class
+        max_message: int = MAX_MESSAGE,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+            ("grpc.keepalive_time_ms", 10_000),
+        ]
+        self.channel = (
+            grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
+        )
+        self.alive = True
+        self.opened = threading.Event()
+        self.session_id = ""
+        self._stats = stats
+        self._make_message = make_message
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._call: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(
+        self,
+        open_stream: Callable[[Iterator[Any]], Iterator[Any]],
+        on_message: Callable[[SessionStream, Any], None],
+        on_lost: Callable[[SessionStream, str], None],
+        name: str,
+    ) -> None:
+        """Open the stream (`open_stream` is the stub's Session method) and start reading its replies."""
+        self._call = open_stream(self._requests())
+        self._thread = threading.Thread(target=self._read, args=(on_message, on_lost), name=name, daemon=True)
+        self._thread.start()
+
+    def _requests(self) -> Iterator[Any]:
+        stats = self._stats
+        while (item := self._queue.get()) is not None:
+            if type(item) is tuple:  # a posted register write: (offset, size, value)
+                offset, size, value = item
+                access = common_pb2.RegisterAccess(offset=offset, size=size, write=True, value=value)
+                item = self._make_message(access=access)
+            stats.bytes_to_backend += item.ByteSize() + FRAME_OVERHEAD
+            stats.messages_to_backend += 1
+            yield item
+
+    def send(self, msg: Any) -> None:
+        if self.alive:
+            self._queue.put(msg)
+
+    def post_write(self, offset: int, size: int, value: int) -> None:
+        if self.alive:
+            self._queue.put((offset, size, value))
+
+    def _read(
+        self, on_message: Callable[[SessionStream, Any], None], on_lost: Callable[[SessionStream, str], None]
+    ) -> None:
+        error = "stream ended"
+        try:
+            for msg in self._call:
+                on_message(self, msg)
+        except grpc.RpcError as exc:
+            error = f"{exc.code().name}: {exc.details()}"
+        finally:
+            self.alive = False
+            self.opened.set()
+            on_lost(self, error)
+
+    def finish(self, timeout: float) -> None:
+        """Half-close and wait for the service to end the stream (it drains what it holds first)."""
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.close()
+
+    def close(self) -> None:
+        self.alive = False
+        self._queue.put(None)
+        if self._call is not None:
+            self._call.cancel()
+        self.channel.close()
