@@ -85,22 +85,25 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     )(input_pb2.SubscribeRequest(vm=VM))
     threading.Thread(target=lambda: [None for _ in _quietly(sub)], daemon=True).start()
     live = {"audio": audio._conn.session_id, "display": display.slots[0].conn.session_id}  # type: ignore[union-attr]
-    yield Node(svc, channels, live)
-    sub.cancel()
-    audio.close(drain=False)
-    display.close(drain=False)
-    for name, s in svc.items():
-        assert wait_for(lambda s=s, name=name: name == "input" or not list_sessions(name, s.address), 10)
-        if name == "audio":
-            assert "player-dac" not in service_threads(name, s.address)
-    for ch in channels.values():
-        ch.close()
-    out = ROOT / "build" / "fuzz"
-    out.mkdir(parents=True, exist_ok=True)
-    summary = {"calls": sum(OUTCOMES.values()), "outcomes": dict(OUTCOMES.most_common())}
-    (out / "rpc-outcomes.json").write_text(json.dumps(summary, indent=1))
-    for s in svc.values():
-        s.stop()
+    try:
+        yield Node(svc, channels, live)
+        sub.cancel()
+        audio.close(drain=False)
+        display.close(drain=False)
+        for name, s in svc.items():  # every fuzzed session ended with its stream, its players too
+            assert wait_for(lambda s=s, name=name: name == "input" or not list_sessions(name, s.address), 10)
+            if name == "audio":
+                assert "player-dac" not in service_threads(name, s.address)
+    finally:
+        for ch in channels.values():
+            ch.close()
+        out = ROOT / "build" / "fuzz"
+        out.mkdir(parents=True, exist_ok=True)
+        summary = {"calls": sum(OUTCOMES.values()), "outcomes": dict(OUTCOMES.most_common())}
+        (out / "rpc-outcomes.json").write_text(json.dumps(summary, indent=1))
+        for s in svc.values():
+            s.stop()
+    for s in svc.values():  # nothing escaped as an exception in the services' own threads or callbacks either
         errors = [line for line in s.logs().splitlines() if "level=error" in line or "Traceback" in line]
         assert not errors, "\n".join(errors[:5])
 
