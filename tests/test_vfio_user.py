@@ -60,6 +60,7 @@ from tests.test_vfio_user_harness import (
     ClientError,
     GuestRam,
     VfioUserClient,
+    sealed_memfd,
 )
 
 SCALE = 4.0  # the audio service and the link run 4x faster than real time
@@ -450,8 +451,7 @@ def _try_read(memory: DmaMemory, addr: int, n: int) -> object:
 
 def test_dma_map_with_memfd_and_unmap(rig: Rig) -> None:
     c = rig.client
-    fd = os.memfd_create("ram", os.MFD_CLOEXEC)
-    os.ftruncate(fd, 3 * 4096)
+    fd = sealed_memfd("ram", 3 * 4096)
     with mmap.mmap(fd, 3 * 4096) as mm:
         mm[4096 : 4096 + 5] = b"abcde"
         c.dma_map(0x10000, 2 * 4096, fd, offset=4096)  # the map starts 4 KiB into the file
@@ -459,8 +459,7 @@ def test_dma_map_with_memfd_and_unmap(rig: Rig) -> None:
         assert rig.memory.read(0x10000, 5) == b"abcde"
         rig.memory.write(0x10001, b"XY")
         assert mm[4096 : 4096 + 5] == b"aXYde"
-    fd2 = os.memfd_create("ram2", os.MFD_CLOEXEC)
-    os.ftruncate(fd2, 4096)
+    fd2 = sealed_memfd("ram2", 4096)
     dup = os.dup(fd2)
     assert c.error_of(DMA_MAP, struct.pack("<IIQQQ", 32, 3, 0, 0x11000, 4096), (dup,)) == errno.EEXIST
     dup = os.dup(fd2)

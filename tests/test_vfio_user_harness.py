@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import json
 import mmap
 import os
@@ -56,14 +57,21 @@ class Reply:
     fds: list[int] = field(default_factory=list)
 
 
+def sealed_memfd(name: str, size: int) -> int:
+    """A memfd sealed like QEMU's memory-backend-memfd (seal=on): it can neither shrink nor grow."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+    return fd
+
+
 class GuestRam:
     """Guest RAM in a memfd: the server may map it (DMA_MAP with the fd) or reach it through DMA messages."""
 
     def __init__(self, size: int, base: int) -> None:
         self.base = base
         self.size = size
-        self.fd = os.memfd_create("test-guest-ram", os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, size)
+        self.fd = sealed_memfd("test-guest-ram", size)
         self.mm = mmap.mmap(self.fd, size)
 
     def contains(self, addr: int, n: int) -> bool:

@@ -1,15 +1,18 @@
 """Guest memory as the vfio-user client lent it with DMA_MAP: the shim's `GuestMemory` for a QEMU guest.
 
-Regions that came with an fd (guest RAM in a shared memfd) are mmapped and read directly. Regions without one
-(QEMU RAM that is not shared, ROMs, other devices' VRAM) are only recorded; DMA to them becomes DMA_READ /
-DMA_WRITE messages through the connection's `DmaTransport`. Every access is bounds-checked against the maps
-and raises GuestMemoryError outside them, after a disconnect, or when the client cannot answer.
+Regions that came with an fd (guest RAM in a shared memfd) are mmapped and read directly, provided the fd is
+sealed against shrinking: a mapping of a file the client truncates afterwards faults (SIGBUS) on the next DMA
+and would kill the shim. QEMU's memory-backend-memfd seals its memfd by default (seal=on). Other fds, and
+regions without one (QEMU RAM that is not shared, ROMs, other devices' VRAM), are only recorded; DMA to them
+becomes DMA_READ / DMA_WRITE messages through the connection's `DmaTransport`. Every access is bounds-checked
+against the maps and raises GuestMemoryError outside them, after a disconnect, or when the client cannot answer.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
+import fcntl
 import mmap
 import os
 import stat
@@ -85,7 +88,7 @@ class DmaMemory:
                 self._maps.insert(i, _Map(req.iova, req.size, req.flags, mm, skew))
                 self._starts.insert(i, req.iova)
                 self.stats.maps += 1
-                self.stats.fd_maps += fd is not None
+                self.stats.fd_maps += mm is not None
         finally:
             if fd is not None:
                 os.close(fd)
@@ -193,7 +196,15 @@ class DmaMemory:
             self.stats.message_writes += 1
 
 
-def _mmap(fd: int, req: P.DmaMap) -> tuple[mmap.mmap, int]:
+def _cannot_shrink(fd: int) -> bool:
+    try:
+        return bool(fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK)
+    except OSError:  # not a memfd: nothing stops a truncate
+        return False
+
+
+def _mmap(fd: int, req: P.DmaMap) -> tuple[mmap.mmap | None, int]:
+    """Map a checked fd; None (DMA by messages) when it could shrink under the mapping."""
     try:
         st = os.fstat(fd)
     except OSError as exc:
@@ -204,6 +215,13 @@ def _mmap(fd: int, req: P.DmaMap) -> tuple[mmap.mmap, int]:
         raise P.ProtocolError(
             errno.EINVAL, f"DMA_MAP {req.size:#x} bytes at fd offset {req.offset:#x} past its {st.st_size:#x}"
         )
+    if not _cannot_shrink(fd):
+        log.warning(
+            "DMA_MAP fd is not sealed against shrinking: DMA there goes through messages (slower); back guest "
+            "RAM with memory-backend-memfd (seal=on, its default)",
+            extra={"iova": hex(req.iova), "size": hex(req.size)},
+        )
+        return None, 0
     base = req.offset - req.offset % mmap.ALLOCATIONGRANULARITY
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if req.flags & P.DMA_MAP_FLAG_WRITE else 0)
     try:

@@ -294,6 +294,9 @@ class PciFunction:
             _check_range(offset, count, bar.size, f"BAR{index}")
         except ValueError as exc:
             raise P.ProtocolError(errno.EINVAL, str(exc)) from exc
+        if bar.backing is None and not bar.split_unaligned and count not in (1, 2, 4):
+            # Handed on whole, so it must be an access a CPU can make: x86 port I/O is 1, 2 or 4 bytes.
+            raise P.ProtocolError(errno.EINVAL, f"BAR{index}: a {count}-byte access to a register BAR")
         return bar
 
     def _backing_map(self, bar: BarSpec) -> mmap.mmap:
