@@ -3,8 +3,10 @@
 Requests go through a queue that gRPC's sending thread consumes: messages (and posted register writes, queued
 as plain tuples) are built and sized there, off the guest's path. The writes queued behind each other when that
 thread takes one leave as one `writes` batch (gRPC sends one message at a time, so writes the guest makes while
-one is on its way pile up): a lone write waits for nothing, and messages keep their order. A thread reads the
-replies and hands them to `on_message`; when the stream ends, `on_lost` hears why.
+one is on its way pile up): a lone write waits for nothing, and messages keep their order. No coalescing window:
+replaying the real-driver traces (tests/data/traces) in mirrored mode, 970 writes leave as ~409 messages this
+way, and waiting up to 1 ms for more would save only ~13 of them. A thread reads the replies and hands them to
+`on_message`; when the stream ends, `on_lost` hears why.
 """
 
 from __future__ import annotations
