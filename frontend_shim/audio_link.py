@@ -78,7 +78,7 @@ class _Connection(SessionStream):
     """The ES1370's session stream."""
 
     def __init__(self, link: AudioLink, target: str, credentials: grpc.ChannelCredentials | None) -> None:
-        super().__init__(target, credentials, link.stats, audio_pb2.FrontendMessage)
+        super().__init__(target, credentials, link.stats, audio_pb2.FrontendMessage, on_sent=link._sent)
         self.link = link
         stub = audio_pb2_grpc.AudioServiceStub(self.channel)
         self.start(stub.Session, link._dispatch, link._lost, "audio-link-rx")  # type: ignore[arg-type]
@@ -227,6 +227,9 @@ class AudioLink:
         return ours, ack.state if ack is not None else None
 
     # ------------------------------------------------------------------ internals
+    def _sent(self, msg: audio_pb2.FrontendMessage, wire_bytes: int) -> None:
+        """Runs on the stream's sending thread as each message leaves (a hook for meters)."""
+
     def _send(self, msg: audio_pb2.FrontendMessage) -> None:
         conn = self._conn
         if conn is not None:

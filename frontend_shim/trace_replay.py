@@ -44,7 +44,6 @@ from pathlib import Path
 from frontend_shim.audio_link import _FRAME_OVERHEAD, AudioLink
 from frontend_shim.guest import EventLine
 from rdv.audio.v1 import audio_pb2
-from rdv.common.v1 import common_pb2
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370
@@ -177,10 +176,15 @@ def register_name(offset: int, page: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------- wire meter
+_TO_BACKEND = {"access": "io", "writes": "io", "pcm": "audio", "dma_data": "audio"}
+_FROM_BACKEND = {"value": "io", "interrupt": "interrupt", "dma_request": "audio", "position": "audio"}
+
+
 class MeteredLink(AudioLink):
     """AudioLink that also sorts its wire bytes by what they carry: port I/O, interrupts, audio, control.
 
-    The totals are the link's own (LinkStats); the split is measured on the same messages.
+    The totals are the link's own (LinkStats); the split is measured on the same messages, as they leave (a batch
+    of posted writes counts as the one message it is).
     """
 
     def __init__(self, *args: object, **kw: object) -> None:
@@ -188,31 +192,12 @@ class MeteredLink(AudioLink):
         self.to_backend: Counter[str] = Counter()
         self.from_backend: Counter[str] = Counter()
 
-    def _connect(self, timeout: float) -> bool:
-        ok = super()._connect(timeout)
-        conn = self._conn
-        if conn is not None and not getattr(conn, "_metered", False):
-            send, post_write = conn.send, conn.post_write
-
-            def metered_send(msg: audio_pb2.FrontendMessage) -> None:
-                kind = msg.WhichOneof("kind")
-                what = {"access": "io", "pcm": "audio", "dma_data": "audio"}.get(kind or "", "control")
-                self.to_backend[what] += msg.ByteSize() + _FRAME_OVERHEAD
-                send(msg)
-
-            def metered_post_write(offset: int, size: int, value: int) -> None:
-                access = common_pb2.RegisterAccess(offset=offset, size=size, write=True, value=value)
-                self.to_backend["io"] += audio_pb2.FrontendMessage(access=access).ByteSize() + _FRAME_OVERHEAD
-                post_write(offset, size, value)
-
-            conn.send, conn.post_write = metered_send, metered_post_write  # type: ignore[method-assign]
-            conn._metered = True  # type: ignore[attr-defined]
-        return ok
+    def _sent(self, msg: audio_pb2.FrontendMessage, wire_bytes: int) -> None:
+        self.to_backend[_TO_BACKEND.get(msg.WhichOneof("kind") or "", "control")] += wire_bytes  # sending thread
 
     def _dispatch(self, conn: object, msg: audio_pb2.BackendMessage) -> None:
-        kind = msg.WhichOneof("kind")
-        what = {"value": "io", "interrupt": "interrupt", "dma_request": "audio", "position": "audio"}
-        self.from_backend[what.get(kind or "", "control")] += msg.ByteSize() + _FRAME_OVERHEAD
+        what = _FROM_BACKEND.get(msg.WhichOneof("kind") or "", "control")
+        self.from_backend[what] += msg.ByteSize() + _FRAME_OVERHEAD
         super()._dispatch(conn, msg)  # type: ignore[arg-type]
 
 

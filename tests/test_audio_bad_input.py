@@ -9,6 +9,7 @@ from frontend_shim.audio_link import AudioLink
 from frontend_shim.scripted_audio import new_guest
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
+from services.common.register_writes import MAX_WRITES
 from services.devices import es1370_regs as R
 
 BACKEND = common_pb2.COHERENCE_MODE_BACKEND
@@ -23,6 +24,11 @@ def access(offset: int, size: int = 4, write: bool = False, bar: int = 0) -> aud
     return audio_pb2.FrontendMessage(
         access=common_pb2.RegisterAccess(seq=1, bar=bar, offset=offset, size=size, write=write)
     )
+
+
+def writes(pairs: list[int], sizes: list[int] | None = None) -> audio_pb2.FrontendMessage:
+    """A batch of posted writes exactly as given (offset, value, offset, value, ...), malformed or not."""
+    return audio_pb2.FrontendMessage(writes=common_pb2.RegisterWrites(pairs=pairs, sizes=sizes or []))
 
 
 def session_status(address: str, messages: list[audio_pb2.FrontendMessage]) -> tuple[grpc.StatusCode, str]:
@@ -43,6 +49,30 @@ CASES = {
     "three-byte access": ([open_msg(), access(0, size=3)], grpc.StatusCode.INVALID_ARGUMENT, "size"),
     "dword across registers": ([open_msg(), access(0x2, size=4)], grpc.StatusCode.INVALID_ARGUMENT, "outside"),
     "wrong BAR": ([open_msg(), access(0, bar=2)], grpc.StatusCode.INVALID_ARGUMENT, "BAR"),
+    # A batch of writes is refused like the bad single write in it, or for its own shape.
+    "batch write past the BAR": (
+        [open_msg(MIRRORED), writes([R.MEMPAGE, 0xC, 0x100, 1])],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "outside",
+    ),
+    "batch write of three bytes": (
+        [open_msg(), writes([R.MEMPAGE, 0xC, 0, 1], sizes=[4, 3])],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "size 3",
+    ),
+    "batch dword across registers": ([open_msg(), writes([0x2, 1])], grpc.StatusCode.INVALID_ARGUMENT, "outside"),
+    "batch offset without a value": ([open_msg(), writes([0, 1, 0x20])], grpc.StatusCode.INVALID_ARGUMENT, "pairs"),
+    "batch with too few sizes": (
+        [open_msg(), writes([0, 1, 0x20, 2], sizes=[4])],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "1 sizes for 2",
+    ),
+    "empty batch": ([open_msg(), writes([])], grpc.StatusCode.INVALID_ARGUMENT, f"1 to {MAX_WRITES} register writes"),
+    "oversized batch": (
+        [open_msg(), writes([R.MEMPAGE, 0xC] * (MAX_WRITES + 1))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"1 to {MAX_WRITES} register writes",
+    ),
     "second open": ([open_msg(), open_msg()], grpc.StatusCode.FAILED_PRECONDITION, "already open"),
     "PCM in backend mode": (
         [open_msg(), audio_pb2.FrontendMessage(pcm=audio_pb2.PcmChunk(channel=1, data=b"x" * 64))],

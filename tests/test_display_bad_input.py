@@ -153,6 +153,16 @@ BAD = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "outside the 16-byte BAR0",
     ),
+    "batched write outside BAR0": (
+        (OPEN, display_pb2.FrontendMessage(writes=common_pb2.RegisterWrites(pairs=[R.INDEX_PORT, R.REG_ID, 15, 0]))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "outside the 16-byte BAR0",
+    ),
+    "batch of writes without their values": (
+        (OPEN, display_pb2.FrontendMessage(writes=common_pb2.RegisterWrites(pairs=[R.INDEX_PORT]))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "offset-value pairs",
+    ),
     "open twice": ((OPEN, OPEN), grpc.StatusCode.FAILED_PRECONDITION, "already open"),
 }
 

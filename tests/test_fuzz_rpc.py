@@ -34,6 +34,7 @@ from frontend_shim.scripted_audio import new_guest
 from rdv.audio.v1 import audio_pb2
 from rdv.display.v1 import display_pb2
 from rdv.input.v1 import input_pb2
+from services.common.register_writes import MAX_WRITES
 from services.devices import svga_regs as SR
 from services.devices.svga import SvgaII
 from services.display.convert import registers_to_proto
@@ -171,6 +172,22 @@ _ES1370_STATE_HINTS: dict[str, st.SearchStrategy] = {
     "rdv.audio.v1.Es1370State.mempage": st.integers(0, 15),
     "rdv.audio.v1.Es1370State.uart_control": st.integers(0, 255),
 }
+
+
+def _write_batches(offsets: st.SearchStrategy[int], values: st.SearchStrategy[int]) -> dict[str, st.SearchStrategy]:
+    """Hints for RegisterWrites: usually a few (offset, value) pairs, sometimes any numbers at all (an odd count,
+    or a batch past the limit); sizes none (all 4 bytes), or a few (the right count or not)."""
+    pairs = st.lists(st.tuples(offsets, values), min_size=1, max_size=4).map(lambda ws: [n for w in ws for n in w])
+    numbers = st.lists(u32(), max_size=7)
+    flood = st.integers(MAX_WRITES - 1, MAX_WRITES + 1).map(lambda n: [0, 0] * n)
+    sizes = st.lists(st.sampled_from([4, 4, 2, 1, 3, 0]), min_size=1, max_size=4)
+    # Weighted by an explicit pick: one_of would merge repeated branches.
+    return {
+        "rdv.common.v1.RegisterWrites.pairs[]": st.integers(0, 3).flatmap(lambda p: (pairs, pairs, numbers, flood)[p]),
+        "rdv.common.v1.RegisterWrites.sizes[]": st.integers(0, 2).flatmap(lambda p: sizes if p == 0 else st.just([])),
+    }
+
+
 _AUDIO_HINTS: dict[str, st.SearchStrategy] = {
     "rdv.audio.v1.Open.mode": st.sampled_from([1, 2]),
     "rdv.audio.v1.Open.state": st.integers(0, 2).flatmap(
@@ -184,6 +201,7 @@ _AUDIO_HINTS: dict[str, st.SearchStrategy] = {
     "rdv.common.v1.RegisterAccess.offset": st.one_of(st.integers(0, 0x3F), st.integers(0, 0x104)),
     "rdv.common.v1.RegisterAccess.size": st.sampled_from([4, 4, 2, 1, 3, 0]),
     "rdv.common.v1.RegisterAccess.value": es1370_values,
+    **_write_batches(st.one_of(st.integers(0, 0x3F), st.integers(0, 0x104)), es1370_values),
     "rdv.audio.v1.PcmChunk.channel": st.integers(0, 2),
     "rdv.audio.v1.PcmChunk.data": blobs(max_large=70_000),
     "rdv.audio.v1.DmaData.request_id": st.integers(0, 5),
@@ -205,6 +223,7 @@ _DISPLAY_HINTS: dict[str, st.SearchStrategy] = {
     "rdv.common.v1.RegisterAccess.offset": st.integers(0, 18),
     "rdv.common.v1.RegisterAccess.size": st.sampled_from([4, 4, 2, 1, 3]),
     "rdv.common.v1.RegisterAccess.value": st.one_of(st.integers(0, 40), u32()),
+    **_write_batches(st.integers(0, 18), st.one_of(st.integers(0, 40), u32())),
     "rdv.display.v1.SvgaRegisters.width": st.integers(0, 100),
     "rdv.display.v1.SvgaRegisters.height": st.integers(0, 100),
     "rdv.display.v1.SvgaRegisters.bpp": st.sampled_from([8, 16, 32, 7]),
@@ -257,8 +276,8 @@ def _opens(service: str, hints: dict) -> st.SearchStrategy:
     return st.integers(0, 3).flatmap(lambda pick: anything if pick == 0 else _PLAUSIBLE_OPEN[service])
 
 
-_AUDIO_MIX = ["access"] * 6 + ["pcm"] * 3 + ["barrier"] * 2 + ["dma_data", "resync", "open", None]
-_DISPLAY_MIX = ["access"] * 5 + ["frame"] * 5 + ["fifo_done"] * 2 + ["barrier"] * 2 + ["open", None]
+_AUDIO_MIX = ["access"] * 4 + ["writes"] * 3 + ["pcm"] * 3 + ["barrier"] * 2 + ["dma_data", "resync", "open", None]
+_DISPLAY_MIX = ["access"] * 3 + ["writes"] * 3 + ["frame"] * 5 + ["fifo_done"] * 2 + ["barrier"] * 2 + ["open", None]
 
 
 def _stream(kind: type, hints: dict, mix: list[str | None], renumber: bool) -> st.SearchStrategy[list]:

@@ -142,6 +142,8 @@ def test_replay_in_both_modes(audio_service: ServiceProcess, case: str) -> None:
         assert r["isr_timeouts"] == 0 and r["read_timeouts"] == 0, mode
         assert r["pcm_bytes"] > 0 and r["bytes_to_backend"] > r["pcm_bytes"]
         assert sum(c.get("reads", 0) + c.get("writes", 0) for c in r["by_register"].values()) == info["accesses"]
+        # The meter's split covers every byte the link sent, each message once (a batch of writes as one).
+        assert sum(r["wire_to_backend"].values()) == r["bytes_to_backend"], mode
     backend, mirrored = reports["backend"], reports["mirrored"]
     # Mirrored mode answers every read locally and raises interrupts locally: nothing of it comes back ...
     assert register_bytes(mirrored["wire_from_backend"]) == 0

@@ -22,7 +22,7 @@ from services.audio.convert import state_to_proto
 from services.audio.dma import DmaCredit
 from services.audio.player import ChannelPlayer, PlayerStats
 from services.audio.sinks import SinkConfig, make_sink
-from services.common import logs
+from services.common import logs, register_writes
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import AccessError, Es1370, Es1370State
@@ -95,7 +95,9 @@ class AudioSession:
     # ------------------------------------------------------------------ frontend messages
     def handle(self, msg: audio_pb2.FrontendMessage) -> None:
         kind = msg.WhichOneof("kind")
-        if kind == "access":
+        if kind == "writes":
+            self._writes(msg.writes)
+        elif kind == "access":
             self._access(msg.access)
         elif kind == "pcm":
             self._pcm(msg.pcm)
@@ -119,18 +121,33 @@ class AudioSession:
     def _access(self, a: common_pb2.RegisterAccess) -> None:
         if a.bar != 0:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"the ES1370 has no BAR {a.bar}")
+        if a.write:
+            self._write(a.offset, a.size, a.value)
+            return
+        self.counters["reads"] += 1
         try:
-            if a.write:
-                self.counters["writes"] += 1
-                self.model.write(a.offset, a.size, a.value)
-            else:
-                self.counters["reads"] += 1
-                value = self.model.read(a.offset, a.size)
-                self._send(audio_pb2.BackendMessage(value=common_pb2.RegisterValue(seq=a.seq, value=value)))
+            value = self.model.read(a.offset, a.size)
         except AccessError as exc:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        if a.write:
-            self._after_change()
+        self._send(audio_pb2.BackendMessage(value=common_pb2.RegisterValue(seq=a.seq, value=value)))
+
+    def _writes(self, batch: common_pb2.RegisterWrites) -> None:
+        try:
+            writes = register_writes.unpack(batch)
+        except ValueError as exc:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        self.counters["write_batches"] += 1
+        for offset, size, value in writes:
+            self._write(offset, size, value)
+
+    def _write(self, offset: int, size: int, value: int) -> None:
+        """One guest write, alone or out of a batch: the same effects either way."""
+        self.counters["writes"] += 1
+        try:
+            self.model.write(offset, size, value)
+        except AccessError as exc:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        self._after_change()
 
     def _pcm(self, p: audio_pb2.PcmChunk) -> None:
         if self.mode != MIRRORED:

@@ -19,7 +19,7 @@ import grpc
 
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2
-from services.common import logs
+from services.common import logs, register_writes
 from services.common.raster import EMPTY
 from services.devices import svga_regs as R
 from services.devices.svga import AccessError, Cursor, FifoResult, SnapshotError, SvgaII
@@ -116,6 +116,8 @@ class DisplaySession:
         kind = msg.WhichOneof("kind")
         if kind == "frame":
             self._frame(msg.frame)
+        elif kind == "writes":
+            self._writes(msg.writes)
         elif kind == "access":
             self._access(msg.access)
         elif kind == "fifo_done":
@@ -140,21 +142,37 @@ class DisplaySession:
     def _access(self, a: common_pb2.RegisterAccess) -> None:
         if a.bar != 0:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"the SVGA II has port accesses on BAR0, not {a.bar}")
+        if a.write:
+            self._write(a.offset, a.size, a.value)
+            return
+        self.counters["register_reads"] += 1
         try:
-            if a.write:
-                self.counters["register_writes"] += 1
-                res = self.model.io_write(a.offset, a.size, a.value)
-                if res.errors:
-                    self.counters["register_errors"] += len(res.errors)
-                    if self.mode == BACKEND:
-                        self._send(display_pb2.BackendMessage(notice=display_pb2.Notice(message="; ".join(res.errors))))
-            else:
-                self.counters["register_reads"] += 1
-                value = self.model.io_read(a.offset, a.size)
-                self.model.take_pending()
-                self._send(display_pb2.BackendMessage(value=common_pb2.RegisterValue(seq=a.seq, value=value)))
+            value = self.model.io_read(a.offset, a.size)
         except AccessError as exc:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        self.model.take_pending()
+        self._send(display_pb2.BackendMessage(value=common_pb2.RegisterValue(seq=a.seq, value=value)))
+
+    def _writes(self, batch: common_pb2.RegisterWrites) -> None:
+        try:
+            writes = register_writes.unpack(batch)
+        except ValueError as exc:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        self.counters["register_write_batches"] += 1
+        for offset, size, value in writes:
+            self._write(offset, size, value)
+
+    def _write(self, offset: int, size: int, value: int) -> None:
+        """One guest write, alone or out of a batch: the same effects either way."""
+        self.counters["register_writes"] += 1
+        try:
+            res = self.model.io_write(offset, size, value)
+        except AccessError as exc:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        if res.errors:
+            self.counters["register_errors"] += len(res.errors)
+            if self.mode == BACKEND:
+                self._send(display_pb2.BackendMessage(notice=display_pb2.Notice(message="; ".join(res.errors))))
 
     def _frame(self, frame: display_pb2.Frame) -> None:
         received = time.monotonic_ns()

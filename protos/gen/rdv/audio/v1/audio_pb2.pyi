@@ -72,20 +72,22 @@ class DmaData(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., data: _Optional[bytes] = ..., ok: _Optional[bool] = ...) -> None: ...
 
 class FrontendMessage(_message.Message):
-    __slots__ = ("open", "access", "pcm", "dma_data", "barrier", "resync")
+    __slots__ = ("open", "access", "pcm", "dma_data", "barrier", "resync", "writes")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     ACCESS_FIELD_NUMBER: _ClassVar[int]
     PCM_FIELD_NUMBER: _ClassVar[int]
     DMA_DATA_FIELD_NUMBER: _ClassVar[int]
     BARRIER_FIELD_NUMBER: _ClassVar[int]
     RESYNC_FIELD_NUMBER: _ClassVar[int]
+    WRITES_FIELD_NUMBER: _ClassVar[int]
     open: Open
     access: _common_pb2.RegisterAccess
     pcm: PcmChunk
     dma_data: DmaData
     barrier: _common_pb2.Barrier
     resync: Es1370State
-    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., access: _Optional[_Union[_common_pb2.RegisterAccess, _Mapping]] = ..., pcm: _Optional[_Union[PcmChunk, _Mapping]] = ..., dma_data: _Optional[_Union[DmaData, _Mapping]] = ..., barrier: _Optional[_Union[_common_pb2.Barrier, _Mapping]] = ..., resync: _Optional[_Union[Es1370State, _Mapping]] = ...) -> None: ...
+    writes: _common_pb2.RegisterWrites
+    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., access: _Optional[_Union[_common_pb2.RegisterAccess, _Mapping]] = ..., pcm: _Optional[_Union[PcmChunk, _Mapping]] = ..., dma_data: _Optional[_Union[DmaData, _Mapping]] = ..., barrier: _Optional[_Union[_common_pb2.Barrier, _Mapping]] = ..., resync: _Optional[_Union[Es1370State, _Mapping]] = ..., writes: _Optional[_Union[_common_pb2.RegisterWrites, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
     __slots__ = ("session_id", "info", "lead_ms")

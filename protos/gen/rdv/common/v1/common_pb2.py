@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ardv/common/v1/common.proto\x12\rrdv.common.v1\"f\n\x0eRegisterAccess\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03\x62\x61r\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\r\x12\x0c\n\x04size\x18\x04 \x01(\r\x12\r\n\x05write\x18\x05 \x01(\x08\x12\r\n\x05value\x18\x06 \x01(\r\"+\n\rRegisterValue\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\r\"\'\n\x07\x42\x61rrier\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07sent_ns\x18\x02 \x01(\x03\"\x17\n\x15GetServiceInfoRequest\"\xb8\x01\n\x0bServiceInfo\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06listen\x18\x03 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\t\x12\x36\n\x06\x63onfig\x18\x05 \x03(\x0b\x32&.rdv.common.v1.ServiceInfo.ConfigEntry\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x15\n\x13ListSessionsRequest\"\xe9\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\n\n\x02vm\x18\x02 \x01(\t\x12*\n\x04mode\x18\x03 \x01(\x0e\x32\x1c.rdv.common.v1.CoherenceMode\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x13\n\x0b\x61ge_seconds\x18\x05 \x01(\x01\x12:\n\x08\x63ounters\x18\x06 \x03(\x0b\x32(.rdv.common.v1.SessionInfo.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"D\n\x14ListSessionsResponse\x12,\n\x08sessions\x18\x01 \x03(\x0b\x32\x1a.rdv.common.v1.SessionInfo*h\n\rCoherenceMode\x12\x1e\n\x1a\x43OHERENCE_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OHERENCE_MODE_BACKEND\x10\x01\x12\x1b\n\x17\x43OHERENCE_MODE_MIRRORED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ardv/common/v1/common.proto\x12\rrdv.common.v1\"f\n\x0eRegisterAccess\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03\x62\x61r\x18\x02 \x01(\r\x12\x0e\n\x06offset\x18\x03 \x01(\r\x12\x0c\n\x04size\x18\x04 \x01(\r\x12\r\n\x05write\x18\x05 \x01(\x08\x12\r\n\x05value\x18\x06 \x01(\r\".\n\x0eRegisterWrites\x12\r\n\x05pairs\x18\x01 \x03(\r\x12\r\n\x05sizes\x18\x02 \x03(\r\"+\n\rRegisterValue\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05value\x18\x02 \x01(\r\"\'\n\x07\x42\x61rrier\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07sent_ns\x18\x02 \x01(\x03\"\x17\n\x15GetServiceInfoRequest\"\xb8\x01\n\x0bServiceInfo\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06listen\x18\x03 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x04 \x03(\t\x12\x36\n\x06\x63onfig\x18\x05 \x03(\x0b\x32&.rdv.common.v1.ServiceInfo.ConfigEntry\x1a-\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x15\n\x13ListSessionsRequest\"\xe9\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\n\n\x02vm\x18\x02 \x01(\t\x12*\n\x04mode\x18\x03 \x01(\x0e\x32\x1c.rdv.common.v1.CoherenceMode\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x13\n\x0b\x61ge_seconds\x18\x05 \x01(\x01\x12:\n\x08\x63ounters\x18\x06 \x03(\x0b\x32(.rdv.common.v1.SessionInfo.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"D\n\x14ListSessionsResponse\x12,\n\x08sessions\x18\x01 \x03(\x0b\x32\x1a.rdv.common.v1.SessionInfo*h\n\rCoherenceMode\x12\x1e\n\x1a\x43OHERENCE_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OHERENCE_MODE_BACKEND\x10\x01\x12\x1b\n\x17\x43OHERENCE_MODE_MIRRORED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICEINFO_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_SESSIONINFO_COUNTERSENTRY']._loaded_options = None
   _globals['_SESSIONINFO_COUNTERSENTRY']._serialized_options = b'8\001'
-  _globals['_COHERENCEMODE']._serialized_start=776
-  _globals['_COHERENCEMODE']._serialized_end=880
+  _globals['_COHERENCEMODE']._serialized_start=824
+  _globals['_COHERENCEMODE']._serialized_end=928
   _globals['_REGISTERACCESS']._serialized_start=45
   _globals['_REGISTERACCESS']._serialized_end=147
-  _globals['_REGISTERVALUE']._serialized_start=149
-  _globals['_REGISTERVALUE']._serialized_end=192
-  _globals['_BARRIER']._serialized_start=194
-  _globals['_BARRIER']._serialized_end=233
-  _globals['_GETSERVICEINFOREQUEST']._serialized_start=235
-  _globals['_GETSERVICEINFOREQUEST']._serialized_end=258
-  _globals['_SERVICEINFO']._serialized_start=261
-  _globals['_SERVICEINFO']._serialized_end=445
-  _globals['_SERVICEINFO_CONFIGENTRY']._serialized_start=400
-  _globals['_SERVICEINFO_CONFIGENTRY']._serialized_end=445
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=447
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=468
-  _globals['_SESSIONINFO']._serialized_start=471
-  _globals['_SESSIONINFO']._serialized_end=704
-  _globals['_SESSIONINFO_COUNTERSENTRY']._serialized_start=657
-  _globals['_SESSIONINFO_COUNTERSENTRY']._serialized_end=704
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=706
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=774
+  _globals['_REGISTERWRITES']._serialized_start=149
+  _globals['_REGISTERWRITES']._serialized_end=195
+  _globals['_REGISTERVALUE']._serialized_start=197
+  _globals['_REGISTERVALUE']._serialized_end=240
+  _globals['_BARRIER']._serialized_start=242
+  _globals['_BARRIER']._serialized_end=281
+  _globals['_GETSERVICEINFOREQUEST']._serialized_start=283
+  _globals['_GETSERVICEINFOREQUEST']._serialized_end=306
+  _globals['_SERVICEINFO']._serialized_start=309
+  _globals['_SERVICEINFO']._serialized_end=493
+  _globals['_SERVICEINFO_CONFIGENTRY']._serialized_start=448
+  _globals['_SERVICEINFO_CONFIGENTRY']._serialized_end=493
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=495
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=516
+  _globals['_SESSIONINFO']._serialized_start=519
+  _globals['_SESSIONINFO']._serialized_end=752
+  _globals['_SESSIONINFO_COUNTERSENTRY']._serialized_start=705
+  _globals['_SESSIONINFO_COUNTERSENTRY']._serialized_end=752
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=754
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=822
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,14 @@ class RegisterAccess(_message.Message):
     value: int
     def __init__(self, seq: _Optional[int] = ..., bar: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ..., write: _Optional[bool] = ..., value: _Optional[int] = ...) -> None: ...
 
+class RegisterWrites(_message.Message):
+    __slots__ = ("pairs", "sizes")
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    pairs: _containers.RepeatedScalarFieldContainer[int]
+    sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pairs: _Optional[_Iterable[int]] = ..., sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class RegisterValue(_message.Message):
     __slots__ = ("seq", "value")
     SEQ_FIELD_NUMBER: _ClassVar[int]

@@ -214,18 +214,20 @@ class FifoDone(_message.Message):
     def __init__(self, busy: _Optional[bool] = ..., irq_flags: _Optional[int] = ..., commands: _Optional[int] = ...) -> None: ...
 
 class FrontendMessage(_message.Message):
-    __slots__ = ("open", "access", "frame", "barrier", "fifo_done")
+    __slots__ = ("open", "access", "frame", "barrier", "fifo_done", "writes")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     ACCESS_FIELD_NUMBER: _ClassVar[int]
     FRAME_FIELD_NUMBER: _ClassVar[int]
     BARRIER_FIELD_NUMBER: _ClassVar[int]
     FIFO_DONE_FIELD_NUMBER: _ClassVar[int]
+    WRITES_FIELD_NUMBER: _ClassVar[int]
     open: Open
     access: _common_pb2.RegisterAccess
     frame: Frame
     barrier: _common_pb2.Barrier
     fifo_done: FifoDone
-    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., access: _Optional[_Union[_common_pb2.RegisterAccess, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ..., barrier: _Optional[_Union[_common_pb2.Barrier, _Mapping]] = ..., fifo_done: _Optional[_Union[FifoDone, _Mapping]] = ...) -> None: ...
+    writes: _common_pb2.RegisterWrites
+    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., access: _Optional[_Union[_common_pb2.RegisterAccess, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ..., barrier: _Optional[_Union[_common_pb2.Barrier, _Mapping]] = ..., fifo_done: _Optional[_Union[FifoDone, _Mapping]] = ..., writes: _Optional[_Union[_common_pb2.RegisterWrites, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
     __slots__ = ("session_id", "info", "viewport", "max_frames_in_flight", "refresh_hz", "max_frame_bytes")
