@@ -256,7 +256,9 @@ tail = st.one_of(st.none(), st.none(), st.none(), st.integers(17, 4096), st.just
 
 
 # ----------------------------------------------------------------------------------------------- the oracle
-def _fd(kind: str, size: int, made: list[int], memfds: list[tuple[int, int]]) -> int:
+def _fd(kind: str, size: int, memfds: list[tuple[int, int]]) -> int:
+    """A new fd of `kind` to send (the caller closes it once sent). A memfd's original stays open in `memfds`,
+    as QEMU keeps its RAM's, so a later "shrink" step truncates that very file."""
     if kind in ("memfd", "sealed"):
         fd = os.memfd_create("fuzz", os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if kind == "sealed" else 0))
         os.ftruncate(fd, size)
@@ -264,15 +266,14 @@ def _fd(kind: str, size: int, made: list[int], memfds: list[tuple[int, int]]) ->
         if kind == "sealed":  # how QEMU's memory-backend-memfd hands out guest RAM (seal=on)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
         memfds.append((fd, size))
-    elif kind == "eventfd":
-        fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-    elif kind == "pipe":
+        return os.dup(fd)
+    if kind == "eventfd":
+        return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    if kind == "pipe":
         fd, other = os.pipe()
         os.close(other)
-    else:
-        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    made.append(fd)
-    return fd
+        return fd
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _legal_region(target: Target, negotiated: bool, msg: dict) -> bool:
@@ -325,7 +326,6 @@ def test_vfio_user_server_under_hostile_messages(kind: str, steps: list, negotia
     target, memory, irq = make_target(kind), DmaMemory(), IrqController()
     server = VfioUserServer(target.function, memory, irq, dma_timeout=0.2)
     ram = GuestRam(RAM_SIZE, RAM_BASE)
-    made: list[int] = []
     memfds: list[tuple[int, int]] = []
     ours, theirs = socket.socketpair()
     thread = threading.Thread(target=server.serve_socket, args=(ours,), daemon=True)
@@ -341,13 +341,12 @@ def test_vfio_user_server_under_hostile_messages(kind: str, steps: list, negotia
             if isinstance(step, tuple):
                 _device_step(step, memory, memfds)
                 continue
-            fds = [_fd(k, size, made, memfds) for k, size in step["fds"]]
+            fds = [_fd(k, size, memfds) for k, size in step["fds"]]
             payload = step["payload"]
             client._send_raw(HDR.pack(step["id"], step["cmd"] & 0xFFFF, 16 + len(payload), step["flags"], 0) + payload,
                              fds)  # fmt: skip
             for fd in fds:  # the server has its own copies now; ours go, so a leak shows in the fd count
                 os.close(fd)
-                made.remove(fd)
             if not _wants_reply(step):
                 if step["flags"] == NO_REPLY and step["cmd"] == 1 and negotiated is False:
                     negotiated = None
@@ -401,13 +400,8 @@ def test_vfio_user_server_under_hostile_messages(kind: str, steps: list, negotia
         memory.remove_all()
         target.close()
         ram.close()
-        for fd in made:
-            os.close(fd)
         for fd, _ in memfds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # sent to the server and closed above
+            os.close(fd)
     assert not alive, "the server thread did not end when the client went away"
     assert len(os.listdir("/proc/self/fd")) == fds_before, "fds leaked"
 
