@@ -514,6 +514,19 @@ def test_intx_unmask_only_clears_the_mask_then_rechecks() -> None:
         irq.after_access(write=True)
         time.sleep(0.05)
         assert eventfd_count(efd) == 0  # no spurious interrupt from a stale level
+        settled.clear()
+        irq.settle = lambda: settled.append(True)
+        irq.set_level(True)
+        assert eventfd_count(efd) == 1
+        with irq.write_access():  # a write on its way to the device: a barrier now might overtake it
+            irq.unmask()
+            time.sleep(0.05)
+            assert settled == [] and eventfd_count(efd) == 0
+        assert select.select([efd], [], [], 2.0)[0] and settled  # once it is in the stream, a barrier behind it tells
+        assert eventfd_count(efd) == 1
+        irq.set_level(False)
+        irq.unmask()
+        time.sleep(0.05)  # (its re-check passes)
         irq.settle = None
         irq.set_level(True)
         assert eventfd_count(efd) == 1
@@ -532,6 +545,83 @@ def test_intx_unmask_only_clears_the_mask_then_rechecks() -> None:
         os.close(new)
     finally:
         irq.close()
+        os.close(efd)
+
+
+class LaggingCard:
+    """An ES1370 as backend mode reaches it: writes are posted, and the card (the audio service's copy) applies them
+    only when a later read or barrier flushes the stream; like the service, it reports its level when it changes."""
+
+    def __init__(self, irq: IrqController) -> None:
+        self.model, self.irq, self.level = Es1370(), irq, False
+        self.posted: list[tuple[int, int, int]] = []
+
+    def io_read(self, bar: int, offset: int, size: int) -> int:
+        self.apply(len(self.posted))
+        return self.model.read(offset, size)
+
+    def io_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        self.posted.append((offset, size, value))
+
+    def apply(self, n: int) -> None:
+        """The first `n` posted writes reach the card."""
+        for access in self.posted[:n]:
+            self.model.write(*access)
+        del self.posted[:n]
+        if self.model.irq != self.level:
+            self.level = self.model.irq
+            self.irq.set_level(self.level)
+
+
+def test_intx_recheck_never_signals_a_level_the_handlers_ack_already_cleared() -> None:
+    """Backend mode's race, step by step: a re-check's barrier goes out, the handler's ack is posted behind it, and
+    the barrier's answer still shows the line high. That level predates the ack: signalled, it would reach the
+    guest after its handler returned, a spurious interrupt. The re-check must settle again instead."""
+    irq = IrqController(recheck_delay=0.005, seen_delay=0.005)
+    card = LaggingCard(irq)
+    barrier_out, answer = threading.Event(), threading.Event()
+    barriers: list[int] = []  # the posted writes each barrier found ahead of it in the stream
+
+    def barrier() -> None:
+        n = len(card.posted)
+        if not barriers:  # the first answer is held back until the handler has acked
+            barrier_out.set()
+            answer.wait(5.0)
+        card.apply(n)
+        barriers.append(n)
+
+    irq.settle = barrier
+    r = start_rig(es1370_function(card), irq=irq)
+    efd = eventfd()
+    try:
+        c = r.client
+        c.set_irqs(IRQ_DATA_EVENTFD | IRQ_TRIGGER, 0, 0, 1, (efd,))
+        for offset, value in (  # DAC2 on a one-period ring of 16 bytes, its interrupt enabled
+            (R.MEMPAGE, R.FRAME_PAGE_DAC),
+            (R.DAC2_FRAMECNT & 0xFF, 3),
+            (R.SERIAL_CONTROL, R.SCTRL_P2INTEN),
+            (R.DAC2_SCOUNT, 15),
+            (R.CONTROL, R.CTRL_DAC2_EN),
+        ):
+            c.write32(0, offset, value)
+        assert c.read32(0, R.STATUS) & R.STAT_INTR == 0  # (the read flushes the writes to the card)
+        card.model.dma_commit(R.DAC2, card.model.dma_window(R.DAC2, 64)[1])  # the service ends the period
+        card.apply(0)
+        intx = QemuIntx(c, efd)
+        assert intx.wait(5.0)
+        assert intx.access(lambda: c.read32(0, R.STATUS)) & R.STAT_INTR  # the handler; QEMU unmasks after it
+        assert barrier_out.wait(5.0)  # the fallback re-check settles the level, while the handler acks
+        intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, 0))
+        intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, R.SCTRL_P2INTEN))
+        answer.set()
+        deadline = time.monotonic() + 5.0
+        while len(barriers) < 2 and not intx.wait(0) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert not intx.wait(0), "a level from before the handler's ack was signalled: a spurious interrupt"
+        assert barriers == [0, 2] and not irq.level  # settled again, behind the ack
+        assert irq.stats.signals == 1
+    finally:
+        r.close()
         os.close(efd)
 
 

@@ -10,11 +10,17 @@ while its line stays high. What works with a real guest (see REFERENCE.md):
   check is immediate. After a write it is immediate too for a local device; a remote one (backend mode)
   applies the write later, so there the check waits a short delay and, if the line still looks high, first
   `settle()`s the level (a barrier through the device's stream): a stale level never becomes an interrupt;
+- a barrier only proves the level as of the writes sent before it. A guest write (the handler's ack, say)
+  that reaches the device while the barrier is out may come after it in the stream, and the barrier's "still
+  high" then predates the ack: signalled, it reaches QEMU after the handler returned, a spurious interrupt.
+  So the server wraps each write in `write_access()`, and a settle during which a write was delivered (or
+  one that found a write under way) proves nothing: the check is simply made again later;
 - a short delay after UNMASK re-checks as a fallback when no access follows (QEMU also deasserts on an
   unrelated access made while the guest has interrupts off; nothing else would re-raise the pin then). Once
   the guest has seen the interrupt (it read a status with the interrupt bit set: `note_seen()`), its handler's
-  acknowledgement and the checks after it follow, so the fallback waits much longer: one firing while a slow
-  handler is still on its way to the ack reaches QEMU after that ack and gives the guest a spurious interrupt.
+  acknowledgement and the checks after it follow, so the fallback waits much longer: firing while the handler
+  is on its way to the ack is useless, and QEMU handles an eventfd only when the vCPU releases its big lock, so
+  one written just as the ack goes out is seen after the ack's end of interrupt and stays pending.
 
 When the client has given MSI eventfds (index 1), a rising edge signals vector 0 instead; MSI is not masked.
 """
@@ -24,7 +30,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from services.common import logs
@@ -61,6 +68,8 @@ class IrqController:
         self._level = False
         self._masked = False
         self._seen = False  # the guest read the interrupt status since the last signal
+        self._writes = 0  # guest writes delivered to the device so far (counted as they start)
+        self._writes_under_way = 0
         self._intx_fd: int | None = None
         self._msi_fds: list[int | None] = []
         self._recheck_at: float | None = None
@@ -89,6 +98,18 @@ class IrqController:
         return self._masked
 
     # ------------------------------------------------------------------ server side
+    @contextmanager
+    def write_access(self) -> Iterator[None]:
+        """Around the delivery of a guest write to the device: a settle it overlaps proves no level."""
+        with self._cond:
+            self._writes += 1
+            self._writes_under_way += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writes_under_way -= 1
+
     def after_access(self, write: bool) -> None:
         with self._cond:
             if write and self.settle is not None:
@@ -217,15 +238,25 @@ class IrqController:
                     self._cond.wait(left)
                     continue
                 self._recheck_at = None
-                if self.settle is not None and self._would_signal():
-                    self._cond.release()  # the device's answers come in on other threads, through set_level
-                    try:
-                        self.settle()
-                    except Exception as exc:  # a failed barrier leaves the level as it is
-                        log.debug("settling the interrupt level failed", extra={"error": str(exc)})
-                    finally:
-                        self._cond.acquire()
+                if self.settle is not None and self._would_signal() and not self._settled(self.settle):
+                    self._schedule(self.recheck_delay)  # a write raced the barrier: ask again
+                    continue
                 self._check()
+
+    def _settled(self, settle: Callable[[], object]) -> bool:
+        """Settle the remote level (lock held, released meanwhile); False when a guest write may have reached the
+        device after the barrier, so that the level it left may predate the write."""
+        if self._writes_under_way:
+            return False
+        writes = self._writes
+        self._cond.release()  # the device's answers come in on other threads, through set_level
+        try:
+            settle()
+        except Exception as exc:  # a failed barrier leaves the level as it is
+            log.debug("settling the interrupt level failed", extra={"error": str(exc)})
+        finally:
+            self._cond.acquire()
+        return self._writes == writes
 
 
 def _write(fd: int) -> bool:
