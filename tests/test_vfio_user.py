@@ -150,6 +150,12 @@ def eventfd_count(fd: int) -> int:
         return 0
 
 
+def signalled(fd: int, timeout: float = 2.0) -> int:
+    """The eventfd's count once it is signalled (or 0 after `timeout`): a busy host delays the re-check timer."""
+    select.select([fd], [], [], timeout)
+    return eventfd_count(fd)
+
+
 # ---------------------------------------------------------------------------------------------- handshake
 def test_version_negotiation() -> None:
     r = start_rig(es1370_function(ModelDevice()), negotiate=False)
@@ -487,8 +493,7 @@ def test_intx_unmask_only_clears_the_mask_then_rechecks() -> None:
         assert eventfd_count(efd) == 1 and irq.masked
         irq.unmask()  # the line is still high (the driver has not acked yet) but UNMASK does not signal ...
         assert eventfd_count(efd) == 0
-        time.sleep(0.05)  # ... the fallback timer does, if nothing else happened
-        assert eventfd_count(efd) == 1
+        assert signalled(efd) == 1  # ... the fallback timer does, if nothing else happened
         irq.unmask()
         irq.set_level(False)  # the ack comes before the timer
         time.sleep(0.05)
@@ -506,26 +511,12 @@ def test_intx_unmask_only_clears_the_mask_then_rechecks() -> None:
         irq.unmask()
         irq.after_access(write=True)
         assert eventfd_count(efd) == 0
-        time.sleep(0.05)
-        assert eventfd_count(efd) == 1 and settled == [True]  # settled first, then still high: signal
+        assert signalled(efd) == 1 and settled == [True]  # settled first, then still high: signal
         irq.settle = lambda: irq.set_level(False)  # the remote ack arrives while we settle
         irq.unmask()
         irq.after_access(write=True)
         time.sleep(0.05)
         assert eventfd_count(efd) == 0  # no spurious interrupt from a stale level
-        settled.clear()
-        irq.settle = lambda: settled.append(True)
-        irq.set_level(True)
-        assert eventfd_count(efd) == 1
-        with irq.write_access():  # a write on its way to the device: a barrier now might overtake it
-            irq.unmask()
-            time.sleep(0.05)
-            assert settled == [] and eventfd_count(efd) == 0
-        assert select.select([efd], [], [], 2.0)[0] and settled  # once it is in the stream, a barrier behind it tells
-        assert eventfd_count(efd) == 1
-        irq.set_level(False)
-        irq.unmask()
-        time.sleep(0.05)  # (its re-check passes)
         irq.settle = None
         irq.set_level(True)
         assert eventfd_count(efd) == 1
@@ -535,13 +526,30 @@ def test_intx_unmask_only_clears_the_mask_then_rechecks() -> None:
         assert eventfd_count(efd) == 0
         irq.seen_delay = 0.0  # (the long fallback still fires if the handler never acks)
         irq.unmask()
-        time.sleep(0.03)
-        assert eventfd_count(efd) == 1
+        assert signalled(efd) == 1
         new = eventfd()
         irq.set_intx_fd(os.dup(new))  # system reset: QEMU hands over a new eventfd
-        time.sleep(0.05)
-        assert eventfd_count(new) == 1 and eventfd_count(efd) == 0
+        assert signalled(new) == 1 and eventfd_count(efd) == 0
         os.close(new)
+    finally:
+        irq.close()
+        os.close(efd)
+
+
+def test_intx_recheck_does_not_settle_while_a_write_is_under_way() -> None:
+    irq = IrqController(recheck_delay=0.01)
+    efd = eventfd()
+    settled: list[bool] = []
+    irq.settle = lambda: settled.append(True)
+    try:
+        irq.set_intx_fd(os.dup(efd))
+        irq.set_level(True)
+        assert eventfd_count(efd) == 1
+        with irq.write_access():  # a write on its way to the device: a barrier sent now might overtake it
+            irq.unmask()
+            time.sleep(0.05)
+            assert settled == [] and eventfd_count(efd) == 0
+        assert signalled(efd) == 1 and settled  # once it is in the stream, a barrier behind it tells
     finally:
         irq.close()
         os.close(efd)
