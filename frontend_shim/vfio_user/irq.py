@@ -47,7 +47,7 @@ class IrqStats:
     msi_signals: int = 0
     unmasks: int = 0
     triggers: int = 0  # client-requested triggers
-    lost: int = 0  # signalled assertions that looked lost and were signalled again
+    lost: int = 0  # signalled assertions judged lost (owed a signal again)
 
 
 class IrqController:

@@ -190,6 +190,7 @@ def test_guest_aplay_through_vfio_user(
         "guest_interrupts": b.irq_delta(),
         "irq_signals": s["irq"]["signals"],
         "irq_unmasks": s["irq"]["unmasks"],
+        "irq_lost": s["irq"]["lost"],
         "pcm_bytes_compared": len(pcm),
         "output_bytes": len(played),
         "stale_tail_bytes": len(extra),
