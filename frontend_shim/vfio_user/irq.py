@@ -1,20 +1,27 @@
 """The device's interrupt pin, delivered to QEMU's vfio-user client through eventfds.
 
 QEMU treats the INTx eventfd as an edge: it asserts the pin when we signal, and on the guest's next access to
-any BAR it deasserts the pin and sends SET_IRQS UNMASK. A level-triggered device therefore has to signal again
-while its line stays high. What works with a real guest (see REFERENCE.md):
+any BAR it deasserts the pin and sends SET_IRQS UNMASK. Signalling masks the line (AUTOMASKED). The rule that
+gives a real guest exactly one interrupt per assertion of the device's line (see REFERENCE.md):
 
-- signalling masks the line (AUTOMASKED); UNMASK only clears the mask, it never signals by itself, because
-  QEMU unmasks right after the ISR's first STATUS read, before the driver has acknowledged anything;
-- the line is re-checked after later accesses. A read's answer proves the device's level is current, so the
-  check is immediate. After a write it is immediate too for a local device; a remote one (backend mode)
-  applies the write later, so there the check waits a short delay and, if the line still looks high, first
-  `settle()`s the level (a barrier through the device's stream): a stale level never becomes an interrupt;
-- a short delay after UNMASK re-checks as a fallback when no access follows (QEMU also deasserts on an
-  unrelated access made while the guest has interrupts off; nothing else would re-raise the pin then). Once
-  the guest has seen the interrupt (it read a status with the interrupt bit set: `note_seen()`), its handler's
-  acknowledgement and the checks after it follow, so the fallback waits much longer: one firing while a slow
-  handler is still on its way to the ack reaches QEMU after that ack and gives the guest a spurious interrupt.
+- a rising edge is signalled at once, or as soon as the line is unmasked (an edge while masked is owed);
+- an assertion already signalled is not signalled again while the guest may still take it. The UNMASK comes
+  after the first access, which is the handler's STATUS read (before the ack), or an unrelated access the
+  guest made with interrupts off while its interrupt controller already held the interrupt. And QEMU reads
+  the eventfd only when the vCPU lets go of its big lock, which it holds through each access: a signal sent
+  while the guest is busy with accesses lands after them, so a second signal for an interrupt the guest was
+  about to handle arrives after its handler, a spurious interrupt (a real guest's trace had one at stream
+  start: the first period ended during the trigger's accesses);
+- yet QEMU's deassert can lose the interrupt (say it came during the previous interrupt's handler, and the
+  pin is low again by that handler's end of interrupt). So a signalled line that stays high is signalled
+  again once it looks lost: no status read showed it and the guest has made no access for `lost_delay`
+  since the UNMASK (a guest holding the interrupt is busy getting to its handler), or `seen_delay` went by
+  since one did without the acknowledgement that lowers the line;
+- a remote device (backend mode) applies writes later, so before an owed signal its level is brought up to
+  date with `settle()` (a barrier through the device's stream). A barrier only proves the level as of the
+  writes sent before it: one that overlapped a guest write (the server wraps each in `write_access()`) may
+  predate the handler's ack and proves nothing; the check is made again later. A read's answer proves the
+  level at once.
 
 When the client has given MSI eventfds (index 1), a rising edge signals vector 0 instead; MSI is not masked.
 """
@@ -24,7 +31,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from services.common import logs
@@ -39,6 +47,7 @@ class IrqStats:
     msi_signals: int = 0
     unmasks: int = 0
     triggers: int = 0  # client-requested triggers
+    lost: int = 0  # signalled assertions judged lost (owed a signal again)
 
 
 class IrqController:
@@ -50,9 +59,11 @@ class IrqController:
         on_event: Callable[[str], None] | None = None,
         settle: Callable[[], object] | None = None,
         seen_delay: float = 0.1,
+        lost_delay: float = 0.01,
     ) -> None:
-        self.recheck_delay = recheck_delay
-        self.seen_delay = seen_delay  # the UNMASK fallback once the guest's handler has seen the interrupt
+        self.recheck_delay = recheck_delay  # before an owed signal after a remote write or an UNMASK
+        self.seen_delay = seen_delay  # a handler that saw the interrupt has this long to lower the line
+        self.lost_delay = lost_delay  # the guest idles this long without taking a signalled interrupt: lost
         self.on_event = on_event  # "signal" / "msi" / "unmask", for the access log
         self.settle = settle  # brings a remote device's level up to date (None: the level is always current)
         self.stats = IrqStats()
@@ -60,7 +71,11 @@ class IrqController:
         self._cond = threading.Condition()
         self._level = False
         self._masked = False
+        self._signalled = False  # the line's current assertion was signalled (until it falls or looks lost)
         self._seen = False  # the guest read the interrupt status since the last signal
+        self._lost_at: float | None = None  # unmasked and still high after a signal: when it counts as lost
+        self._writes = 0  # guest writes delivered to the device so far (counted as they start)
+        self._writes_under_way = 0
         self._intx_fd: int | None = None
         self._msi_fds: list[int | None] = []
         self._recheck_at: float | None = None
@@ -73,6 +88,8 @@ class IrqController:
         with self._cond:
             rising = level and not self._level
             self._level = level
+            if not level:
+                self._signalled, self._lost_at = False, None
             if rising:
                 self.stats.raised += 1
                 if self._msi_active():
@@ -89,8 +106,22 @@ class IrqController:
         return self._masked
 
     # ------------------------------------------------------------------ server side
+    @contextmanager
+    def write_access(self) -> Iterator[None]:
+        """Around the delivery of a guest write to the device: a settle it overlaps proves no level."""
+        with self._cond:
+            self._writes += 1
+            self._writes_under_way += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writes_under_way -= 1
+
     def after_access(self, write: bool) -> None:
         with self._cond:
+            if self._lost_at is not None and not self._seen:
+                self._lost_at = time.monotonic() + self.lost_delay  # busy, maybe on its way to the handler
             if write and self.settle is not None:
                 self._schedule(self.recheck_delay)
             else:
@@ -100,12 +131,18 @@ class IrqController:
         """The guest just read a status showing the pending interrupt: its handler is running."""
         with self._cond:
             self._seen = True
+            if self._lost_at is not None:
+                self._lost_at = time.monotonic() + self.seen_delay
 
     def unmask(self) -> None:
         with self._cond:
             self.stats.unmasks += 1
             self._masked = False
-            self._schedule(self.seen_delay if self._seen else self.recheck_delay)
+            if self._signalled and self._level:
+                self._lost_at = time.monotonic() + (self.seen_delay if self._seen else self.lost_delay)
+                self._cond.notify_all()
+            else:
+                self._schedule(self.recheck_delay)
         if self.on_event:
             self.on_event("unmask")
 
@@ -117,7 +154,7 @@ class IrqController:
         """A new trigger eventfd (QEMU sends one at every system reset), or None to turn INTx off."""
         with self._cond:
             old, self._intx_fd = self._intx_fd, fd
-            self._masked = False
+            self._masked, self._signalled, self._lost_at = False, False, None  # a new QEMU holds nothing
             if fd is not None:
                 self._schedule(self.recheck_delay)
         if old is not None and old != fd:
@@ -175,6 +212,7 @@ class IrqController:
     def _would_signal(self) -> bool:
         return (
             self._level
+            and not self._signalled
             and not self._masked
             and self._intx_fd is not None
             and not self._msi_active()
@@ -187,8 +225,7 @@ class IrqController:
         if self.on_event:  # before the write: QEMU may run the guest's handler (and its accesses) at once
             self.on_event("signal")
         if _write(self._intx_fd):
-            self._masked = True
-            self._seen = False
+            self._masked, self._signalled, self._seen, self._lost_at = True, True, False, None
             self.stats.signals += 1
 
     def _signal_msi(self, vector: int) -> None:
@@ -209,23 +246,35 @@ class IrqController:
     def _timer(self) -> None:
         with self._cond:
             while not self._closed:
-                if self._recheck_at is None:
-                    self._cond.wait()
-                    continue
-                left = self._recheck_at - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
+                now = time.monotonic()
+                if self._lost_at is not None and now >= self._lost_at:
+                    self._lost_at, self._signalled = None, False  # owed again
+                    self._recheck_at = now
+                    self.stats.lost += 1
+                if self._recheck_at is None or self._recheck_at > now:
+                    wake = min((t for t in (self._recheck_at, self._lost_at) if t is not None), default=None)
+                    self._cond.wait(None if wake is None else wake - now)
                     continue
                 self._recheck_at = None
-                if self.settle is not None and self._would_signal():
-                    self._cond.release()  # the device's answers come in on other threads, through set_level
-                    try:
-                        self.settle()
-                    except Exception as exc:  # a failed barrier leaves the level as it is
-                        log.debug("settling the interrupt level failed", extra={"error": str(exc)})
-                    finally:
-                        self._cond.acquire()
+                if self.settle is not None and self._would_signal() and not self._settled(self.settle):
+                    self._schedule(self.recheck_delay)  # a write raced the barrier: ask again
+                    continue
                 self._check()
+
+    def _settled(self, settle: Callable[[], object]) -> bool:
+        """Settle the remote level (lock held, released meanwhile); False when a guest write may have reached the
+        device after the barrier, so that the level it left may predate the write."""
+        if self._writes_under_way:
+            return False
+        writes = self._writes
+        self._cond.release()  # the device's answers come in on other threads, through set_level
+        try:
+            settle()
+        except Exception as exc:  # a failed barrier leaves the level as it is
+            log.debug("settling the interrupt level failed", extra={"error": str(exc)})
+        finally:
+            self._cond.acquire()
+        return self._writes == writes
 
 
 def _write(fd: int) -> bool:

@@ -441,7 +441,8 @@ class _Connection:
 
     def _region_write(self, msg: P.Message) -> tuple[bytes, list[int], Callable[[], None]]:
         a = P.decode_region_access(msg.payload, write=True)
-        pieces = self.function.write(a.region, a.offset, a.data)
+        with self.irq.write_access():
+            pieces = self.function.write(a.region, a.offset, a.data)
         self._account(a.region, "W", pieces)
         return P.REGION_RW.pack(a.offset, a.region, a.count), [], lambda: self.irq.after_access(True)
 
