@@ -30,6 +30,26 @@ class WireStats(Protocol):
     messages_to_backend: int
 
 
+class Waiter:
+    """One reply a guest thread waits for, released by the reader thread. A held lock rather than an Event: the
+    guest's round trip is shorter (no condition, no lock made per wait). `set` must run at most once, so the
+    links pop a waiter from their table before setting it."""
+
+    __slots__ = ("_lock", "value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.value: object = None
+
+    def set(self, value: object = None) -> None:
+        self.value = value
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=timeout)
+
+
 class SessionStream:
     def __init__(
         self,
