@@ -46,8 +46,11 @@ class Waiter:
         self.value = value
         self._lock.release()
 
-    def wait(self, timeout: float) -> bool:
-        return self._lock.acquire(timeout=timeout)
+    def wait(self, timeout: float | None) -> bool:
+        """Like Event.wait: None waits for ever, a spent timeout (<= 0) only looks."""
+        if timeout is None or timeout > 0:
+            return self._lock.acquire(timeout=-1 if timeout is None else timeout)
+        return self._lock.acquire(blocking=False)
 
 
 class SessionStream:
