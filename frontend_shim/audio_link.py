@@ -23,7 +23,7 @@ import grpc
 
 from frontend_shim.guest import GuestMemory, GuestMemoryError, InterruptLine
 from frontend_shim.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
-from frontend_shim.session_stream import SessionStream
+from frontend_shim.session_stream import SessionStream, Waiter
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.audio.convert import state_to_proto
@@ -66,14 +66,6 @@ class LinkStats:
         return d
 
 
-class _Waiter:
-    __slots__ = ("event", "value")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.value: object = None
-
-
 class _Connection(SessionStream):
     """The ES1370's session stream."""
 
@@ -114,7 +106,7 @@ class AudioLink:
         self._lock = threading.RLock()  # the model, and the order in which its changes enter the stream
         self._credit = DmaCredit(self.clock, lead=0.1)
         self._seq = itertools.count(1)
-        self._waiters: dict[int, _Waiter] = {}
+        self._waiters: dict[int, Waiter] = {}
         self._conn: _Connection | None = None
         self._irq_level = False
         self._stop = threading.Event()
@@ -239,22 +231,22 @@ class AudioLink:
         seq, waiter = self._post(kind, payload)
         return self._wait(seq, waiter, timeout)
 
-    def _post(self, kind: str, payload: object) -> tuple[int, _Waiter | None]:
+    def _post(self, kind: str, payload: object) -> tuple[int, Waiter | None]:
         """Send a message that expects an answer; the waiter is None when there is no session."""
         conn = self._conn
         if conn is None or not conn.alive:
             return 0, None
         seq = next(self._seq)
         payload.seq = seq  # type: ignore[attr-defined]
-        waiter = _Waiter()
+        waiter = Waiter()
         self._waiters[seq] = waiter
         conn.send(audio_pb2.FrontendMessage(**{"access" if kind == "value" else kind: payload}))
         return seq, waiter
 
-    def _wait(self, seq: int, waiter: _Waiter | None, timeout: float) -> object:
+    def _wait(self, seq: int, waiter: Waiter | None, timeout: float) -> object:
         if waiter is None:
             return None
-        if not waiter.event.wait(timeout):
+        if not waiter.wait(timeout):
             self._waiters.pop(seq, None)
             return None
         return waiter.value
@@ -295,8 +287,7 @@ class AudioLink:
             body = getattr(msg, kind)
             waiter = self._waiters.pop(body.seq, None)
             if waiter is not None:
-                waiter.value = body.value if kind == "value" else body
-                waiter.event.set()
+                waiter.set(body.value if kind == "value" else body)
         elif kind == "interrupt":
             if msg.interrupt.level:
                 self.stats.interrupts += 1
@@ -346,7 +337,7 @@ class AudioLink:
         for seq in list(self._waiters):
             waiter = self._waiters.pop(seq, None)
             if waiter is not None:
-                waiter.event.set()  # value stays None: the reader sees a failed access
+                waiter.set()  # value stays None: the reader sees a failed access
         if self._stop.is_set() or conn is not self._conn:
             return
         if self._offline_since is None:

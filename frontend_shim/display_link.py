@@ -49,7 +49,7 @@ from typing import Literal
 import grpc
 
 from frontend_shim.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
-from frontend_shim.session_stream import SessionStream
+from frontend_shim.session_stream import SessionStream, Waiter
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import codec, logs, raster
@@ -503,14 +503,6 @@ def _changed_tiles(
 
 
 # ----------------------------------------------------------------------------------------------- connection
-class _Waiter:
-    __slots__ = ("event", "value")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.value: object = None
-
-
 class _Connection(SessionStream):
     """One session stream to one display service, with its flow-control window."""
 
@@ -587,8 +579,7 @@ class _Slot:
             body = getattr(msg, kind)
             waiter = link.waiters.pop(body.seq, None)
             if waiter is not None:
-                waiter.value = body.value if kind == "value" else body
-                waiter.event.set()
+                waiter.set(body.value if kind == "value" else body)
         elif kind == "opened":
             o = msg.opened
             conn.session_id = o.session_id
@@ -625,7 +616,7 @@ class _Slot:
             for seq in list(link.waiters):
                 waiter = link.waiters.pop(seq, None)
                 if waiter is not None:
-                    waiter.event.set()  # value stays None: the reader sees a failed access
+                    waiter.set()  # value stays None: the reader sees a failed access
         with self.cond:
             conn.in_flight.clear()
             self.cond.notify_all()
@@ -736,7 +727,7 @@ class DisplayLink:
         self.flushed = threading.Condition()
         self.stopping = threading.Event()
         self.wake_supervisor = threading.Event()
-        self.waiters: dict[int, _Waiter] = {}
+        self.waiters: dict[int, Waiter] = {}
         self.last_presented_ns = 0  # service CLOCK_MONOTONIC of the latest present acknowledged (same host)
         self._seq = itertools.count(1)
         self.slots = [_Slot(self, t, i == 0) for i, t in enumerate(targets)]
@@ -905,22 +896,22 @@ class DisplayLink:
         seq, waiter = self._post(kind, payload)
         return self._wait(seq, waiter, timeout)
 
-    def _post(self, kind: str, payload: object) -> tuple[int, _Waiter | None]:
+    def _post(self, kind: str, payload: object) -> tuple[int, Waiter | None]:
         """Send a message that expects an answer; the waiter is None when there is no session."""
         conn = self.slots[0].conn
         if conn is None or not conn.alive:
             return 0, None
         seq = next(self._seq)
         payload.seq = seq  # type: ignore[attr-defined]
-        waiter = _Waiter()
+        waiter = Waiter()
         self.waiters[seq] = waiter
         conn.send(display_pb2.FrontendMessage(**{"access" if kind == "value" else kind: payload}))
         return seq, waiter
 
-    def _wait(self, seq: int, waiter: _Waiter | None, timeout: float) -> object:
+    def _wait(self, seq: int, waiter: Waiter | None, timeout: float) -> object:
         if waiter is None:
             return None
-        if not waiter.event.wait(timeout):
+        if not waiter.wait(timeout):
             self.waiters.pop(seq, None)
             return None
         return waiter.value
