@@ -30,6 +30,8 @@ def target(r: dict) -> float | None:
         return {"mirrored": 500, "backend": 150_000}.get(mode)
     if metric == "register_write" and mode in ("mirrored", "backend"):
         return 1_000  # a posted write
+    if metric == "register_traffic_ratio":
+        return 10  # percent of backend's register traffic
     if metric == "display_refresh_ns_per_px" and mode != "local":
         if r.get("content") == "desktop" and not (mode == "raw" and link != "loopback"):  # raw: the wire's limit
             return 60 if link == "100mbit" else 30
