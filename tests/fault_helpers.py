@@ -79,6 +79,14 @@ class TimedDevice:
     def max_block_s(self) -> float:
         return max(self.reads.max_s, self.writes.max_s)
 
+    def figures(self) -> dict[str, float]:
+        """What the fault tests report of the guest's accesses: the longest of each kind, and how many."""
+        return {
+            "max_read_ms": round(self.reads.max_s * 1000, 2),
+            "max_write_ms": round(self.writes.max_s * 1000, 2),
+            "accesses": self.reads.count + self.writes.count,
+        }
+
     def worst(self, n: int = 5) -> list[tuple[float, str, float]]:
         return sorted(self.reads.slow + self.writes.slow, key=lambda s: -s[2])[:n]
 

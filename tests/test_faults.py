@@ -157,9 +157,7 @@ def test_audio_service_killed_and_restarted_during_playback(services, tmp_path: 
         link.close()
     report(
         f"audio-restart-{mode}",
-        max_read_ms=round(dev.reads.max_s * 1000, 2),
-        max_write_ms=round(dev.writes.max_s * 1000, 2),
-        accesses=dev.reads.count + dev.writes.count,
+        **dev.figures(),
         outage_s=round(serving - killed, 3),
         recovery_s=round(recovery, 3),
         reconnected_s=round(new.opened - serving, 3),  # type: ignore[union-attr]
@@ -215,8 +213,7 @@ def test_trace_replay_survives_a_restarted_service(services, mode: str) -> None:
     rep = result["report"]
     report(
         f"trace-replay-restart-{mode}",
-        max_read_ms=round(dev.reads.max_s * 1000, 2),
-        max_write_ms=round(dev.writes.max_s * 1000, 2),
+        **dev.figures(),
         recovery_s=round(back_at - serving, 3),  # mirrored: first PCM played; backend: session open again
         unexpected_mismatches=rep.unexpected_mismatches,
         max_position_error_periods=round(rep.max_position_error, 2),
@@ -285,9 +282,7 @@ def test_display_service_killed_and_restarted_during_drawing(services, mode: str
     recovery = presented_at - serving  # type: ignore[operator]
     report(
         f"display-restart-{mode}",
-        max_read_ms=round(dev.reads.max_s * 1000, 2),
-        max_write_ms=round(dev.writes.max_s * 1000, 2),
-        accesses=dev.reads.count + dev.writes.count,
+        **dev.figures(),
         outage_s=round(serving - killed, 3),
         recovery_s=round(recovery, 3),
         reconnected_s=round(new.opened - serving, 3),  # type: ignore[union-attr]
