@@ -59,10 +59,14 @@ class LinkStats:
     messages_from_backend: int = 0
     dma_errors: int = 0
     played: dict[int, int] = field(default_factory=dict)
+    # per channel, as the service reports them: playback underruns, and (backend mode) late DMA
+    underruns: dict[int, int] = field(default_factory=dict)
+    late_dma: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
         d = {k: v for k, v in vars(self).items() if isinstance(v, int)}
-        d["bytes_played"] = sum(self.played.values())
+        for name in ("played", "underruns", "late_dma"):
+            d["bytes_played" if name == "played" else name] = sum(getattr(self, name).values())
         return d
 
 
@@ -105,6 +109,7 @@ class AudioLink:
         self._credentials = credentials
         self._lock = threading.RLock()  # the model, and the order in which its changes enter the stream
         self._credit = DmaCredit(self.clock, lead=0.1)
+        self._late_before = [0, 0, 0]  # late DMA counted by the credits of earlier connections
         self._seq = itertools.count(1)
         self._waiters: dict[int, Waiter] = {}
         self._conn: _Connection | None = None
@@ -171,9 +176,16 @@ class AudioLink:
             raise AccessError(f"the ES1370 has no BAR {bar}")
         self.stats.reads += 1
         if self.model is not None:
-            # No lock: every register is one field, so a read racing the DMA engine sees the value before or
-            # after a DMA step, as on the chip.
-            return self.model.read(offset, size)
+            if offset < R.PAGE_WINDOW:
+                # No lock: every register is one field, so a read racing the DMA engine sees the value before or
+                # after a DMA step, as on the chip.
+                return self.model.read(offset, size)
+            with self._lock:  # a DMA position: the pacer's step (memory read and commit) is wholly before or after
+                value = self.model.read(offset, size)
+                channel = self.model.position_channel(offset)
+                if channel is not None:
+                    self._credit.position_read(self.model, channel)
+                return value
         check_access(offset, size)
         mask = (1 << (8 * size)) - 1
         value = self._round_trip("value", common_pb2.RegisterAccess(offset=offset, size=size), self.access_timeout)
@@ -198,6 +210,8 @@ class AudioLink:
             conn = self._conn
             if self.model.write(offset, size, value) and conn is not None:
                 conn.post_write(offset, size, value)
+            if offset in _DMA_REGISTERS or offset >= R.PAGE_WINDOW:
+                self._credit.follow(self.model)  # a stop, a new ring, a restart
             if self.model.irq != self._irq_level:
                 self._update_irq()
         if offset in _DMA_REGISTERS:
@@ -240,7 +254,9 @@ class AudioLink:
         payload.seq = seq  # type: ignore[attr-defined]
         waiter = Waiter()
         self._waiters[seq] = waiter
-        conn.send(audio_pb2.FrontendMessage(**{"access" if kind == "value" else kind: payload}))
+        msg = audio_pb2.FrontendMessage(**{"access" if kind == "value" else kind: payload})
+        with self._lock:  # behind any DMA data read from guest memory before now (see _serve_dma)
+            conn.send(msg)
         return seq, waiter
 
     def _wait(self, seq: int, waiter: Waiter | None, timeout: float) -> object:
@@ -267,6 +283,8 @@ class AudioLink:
             if self.model is not None:
                 opening.state.CopyFrom(state_to_proto(self.model.state))
             conn.send(audio_pb2.FrontendMessage(open=opening))
+            for channel in (R.DAC1, R.DAC2):  # the count goes on across reconnects
+                self._late_before[channel] += self._credit.late(channel)
             self._credit = DmaCredit(self.clock, lead=self._credit.lead)
             self._conn = conn
         if conn.opened.wait(timeout) and conn.alive:
@@ -299,6 +317,9 @@ class AudioLink:
             p = msg.position
             self._credit.played(p.channel, p.bytes_played)
             self.stats.played[p.channel] = p.bytes_played
+            self.stats.underruns[p.channel] = p.underruns
+            if self.model is None:
+                self.stats.late_dma[p.channel] = p.late_dma
             self._kick.set()
         elif kind == "opened":
             conn.session_id = msg.opened.session_id
@@ -307,21 +328,23 @@ class AudioLink:
             conn.opened.set()
 
     def _serve_dma(self, conn: _Connection, req: audio_pb2.DmaRequest) -> None:
+        """Read guest memory for the service. The read and its reply enter the stream under the lock that guest
+        reads are sent under, so a DMA that took a slot before the guest refilled it reaches the service before
+        the guest's next position read: the position the guest sees then tells it (an xrun)."""
         self.stats.dma_requests += 1
-        data, ok = bytearray(), True
-        try:
-            for seg in req.segments:
-                data += self.memory.read(seg.addr, seg.length)
-        except GuestMemoryError as exc:
-            self._dma_failed(exc)
-            data, ok = bytearray(), False
-        else:
-            self._dma_failing = False
-            self._credit.moved(req.channel, len(data))
-            self.stats.pcm_bytes += len(data)
-        conn.send(
-            audio_pb2.FrontendMessage(dma_data=audio_pb2.DmaData(request_id=req.request_id, data=bytes(data), ok=ok))
-        )
+        with self._lock:
+            data, ok = bytearray(), True
+            try:
+                for seg in req.segments:
+                    data += self.memory.read(seg.addr, seg.length)
+            except GuestMemoryError as exc:
+                self._dma_failed(exc)
+                data, ok = bytearray(), False
+            else:
+                self._dma_failing = False
+                self.stats.pcm_bytes += len(data)
+            reply = audio_pb2.DmaData(request_id=req.request_id, data=bytes(data), ok=ok)
+            conn.send(audio_pb2.FrontendMessage(dma_data=reply))
 
     def _dma_failed(self, exc: GuestMemoryError) -> None:
         """The DMA engine retries every few ms while guest memory is unreachable (e.g. the VM is gone): warn
@@ -340,6 +363,8 @@ class AudioLink:
                 waiter.set()  # value stays None: the reader sees a failed access
         if self._stop.is_set() or conn is not self._conn:
             return
+        if self.model is None:
+            self.irq.set_level(False)  # backend mode: the card is gone, and a card that is gone asserts nothing
         if self._offline_since is None:
             log.warning("audio session lost", extra={"target": self.target, "error": error})
             self._offline_since = self.clock.now()
@@ -397,13 +422,14 @@ class AudioLink:
                 self._dma_failed(exc)
                 break
             self._dma_failing = False
-            model.dma_commit(channel, length)
-            self._credit.moved(channel, length)
+            self._credit.commit(model, channel, length)
             self.stats.pcm_bytes += length
             chunk += data
             self._update_irq()
         if chunk:
-            msg = audio_pb2.PcmChunk(channel=channel, data=bytes(chunk), sent_ns=time.monotonic_ns())
+            late = self._credit.late(channel) + self._late_before[channel]
+            self.stats.late_dma[channel] = late
+            msg = audio_pb2.PcmChunk(channel=channel, data=bytes(chunk), sent_ns=time.monotonic_ns(), late_dma=late)
             self._send(audio_pb2.FrontendMessage(pcm=msg))
 
     def _play_offline(self, elapsed: float) -> None:

@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--status", action="store_true", help="print live progress on stderr")
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--dma-log", help=argparse.SUPPRESS)  # tests: every DMA read of guest memory, to this file
     p.set_defaults(run=run)
 
 
@@ -51,11 +52,12 @@ def play(
     clock: Clock | None = None,
     status: bool = False,
     tls_dir: str | None = None,
+    dma_log: str | None = None,
 ) -> dict:
     """The scripted guest plays `pcm` through a shim link to `audio`; returns the summary."""
     if not expressible(fmt):
         raise PlayError(f"an ES1370 cannot play {fmt} exactly")
-    memory, irq = new_guest()
+    memory, irq = new_guest(record=dma_log is not None)
     credentials = tls.channel_credentials(tls_dir) if tls_dir else None
     link = AudioLink(
         audio, mode, memory, irq, vm=vm, clock=clock, access_timeout=access_timeout, credentials=credentials
@@ -64,7 +66,7 @@ def play(
         link.start()
     except ConnectionError as exc:
         raise PlayError(f"{exc} (is `python -m services.audio` running there?)") from exc
-    driver = ScriptedEs1370Driver(link, memory, irq, irq_timeout=max(2.0, 4 * period_frames / fmt.rate))
+    driver = ScriptedEs1370Driver(link, memory, irq, irq_timeout=max(2.0, 4 * period_frames / fmt.rate), clock=clock)
     stop_status = threading.Event()
     reporter = threading.Thread(target=_status, args=(link, len(pcm), stop_status), daemon=True)
     if status:
@@ -80,12 +82,15 @@ def play(
         if status:
             reporter.join()
     link.close(drain=True)
+    if dma_log is not None:
+        memory.save(dma_log)  # type: ignore[attr-defined]
     return {
         "mode": mode,
         "format": str(fmt),
         "frames": result.frames,
         "periods": result.periods,
         "interrupts": result.interrupts,
+        "xruns": result.xruns,
         "accesses": result.accesses,
         "seconds": round(result.seconds, 3),
         **{k: v for k, v in link.stats.as_dict().items() if k != "interrupts"},
@@ -109,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             clock=Clock(args.clock_scale),
             status=args.status,
             tls_dir=args.tls_dir,
+            dma_log=args.dma_log,
         )
     except (OSError, ValueError, PlayError, tls.TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -121,7 +127,8 @@ def describe(s: dict) -> str:
     return (
         f"played {s['frames']} frames ({s['format']}) in {s['mode']} mode in {s['seconds']:.2f} s: "
         f"{s['interrupts']} interrupts for {s['periods']} periods, {s['accesses']} register accesses, "
-        f"{s['bytes_to_backend']} B to / {s['bytes_from_backend']} B from the audio service"
+        f"{s['bytes_to_backend']} B to / {s['bytes_from_backend']} B from the audio service; "
+        f"{s['xruns']} xruns in the guest, {s['late_dma']} late DMA, {s['underruns']} underruns at the service"
     )
 
 

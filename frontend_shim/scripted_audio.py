@@ -12,7 +12,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from frontend_shim.guest import Device, EventLine, RamMemory
+from frontend_shim.guest import Device, EventLine, RamMemory, RecordingMemory
+from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat
 
@@ -34,7 +35,7 @@ class PlayResult:
     spurious: int  # interrupts with nothing pending
     accesses: int
     seconds: float
-    queued: bytes  # every byte the guest placed in the DMA buffer, in playback order
+    xruns: int  # times the guest found the DMA past what it had written, stopped and restarted (like ALSA)
 
 
 def dac_for(fmt: PcmFormat, prefer: str = "dac2") -> int:
@@ -70,8 +71,11 @@ class CountingDevice:
 
 
 class ScriptedEs1370Driver:
-    def __init__(self, device: Device, memory: RamMemory, irq: EventLine, irq_timeout: float = 2.0) -> None:
+    def __init__(
+        self, device: Device, memory: RamMemory, irq: EventLine, irq_timeout: float = 2.0, clock: Clock | None = None
+    ) -> None:
         self.dev = CountingDevice(device)
+        self.clock = clock or Clock()  # the guest's own sense of time (ALSA's jiffies)
         self.memory = memory
         self.irq = irq
         self.irq_timeout = irq_timeout  # real seconds without an interrupt before the guest gives up
@@ -137,7 +141,8 @@ class ScriptedEs1370Driver:
         self.outl(R.CONTROL, self.ctrl)
 
     def _interrupt(self, dac: int) -> tuple[bool, bool]:
-        """The driver's interrupt handler: (was it ours, did this DAC complete a period)."""
+        """The driver's interrupt handler up to snd_pcm_period_elapsed: (was it ours, did this DAC complete a
+        period)."""
         status = self.inl(R.STATUS)
         if not status & R.STAT_INTR:
             return False, False
@@ -152,9 +157,6 @@ class ScriptedEs1370Driver:
         self.outl(R.SERIAL_CONTROL, ack)
         self.outl(R.SERIAL_CONTROL, self.sctrl)
         mine = R.STAT_DAC1 if dac == R.DAC1 else R.STAT_DAC2
-        if status & mine:
-            for _ in range(2):  # snd_pcm_period_elapsed asks for the pointer, ALSA asks again to update
-                self._pointer(dac)
         return True, bool(status & mine)
 
     def _pointer(self, dac: int) -> int:
@@ -165,7 +167,8 @@ class ScriptedEs1370Driver:
     def play(
         self, pcm: bytes, fmt: PcmFormat, *, dac: int = R.DAC2, period_frames: int = 1024, periods: int = 4
     ) -> PlayResult:
-        """Play `pcm` (the guest's format) start to finish; returns what the guest saw."""
+        """Play `pcm` (the guest's format) start to finish, like aplay: the ring filled before the start, one
+        period refilled per period interrupt, xruns detected and recovered from; returns what the guest saw."""
         if periods < 2:
             raise ValueError("the driver needs at least two periods")
         period_bytes = period_frames * fmt.frame_bytes
@@ -176,34 +179,57 @@ class ScriptedEs1370Driver:
         silence = _SILENCE[fmt.bits] * period_bytes
         chunks = [pcm[i * period_bytes : (i + 1) * period_bytes] for i in range(total_periods)]
         chunks[-1] = chunks[-1] + silence[len(chunks[-1]) :]
-        queued = bytearray()
+        ring = _AlsaRing(period_bytes, buffer_bytes, fmt.rate * fmt.frame_bytes, self.clock)
+        written = 0  # periods of the song written to the ring so far (then silence, until the song has played)
 
-        def fill(slot: int, index: int) -> None:
-            data = chunks[index] if index < total_periods else silence
-            self.memory.write(BUFFER_ADDR + slot * period_bytes, data)
-            if index < total_periods:
-                queued.extend(data)
+        def write_period() -> None:
+            """aplay's write of one period at the application pointer."""
+            nonlocal written
+            data = chunks[written] if written < total_periods else silence
+            self.memory.write(BUFFER_ADDR + ring.appl % buffer_bytes, data)
+            ring.appl += period_bytes
+            written += 1
 
-        start = time.monotonic()
-        for slot in range(periods):
-            fill(slot, slot)
-        self._prepare(dac, fmt, buffer_bytes, period_bytes)
-        self.ctrl |= R.CTRL_DAC1_EN if dac == R.DAC1 else R.CTRL_DAC2_EN
-        self.outl(R.CONTROL, self.ctrl)
+        def start() -> int:
+            """snd_pcm_prepare, the ring filled (aplay's start threshold is the whole buffer), then the trigger;
+            returns the ring offset where the song's end will be."""
+            ring.reset()
+            first = written
+            for _ in range(periods):
+                write_period()
+            self._prepare(dac, fmt, buffer_bytes, period_bytes)
+            self.ctrl |= R.CTRL_DAC1_EN if dac == R.DAC1 else R.CTRL_DAC2_EN
+            self.outl(R.CONTROL, self.ctrl)
+            return (total_periods - first) * period_bytes
 
-        done = interrupts = spurious = 0
-        while done < total_periods:
+        started = time.monotonic()
+        end = start()
+        interrupts = spurious = xruns = elapsed = 0  # elapsed: period interrupts since the last start
+        while elapsed * period_bytes < end:  # the song has played: one period interrupt for each of its periods
             if not self.irq.wait_high(self.irq_timeout):
                 self._stop(dac)
-                raise GuestError(f"no interrupt for {self.irq_timeout} s after {done} of {total_periods} periods")
+                raise GuestError(f"no interrupt for {self.irq_timeout} s after {written} of {total_periods} periods")
             ours, period = self._interrupt(dac)
             if not ours:
                 spurious += 1
                 continue
             interrupts += 1
-            if period:
-                fill(done % periods, done + periods)
-                done += 1
+            if not period:
+                continue
+            elapsed += 1
+            xrun = ring.update(self._pointer(dac), in_interrupt=True)
+            while not xrun and ring.avail() >= period_bytes:  # past the song's end: silence, as ALSA drains
+                before = ring.appl
+                write_period()
+                # ALSA updates the position again at aplay's next write. The test guest asks one thing more than
+                # ALSA can: had the DMA passed the start of what we just wrote? Then it took some of it before we
+                # wrote it, and the card played the ring's old contents there.
+                xrun = ring.update(self._pointer(dac)) or ring.hw > before
+            if xrun:
+                # ALSA stops the stream (the driver's trigger STOP) and aplay prepares and restarts it.
+                xruns += 1
+                self._stop(dac)
+                end, elapsed = (start() if written < total_periods else 0), 0
         self._stop(dac)
         return PlayResult(
             frames=len(pcm) // fmt.frame_bytes,
@@ -211,8 +237,8 @@ class ScriptedEs1370Driver:
             interrupts=interrupts,
             spurious=spurious,
             accesses=self.dev.accesses,
-            seconds=time.monotonic() - start,
-            queued=bytes(queued),
+            seconds=time.monotonic() - started,
+            xruns=xruns,
         )
 
     def _stop(self, dac: int) -> None:
@@ -220,8 +246,46 @@ class ScriptedEs1370Driver:
         self.outl(R.CONTROL, self.ctrl)
 
 
-def new_guest() -> tuple[RamMemory, EventLine]:
-    return RamMemory(GUEST_RAM), EventLine()
+class _AlsaRing:
+    """ALSA's view of a playback ring: the hardware pointer it keeps from the driver's position reads, and the
+    application pointer aplay writes at (both in bytes since the stream started)."""
+
+    def __init__(self, period: int, size: int, byte_rate: int, clock: Clock) -> None:
+        self.period = period
+        self.size = size
+        self.byte_rate = byte_rate
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        self.hw = self.appl = self.hw_interrupt = 0
+        self.updated = self.clock.now()
+
+    def avail(self) -> int:
+        return self.hw + self.size - self.appl
+
+    def update(self, pos: int, in_interrupt: bool = False) -> bool:
+        """snd_pcm_update_hw_ptr0 with a position read from the card; True on an xrun (the hardware pointer
+        reached the application pointer: the DMA is playing what was never written)."""
+        now = self.clock.now()
+        if pos >= self.size:
+            pos = 0  # ALSA: "invalid position", taken as the ring's start (a card that vanished reads all ones)
+        base = self.hw - self.hw % self.size
+        new = base + pos
+        long_ago = now - self.updated > self.size / self.byte_rate / 2
+        if in_interrupt and new < self.hw_interrupt + self.period and long_ago:
+            new += self.size  # a period elapsed, yet the pointer says less: it went once round the ring unseen
+        elif new < self.hw:
+            new += self.size  # the pointer wrapped at the ring's end
+        self.hw, self.updated = new, now
+        if in_interrupt:
+            self.hw_interrupt = new
+        return self.avail() >= self.size  # stop_threshold = buffer size: nothing written is left to play
+
+
+def new_guest(record: bool = False) -> tuple[RamMemory, EventLine]:
+    """The scripted guest's RAM and interrupt line; `record` keeps every DMA read (RecordingMemory)."""
+    return (RecordingMemory if record else RamMemory)(GUEST_RAM), EventLine()
 
 
 # The AK4531 mixer set-up snd-ens1370 performs at probe: (register, value). Volumes at 0 dB, outputs unmuted.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import grpc
 import pytest
 
 from frontend_shim.audio_link import AudioLink
+from frontend_shim.guest import load_reads
 from frontend_shim.pcm import melody, write_wav
 from frontend_shim.scripted_audio import ScriptedEs1370Driver, new_guest
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
@@ -20,9 +20,11 @@ from rdv.common.v1 import common_pb2
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat
+from tests.audio_helpers import assert_played_as_the_card_took
 from tests.helpers import run_shim
 
 SCALE = "4"  # both ends run their clocks 4x faster than real time
+ACCESS_TIMEOUT_MS = "2000"  # a register read on a loaded machine may take long; it must not read as a dead card
 FORMATS = [
     (PcmFormat(44100, 2, 16), "dac2"),
     (PcmFormat(48662, 1, 16), "dac2"),  # the rate ALSA picks on this chip when asked for 48 kHz
@@ -44,34 +46,36 @@ def wait_sessions_closed(address: str, timeout: float = 10.0) -> None:
 @pytest.mark.parametrize("mode", ["mirrored", "backend"])
 @pytest.mark.parametrize(("fmt", "dac"), FORMATS, ids=[f"{f.rate}-{f.bits}-{f.channels}ch-{d}" for f, d in FORMATS])
 def test_pcm_arrives_byte_exact(services, tmp_path: Path, mode: str, fmt: PcmFormat, dac: str) -> None:
+    """Exactly the song when nobody saw an xrun; exactly what the card took from the ring in any case."""
     out = tmp_path / "out.raw"
     svc = services("audio", "--alsa-device", f"file:FILE={out},FORMAT=raw", "--clock-scale", SCALE)
     pcm = melody(fmt, 0.6)
     wav = tmp_path / "in.wav"
     write_wav(str(wav), fmt, pcm)
-    period_frames = 512
+    period_frames, periods = 512, 4
+    dma_log = tmp_path / "dma.log"
     res = run_shim(
         "play", "--wav", str(wav), "--audio", svc.address, "--mode", mode, "--dac", dac,
-        "--period-frames", str(period_frames), "--json", "--clock-scale", SCALE,
+        "--period-frames", str(period_frames), "--periods", str(periods), "--json", "--clock-scale", SCALE,
+        "--access-timeout-ms", ACCESS_TIMEOUT_MS, "--dma-log", str(dma_log),
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     period_bytes = period_frames * fmt.frame_bytes
-    periods = -(-len(pcm) // period_bytes)
-    assert summary["periods"] == periods
-    assert summary["interrupts"] == periods  # one interrupt per period, none lost or merged
+    assert summary["periods"] == -(-len(pcm) // period_bytes)
+    if summary["xruns"] == 0:
+        assert summary["interrupts"] == summary["periods"]  # one interrupt per period, none lost or merged
     assert summary["read_timeouts"] == 0
     wait_sessions_closed(svc.address)
-
-    played = out.read_bytes()
-    assert played[: len(pcm)] == pcm
-    # After the last sample: the silence the guest padded its last period with, plus (backend mode) what the
-    # DMA fetched of the silent ring before the guest's stop arrived. Never anything else.
-    tail = played[len(pcm) :]
-    silence = b"\x80" if fmt.bits == 8 else b"\x00"
-    assert tail == silence * len(tail)
-    assert len(played) >= periods * period_bytes
-    assert len(tail) < 2 * period_bytes + int(0.1 * fmt.rate) * fmt.frame_bytes
+    assert_played_as_the_card_took(
+        out.read_bytes(),
+        pcm,
+        summary,
+        load_reads(str(dma_log)),
+        ring_bytes=periods * period_bytes,
+        silence=b"\x80" if fmt.bits == 8 else b"\x00",
+        name=f"{mode}-{fmt}",
+    )
 
 
 def test_mirror_equals_service_after_every_write(services, tmp_path: Path) -> None:
@@ -92,12 +96,23 @@ def test_mirror_equals_service_after_every_write(services, tmp_path: Path) -> No
             checks.append(theirs is not None and ours == theirs)
 
     fmt = PcmFormat(44100, 2, 16)
-    driver = ScriptedEs1370Driver(CheckingDevice(), memory, irq)
+    driver = ScriptedEs1370Driver(CheckingDevice(), memory, irq, clock=link.clock)
     driver.probe()
     result = driver.play(melody(fmt, 0.3), fmt, period_frames=256)
     link.close()
-    assert result.interrupts == result.periods
+    if result.xruns == 0:
+        assert result.interrupts == result.periods
     assert len(checks) > 100 and all(checks), f"{checks.count(False)} of {len(checks)} checks differed"
+
+
+def wait_playing(address: str, timeout: float = 30.0) -> None:
+    """Until the service has a session that took PCM."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = audio_pb2_grpc.AudioServiceStub(ch)
+        while not any(s.counters["pcm_bytes"] for s in stub.ListSessions(common_pb2.ListSessionsRequest()).sessions):
+            assert time.monotonic() < deadline, "no session started playing"
+            time.sleep(0.02)
 
 
 def test_killing_the_service_never_hangs_the_guest(services, tmp_path: Path) -> None:
@@ -106,25 +121,29 @@ def test_killing_the_service_never_hangs_the_guest(services, tmp_path: Path) -> 
     write_wav(str(wav), fmt, melody(fmt, 3.0))
     for mode in ("backend", "mirrored"):
         svc = services("audio", "--sink", "null")
-        killer = threading.Timer(0.7, svc.stop, kwargs={"sig_kill": True})
-        killer.start()
-        started = time.monotonic()
-        res = run_shim("play", "--wav", str(wav), "--audio", svc.address, "--mode", mode, "--json", timeout=30)
-        elapsed = time.monotonic() - started
-        killer.join()
-        assert svc.proc.returncode is not None
-        assert elapsed < 3.0 + 5.0  # bounded: the audio's length plus the guest's interrupt timeout
+        shim = subprocess.Popen(
+            [sys.executable, "-m", "frontend_shim", "play", "--wav", str(wav), "--audio", svc.address,
+             "--mode", mode, "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_playing(svc.address)
+        svc.stop(sig_kill=True)
+        killed = time.monotonic()
+        stdout, stderr = shim.communicate(timeout=60)
+        # Bounded: what is left of the audio plus the guest's interrupt timeout (and a margin for a busy host).
+        assert time.monotonic() - killed < 3.0 + 5.0
         if mode == "mirrored":
             # The shim holds the state and keeps the sample clock: the guest plays to the end.
-            assert res.returncode == 0, res.stderr
-            summary = json.loads(res.stdout)
-            assert summary["interrupts"] == summary["periods"]
+            assert shim.returncode == 0, stderr
+            summary = json.loads(stdout)
+            if summary["xruns"] == 0:
+                assert summary["interrupts"] == summary["periods"]
         else:
             # The card lived only in the service: like a card pulled out, it stops interrupting and the
             # guest's driver times out (ALSA's "DMA or IRQ trouble"); register reads meanwhile fail fast.
-            assert res.returncode == 1
-            assert "no interrupt" in res.stderr
-        assert res.stderr.count("audio session lost") == 1
+            assert shim.returncode == 1
+            assert "no interrupt" in stderr
+        assert stderr.count("audio session lost") == 1
 
 
 def test_two_sessions_play_side_by_side(services, tmp_path: Path) -> None:

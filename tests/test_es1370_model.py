@@ -6,8 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.audio.dma import DmaCredit
-from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import AccessError, Es1370, PcmFormat
 
@@ -129,31 +127,6 @@ def test_mono_8bit_leftover_bytes() -> None:
     m.write(R.SERIAL_CONTROL, 4, 0)
     m.write(R.SERIAL_CONTROL, 4, R.SCTRL_P2INTEN)
     assert m.dma_window(R.DAC2, 100) == (0x1006, 6)
-
-
-def test_credit_holds_at_pending_interrupt_then_gives_up() -> None:
-    class FakeClock(Clock):
-        def __init__(self) -> None:
-            super().__init__()
-            self.t = 0.0
-
-        def now(self) -> float:
-            return self.t
-
-    clock = FakeClock()
-    credit = DmaCredit(clock, lead=0.1, hold_limit=0.05)
-    m = started()
-    assert credit.room(m, R.DAC2) > 0
-    _, n = m.dma_window(R.DAC2, 1000)
-    m.dma_commit(R.DAC2, n)
-    credit.moved(R.DAC2, n)
-    assert credit.room(m, R.DAC2) == 0  # interrupt pending: hold
-    clock.t = 0.06
-    assert credit.room(m, R.DAC2) > 0  # the guest never acked: move on after the hold limit
-    credit.moved(R.DAC2, int(0.1 * 44100 * 4))
-    assert credit.room(m, R.DAC2) == 0  # a full lead ahead of playback
-    credit.played(R.DAC2, 4000)
-    assert credit.room(m, R.DAC2) > 0
 
 
 @settings(max_examples=300, deadline=None)

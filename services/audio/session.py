@@ -91,6 +91,14 @@ class AudioSession:
         # Recent PCM path latencies (ns): mirrored = chunk read at the shim -> applied here (one way);
         # backend = our DMA request -> the data applied here (the round trip this mode needs).
         self.audio_chunk_ns: deque[int] = deque(maxlen=4096)
+        # Real time going wrong, seen from here: playback that starved, and (backend: our DMA; mirrored: the
+        # shim's, which it reports) DMA that took ring bytes before the guest could have refilled them.
+        self._shim_late = [0, 0, 0]
+        self._seen = {"underruns": 0, "late_dma": 0}
+        self._bursts = {
+            "underruns": logs.Bursts(log, "playback underrun: the sink starved (repeats within 1 s not logged)"),
+            "late_dma": logs.Bursts(log, "late DMA: the guest had not refilled its ring in time (its xrun)"),
+        }
 
     # ------------------------------------------------------------------ frontend messages
     def handle(self, msg: audio_pb2.FrontendMessage) -> None:
@@ -129,6 +137,9 @@ class AudioSession:
             value = self.model.read(a.offset, a.size)
         except AccessError as exc:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        channel = self.model.position_channel(a.offset)
+        if channel is not None:
+            self._credit.position_read(self.model, channel)
         self._send(audio_pb2.BackendMessage(value=common_pb2.RegisterValue(seq=a.seq, value=value)))
 
     def _writes(self, batch: common_pb2.RegisterWrites) -> None:
@@ -147,6 +158,7 @@ class AudioSession:
             self.model.write(offset, size, value)
         except AccessError as exc:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        self._credit.follow(self.model)
         self._after_change()
 
     def _pcm(self, p: audio_pb2.PcmChunk) -> None:
@@ -158,6 +170,9 @@ class AudioSession:
         if not 0 < len(data) <= MAX_PCM_CHUNK:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"PCM chunk of {len(data)} bytes")
         self._play(p.channel, data)
+        if p.late_dma != self._shim_late[p.channel]:
+            self._shim_late[p.channel] = p.late_dma
+            self._check_realtime()
         if p.sent_ns:
             self.audio_chunk_ns.append(time.monotonic_ns() - p.sent_ns)
 
@@ -195,9 +210,8 @@ class AudioSession:
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"mirror diverged: {len(data)} PCM bytes, but the DMA of channel {channel} stops after {done}",
                 )
-            self.model.dma_commit(channel, window)
+            self._credit.commit(self.model, channel, window)
             done += window
-        self._credit.moved(channel, len(data))
         self.counters["pcm_bytes"] += len(data)
         player = self._players.get(channel)
         if player is None:
@@ -210,7 +224,7 @@ class AudioSession:
                 lambda stats, ch=channel: self._loop.call_soon_threadsafe(self._progress, ch, stats),
             )
             self._players[channel] = player
-        player.push(fmt, data)
+        player.push(fmt, data, self.model.buffer_bytes(channel))
         self._after_change()
 
     # ------------------------------------------------------------------ device side effects
@@ -253,9 +267,25 @@ class AudioSession:
             bytes_received=stats.bytes_received,
             bytes_played=stats.bytes_played,
             underruns=stats.underruns,
+            late_dma=self._credit.late(channel) if self.mode == BACKEND else 0,
         )
         self._send(audio_pb2.BackendMessage(position=pos))
+        self._check_realtime()
         self.pump()
+
+    def late_dma(self) -> int:
+        """DMA transfers that took ring bytes before the guest could have refilled them (the guest's xruns)."""
+        if self.mode == BACKEND:
+            return sum(self._credit.late(c) for c in (R.DAC1, R.DAC2))
+        return sum(self._shim_late)
+
+    def _check_realtime(self) -> None:
+        """One warning line per burst of underruns or late DMA, not one per period."""
+        now = {"underruns": self.playback_counters()["underruns"], "late_dma": self.late_dma()}
+        for name, total in now.items():
+            if total > self._seen[name]:
+                self._seen[name] = total
+                self._bursts[name].seen(time.monotonic(), session=self.session_id, vm=self.vm, **now)
 
     # ------------------------------------------------------------------ lifecycle
     def player_stats(self, channel: int) -> PlayerStats | None:
@@ -269,6 +299,7 @@ class AudioSession:
             "bytes_played": sum(s.bytes_played for s in stats),
             "underruns": sum(s.underruns for s in stats),
             "sink_errors": sum(s.sink_errors for s in stats),
+            "late_dma": self.late_dma(),
         }
 
     async def close(self, drain: bool) -> None:

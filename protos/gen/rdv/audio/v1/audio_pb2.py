@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from rdv.common.v1 import common_pb2 as rdv_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rdv/audio/v1/audio.proto\x12\x0crdv.audio.v1\x1a\x1ardv/common/v1/common.proto\"\xbf\x01\n\x0b\x45s1370State\x12\x0f\n\x07\x63ontrol\x18\x01 \x01(\r\x12\x0e\n\x06status\x18\x02 \x01(\r\x12\x0f\n\x07mempage\x18\x03 \x01(\r\x12\r\n\x05\x63odec\x18\x04 \x01(\r\x12\x16\n\x0eserial_control\x18\x05 \x01(\r\x12\x14\n\x0cuart_control\x18\x06 \x01(\r\x12-\n\x08\x63hannels\x18\x07 \x03(\x0b\x32\x1b.rdv.audio.v1.Es1370Channel\x12\x12\n\ncodec_regs\x18\x08 \x03(\r\"X\n\rEs1370Channel\x12\x10\n\x08leftover\x18\x01 \x01(\r\x12\x0e\n\x06scount\x18\x02 \x01(\r\x12\x12\n\nframe_addr\x18\x03 \x01(\r\x12\x11\n\tframe_cnt\x18\x04 \x01(\r\"h\n\x04Open\x12\n\n\x02vm\x18\x01 \x01(\t\x12*\n\x04mode\x18\x02 \x01(\x0e\x32\x1c.rdv.common.v1.CoherenceMode\x12(\n\x05state\x18\x03 \x01(\x0b\x32\x19.rdv.audio.v1.Es1370State\"G\n\x08PcmChunk\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07sent_ns\x18\x04 \x01(\x03\"7\n\x07\x44maData\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\n\n\x02ok\x18\x03 \x01(\x08\"\xc9\x02\n\x0f\x46rontendMessage\x12\"\n\x04open\x18\x01 \x01(\x0b\x32\x12.rdv.audio.v1.OpenH\x00\x12/\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0b\x32\x1d.rdv.common.v1.RegisterAccessH\x00\x12%\n\x03pcm\x18\x03 \x01(\x0b\x32\x16.rdv.audio.v1.PcmChunkH\x00\x12)\n\x08\x64ma_data\x18\x04 \x01(\x0b\x32\x15.rdv.audio.v1.DmaDataH\x00\x12)\n\x07\x62\x61rrier\x18\x05 \x01(\x0b\x32\x16.rdv.common.v1.BarrierH\x00\x12+\n\x06resync\x18\x06 \x01(\x0b\x32\x19.rdv.audio.v1.Es1370StateH\x00\x12/\n\x06writes\x18\x07 \x01(\x0b\x32\x1d.rdv.common.v1.RegisterWritesH\x00\x42\x06\n\x04kind\"W\n\x06Opened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x04info\x18\x02 \x01(\x0b\x32\x1a.rdv.common.v1.ServiceInfo\x12\x0f\n\x07lead_ms\x18\x03 \x01(\r\";\n\tInterrupt\x12\r\n\x05level\x18\x01 \x01(\x08\x12\x0e\n\x06status\x18\x02 \x01(\r\x12\x0f\n\x07sent_ns\x18\x03 \x01(\x03\"*\n\nDmaSegment\x12\x0c\n\x04\x61\x64\x64r\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\r\"]\n\nDmaRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\r\x12*\n\x08segments\x18\x03 \x03(\x0b\x32\x18.rdv.audio.v1.DmaSegment\"\\\n\x08Position\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\x12\x14\n\x0c\x62ytes_played\x18\x03 \x01(\x04\x12\x11\n\tunderruns\x18\x04 \x01(\x04\"l\n\nBarrierAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07sent_ns\x18\x02 \x01(\x03\x12(\n\x05state\x18\x03 \x01(\x0b\x32\x19.rdv.audio.v1.Es1370State\x12\x16\n\x0e\x62ytes_received\x18\x04 \x03(\x04\"\xab\x02\n\x0e\x42\x61\x63kendMessage\x12&\n\x06opened\x18\x01 \x01(\x0b\x32\x14.rdv.audio.v1.OpenedH\x00\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1c.rdv.common.v1.RegisterValueH\x00\x12,\n\tinterrupt\x18\x03 \x01(\x0b\x32\x17.rdv.audio.v1.InterruptH\x00\x12/\n\x0b\x64ma_request\x18\x04 \x01(\x0b\x32\x18.rdv.audio.v1.DmaRequestH\x00\x12*\n\x08position\x18\x05 \x01(\x0b\x32\x16.rdv.audio.v1.PositionH\x00\x12/\n\x0b\x62\x61rrier_ack\x18\x06 \x01(\x0b\x32\x18.rdv.audio.v1.BarrierAckH\x00\x42\x06\n\x04kind\"+\n\x15GetDeviceStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xd8\x01\n\x0b\x43hannelView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x0e\n\x06paused\x18\x03 \x01(\x08\x12\x0c\n\x04rate\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12\x0c\n\x04\x62its\x18\x06 \x01(\r\x12\x12\n\nframe_addr\x18\x07 \x01(\r\x12\x14\n\x0c\x62uffer_bytes\x18\x08 \x01(\r\x12\x16\n\x0eposition_bytes\x18\t \x01(\r\x12\x14\n\x0csamples_left\x18\n \x01(\r\x12\x14\n\x0c\x62ytes_played\x18\x0b \x01(\x04\"\x83\x01\n\x0b\x44\x65viceState\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x03raw\x18\x02 \x01(\x0b\x32\x19.rdv.audio.v1.Es1370State\x12\x0b\n\x03irq\x18\x03 \x01(\x08\x12+\n\x08\x63hannels\x18\x04 \x03(\x0b\x32\x19.rdv.audio.v1.ChannelView2\xd9\x02\n\x0c\x41udioService\x12J\n\x07Session\x12\x1d.rdv.audio.v1.FrontendMessage\x1a\x1c.rdv.audio.v1.BackendMessage(\x01\x30\x01\x12R\n\x0eGetServiceInfo\x12$.rdv.common.v1.GetServiceInfoRequest\x1a\x1a.rdv.common.v1.ServiceInfo\x12W\n\x0cListSessions\x12\".rdv.common.v1.ListSessionsRequest\x1a#.rdv.common.v1.ListSessionsResponse\x12P\n\x0eGetDeviceState\x12#.rdv.audio.v1.GetDeviceStateRequest\x1a\x19.rdv.audio.v1.DeviceStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rdv/audio/v1/audio.proto\x12\x0crdv.audio.v1\x1a\x1ardv/common/v1/common.proto\"\xbf\x01\n\x0b\x45s1370State\x12\x0f\n\x07\x63ontrol\x18\x01 \x01(\r\x12\x0e\n\x06status\x18\x02 \x01(\r\x12\x0f\n\x07mempage\x18\x03 \x01(\r\x12\r\n\x05\x63odec\x18\x04 \x01(\r\x12\x16\n\x0eserial_control\x18\x05 \x01(\r\x12\x14\n\x0cuart_control\x18\x06 \x01(\r\x12-\n\x08\x63hannels\x18\x07 \x03(\x0b\x32\x1b.rdv.audio.v1.Es1370Channel\x12\x12\n\ncodec_regs\x18\x08 \x03(\r\"X\n\rEs1370Channel\x12\x10\n\x08leftover\x18\x01 \x01(\r\x12\x0e\n\x06scount\x18\x02 \x01(\r\x12\x12\n\nframe_addr\x18\x03 \x01(\r\x12\x11\n\tframe_cnt\x18\x04 \x01(\r\"h\n\x04Open\x12\n\n\x02vm\x18\x01 \x01(\t\x12*\n\x04mode\x18\x02 \x01(\x0e\x32\x1c.rdv.common.v1.CoherenceMode\x12(\n\x05state\x18\x03 \x01(\x0b\x32\x19.rdv.audio.v1.Es1370State\"Y\n\x08PcmChunk\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07sent_ns\x18\x04 \x01(\x03\x12\x10\n\x08late_dma\x18\x05 \x01(\x04\"7\n\x07\x44maData\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\n\n\x02ok\x18\x03 \x01(\x08\"\xc9\x02\n\x0f\x46rontendMessage\x12\"\n\x04open\x18\x01 \x01(\x0b\x32\x12.rdv.audio.v1.OpenH\x00\x12/\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0b\x32\x1d.rdv.common.v1.RegisterAccessH\x00\x12%\n\x03pcm\x18\x03 \x01(\x0b\x32\x16.rdv.audio.v1.PcmChunkH\x00\x12)\n\x08\x64ma_data\x18\x04 \x01(\x0b\x32\x15.rdv.audio.v1.DmaDataH\x00\x12)\n\x07\x62\x61rrier\x18\x05 \x01(\x0b\x32\x16.rdv.common.v1.BarrierH\x00\x12+\n\x06resync\x18\x06 \x01(\x0b\x32\x19.rdv.audio.v1.Es1370StateH\x00\x12/\n\x06writes\x18\x07 \x01(\x0b\x32\x1d.rdv.common.v1.RegisterWritesH\x00\x42\x06\n\x04kind\"W\n\x06Opened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x04info\x18\x02 \x01(\x0b\x32\x1a.rdv.common.v1.ServiceInfo\x12\x0f\n\x07lead_ms\x18\x03 \x01(\r\";\n\tInterrupt\x12\r\n\x05level\x18\x01 \x01(\x08\x12\x0e\n\x06status\x18\x02 \x01(\r\x12\x0f\n\x07sent_ns\x18\x03 \x01(\x03\"*\n\nDmaSegment\x12\x0c\n\x04\x61\x64\x64r\x18\x01 \x01(\x04\x12\x0e\n\x06length\x18\x02 \x01(\r\"]\n\nDmaRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\r\x12*\n\x08segments\x18\x03 \x03(\x0b\x32\x18.rdv.audio.v1.DmaSegment\"n\n\x08Position\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\r\x12\x16\n\x0e\x62ytes_received\x18\x02 \x01(\x04\x12\x14\n\x0c\x62ytes_played\x18\x03 \x01(\x04\x12\x11\n\tunderruns\x18\x04 \x01(\x04\x12\x10\n\x08late_dma\x18\x05 \x01(\x04\"l\n\nBarrierAck\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07sent_ns\x18\x02 \x01(\x03\x12(\n\x05state\x18\x03 \x01(\x0b\x32\x19.rdv.audio.v1.Es1370State\x12\x16\n\x0e\x62ytes_received\x18\x04 \x03(\x04\"\xab\x02\n\x0e\x42\x61\x63kendMessage\x12&\n\x06opened\x18\x01 \x01(\x0b\x32\x14.rdv.audio.v1.OpenedH\x00\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1c.rdv.common.v1.RegisterValueH\x00\x12,\n\tinterrupt\x18\x03 \x01(\x0b\x32\x17.rdv.audio.v1.InterruptH\x00\x12/\n\x0b\x64ma_request\x18\x04 \x01(\x0b\x32\x18.rdv.audio.v1.DmaRequestH\x00\x12*\n\x08position\x18\x05 \x01(\x0b\x32\x16.rdv.audio.v1.PositionH\x00\x12/\n\x0b\x62\x61rrier_ack\x18\x06 \x01(\x0b\x32\x18.rdv.audio.v1.BarrierAckH\x00\x42\x06\n\x04kind\"+\n\x15GetDeviceStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xd8\x01\n\x0b\x43hannelView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x0e\n\x06paused\x18\x03 \x01(\x08\x12\x0c\n\x04rate\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12\x0c\n\x04\x62its\x18\x06 \x01(\r\x12\x12\n\nframe_addr\x18\x07 \x01(\r\x12\x14\n\x0c\x62uffer_bytes\x18\x08 \x01(\r\x12\x16\n\x0eposition_bytes\x18\t \x01(\r\x12\x14\n\x0csamples_left\x18\n \x01(\r\x12\x14\n\x0c\x62ytes_played\x18\x0b \x01(\x04\"\xa8\x01\n\x0b\x44\x65viceState\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x03raw\x18\x02 \x01(\x0b\x32\x19.rdv.audio.v1.Es1370State\x12\x0b\n\x03irq\x18\x03 \x01(\x08\x12+\n\x08\x63hannels\x18\x04 \x03(\x0b\x32\x19.rdv.audio.v1.ChannelView\x12\x11\n\tunderruns\x18\x05 \x01(\x04\x12\x10\n\x08late_dma\x18\x06 \x01(\x04\x32\xd9\x02\n\x0c\x41udioService\x12J\n\x07Session\x12\x1d.rdv.audio.v1.FrontendMessage\x1a\x1c.rdv.audio.v1.BackendMessage(\x01\x30\x01\x12R\n\x0eGetServiceInfo\x12$.rdv.common.v1.GetServiceInfoRequest\x1a\x1a.rdv.common.v1.ServiceInfo\x12W\n\x0cListSessions\x12\".rdv.common.v1.ListSessionsRequest\x1a#.rdv.common.v1.ListSessionsResponse\x12P\n\x0eGetDeviceState\x12#.rdv.audio.v1.GetDeviceStateRequest\x1a\x19.rdv.audio.v1.DeviceStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,31 +39,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPEN']._serialized_start=354
   _globals['_OPEN']._serialized_end=458
   _globals['_PCMCHUNK']._serialized_start=460
-  _globals['_PCMCHUNK']._serialized_end=531
-  _globals['_DMADATA']._serialized_start=533
-  _globals['_DMADATA']._serialized_end=588
-  _globals['_FRONTENDMESSAGE']._serialized_start=591
-  _globals['_FRONTENDMESSAGE']._serialized_end=920
-  _globals['_OPENED']._serialized_start=922
-  _globals['_OPENED']._serialized_end=1009
-  _globals['_INTERRUPT']._serialized_start=1011
-  _globals['_INTERRUPT']._serialized_end=1070
-  _globals['_DMASEGMENT']._serialized_start=1072
-  _globals['_DMASEGMENT']._serialized_end=1114
-  _globals['_DMAREQUEST']._serialized_start=1116
-  _globals['_DMAREQUEST']._serialized_end=1209
-  _globals['_POSITION']._serialized_start=1211
-  _globals['_POSITION']._serialized_end=1303
-  _globals['_BARRIERACK']._serialized_start=1305
-  _globals['_BARRIERACK']._serialized_end=1413
-  _globals['_BACKENDMESSAGE']._serialized_start=1416
-  _globals['_BACKENDMESSAGE']._serialized_end=1715
-  _globals['_GETDEVICESTATEREQUEST']._serialized_start=1717
-  _globals['_GETDEVICESTATEREQUEST']._serialized_end=1760
-  _globals['_CHANNELVIEW']._serialized_start=1763
-  _globals['_CHANNELVIEW']._serialized_end=1979
-  _globals['_DEVICESTATE']._serialized_start=1982
-  _globals['_DEVICESTATE']._serialized_end=2113
-  _globals['_AUDIOSERVICE']._serialized_start=2116
-  _globals['_AUDIOSERVICE']._serialized_end=2461
+  _globals['_PCMCHUNK']._serialized_end=549
+  _globals['_DMADATA']._serialized_start=551
+  _globals['_DMADATA']._serialized_end=606
+  _globals['_FRONTENDMESSAGE']._serialized_start=609
+  _globals['_FRONTENDMESSAGE']._serialized_end=938
+  _globals['_OPENED']._serialized_start=940
+  _globals['_OPENED']._serialized_end=1027
+  _globals['_INTERRUPT']._serialized_start=1029
+  _globals['_INTERRUPT']._serialized_end=1088
+  _globals['_DMASEGMENT']._serialized_start=1090
+  _globals['_DMASEGMENT']._serialized_end=1132
+  _globals['_DMAREQUEST']._serialized_start=1134
+  _globals['_DMAREQUEST']._serialized_end=1227
+  _globals['_POSITION']._serialized_start=1229
+  _globals['_POSITION']._serialized_end=1339
+  _globals['_BARRIERACK']._serialized_start=1341
+  _globals['_BARRIERACK']._serialized_end=1449
+  _globals['_BACKENDMESSAGE']._serialized_start=1452
+  _globals['_BACKENDMESSAGE']._serialized_end=1751
+  _globals['_GETDEVICESTATEREQUEST']._serialized_start=1753
+  _globals['_GETDEVICESTATEREQUEST']._serialized_end=1796
+  _globals['_CHANNELVIEW']._serialized_start=1799
+  _globals['_CHANNELVIEW']._serialized_end=2015
+  _globals['_DEVICESTATE']._serialized_start=2018
+  _globals['_DEVICESTATE']._serialized_end=2186
+  _globals['_AUDIOSERVICE']._serialized_start=2189
+  _globals['_AUDIOSERVICE']._serialized_end=2534
 # @@protoc_insertion_point(module_scope)
