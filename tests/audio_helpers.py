@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from frontend_shim.scripted_audio import BUFFER_ADDR
+from frontend_shim.guests.scripted_audio import BUFFER_ADDR
 
 
 def ring_order_restarts(reads: list[tuple[int, bytes]], ring_bytes: int) -> int:

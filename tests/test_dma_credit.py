@@ -1,11 +1,11 @@
-"""The DMA pacing rule (services/audio/dma.py) on a fake clock: holds, the jitter buffer's bound, the slack a
+"""The DMA pacing rule (services/devices/dma.py) on a fake clock: holds, the jitter buffer's bound, the slack a
 real card gives the guest, and late DMA."""
 
 from __future__ import annotations
 
-from services.audio.dma import DmaCredit
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
+from services.devices.dma import DmaCredit
 from services.devices.es1370 import Es1370
 from tests.test_es1370_model import started
 
