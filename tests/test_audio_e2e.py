@@ -20,7 +20,7 @@ from rdv.common.v1 import common_pb2
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat
-from tests.audio_helpers import assert_played_as_the_card_took
+from tests.audio_helpers import assert_played_as_the_card_took, plays_the_reads, wait_sessions_closed
 from tests.helpers import run_shim
 
 SCALE = "4"  # both ends run their clocks 4x faster than real time
@@ -31,16 +31,6 @@ FORMATS = [
     (PcmFormat(22050, 1, 8), "dac1"),
     (PcmFormat(11025, 2, 8), "dac1"),
 ]
-
-
-def wait_sessions_closed(address: str, timeout: float = 10.0) -> None:
-    """The service closes a session (and its sink) after the shim's stream ends."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
-        stub = audio_pb2_grpc.AudioServiceStub(ch)
-        while stub.ListSessions(common_pb2.ListSessionsRequest()).sessions:
-            assert time.monotonic() < deadline, "session did not close"
-            time.sleep(0.02)
 
 
 @pytest.mark.parametrize("mode", ["mirrored", "backend"])
@@ -149,42 +139,32 @@ def test_killing_the_service_never_hangs_the_guest(services, tmp_path: Path) -> 
 def test_two_sessions_play_side_by_side(services, tmp_path: Path) -> None:
     out = tmp_path / "out-{session}.raw"
     svc = services("audio", "--alsa-device", f"file:FILE={out},FORMAT=raw", "--clock-scale", SCALE)
-    pcms, procs = [], []
-
+    procs = []
     for i, fmt in enumerate([PcmFormat(44100, 2, 16), PcmFormat(22050, 1, 8)]):
-        pcm = melody(fmt, 0.5)
         wav = tmp_path / f"in{i}.wav"
-        write_wav(str(wav), fmt, pcm)
-        pcms.append(pcm)
+        write_wav(str(wav), fmt, melody(fmt, 0.5))
         procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "frontend_shim",
-                    "play",
-                    "--wav",
-                    str(wav),
-                    "--audio",
-                    svc.address,
-                    "--mode",
-                    ["mirrored", "backend"][i],
-                    "--clock-scale",
-                    SCALE,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                [sys.executable, "-m", "frontend_shim", "play", "--wav", str(wav), "--audio", svc.address,
+                 "--mode", ["mirrored", "backend"][i], "--clock-scale", SCALE, "--json",
+                 "--access-timeout-ms", ACCESS_TIMEOUT_MS, "--dma-log", str(tmp_path / f"dma{i}.log")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
         )
+    summaries = []
     for p in procs:
-        assert p.wait(60) == 0, p.stderr.read()
+        stdout, stderr = p.communicate(timeout=60)
+        assert p.returncode == 0, stderr
+        summaries.append(json.loads(stdout))
     wait_sessions_closed(svc.address)
     outputs = sorted(tmp_path.glob("out-s*.raw"))
     assert len(outputs) == 2
     played = [o.read_bytes() for o in outputs]
-    # Each session's sink got exactly its own guest's PCM (then padding): no cross-talk.
-    for pcm in pcms:
-        assert sum(out.startswith(pcm) for out in played) == 1
+    # Each session's sink got exactly what its own guest's card took from its ring: no cross-talk.
+    for i, summary in enumerate(summaries):
+        reads = load_reads(str(tmp_path / f"dma{i}.log"))
+        limit = summary["xruns"] + 1 if summary["mode"] == "backend" else 0
+        assert sum(plays_the_reads(out, reads, limit) for out in played) == 1
 
 
 def test_device_state_debug_rpc(services) -> None:
