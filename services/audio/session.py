@@ -24,7 +24,7 @@ from services.common import logs, register_writes
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.dma import DmaCredit
-from services.devices.es1370 import AccessError, Es1370, Es1370State
+from services.devices.es1370 import AccessError, Es1370, Es1370State, PcmFormat
 from services.devices.es1370_convert import state_to_proto
 
 log = logs.get("audio.session")
@@ -56,8 +56,8 @@ class SessionConfig:
 @dataclass
 class _PendingDma:
     request_id: int
-    addr: int
     length: int
+    fmt: PcmFormat  # the format the card took the bytes in
     sent_ns: int
 
 
@@ -149,9 +149,12 @@ class AudioSession:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
         self.counters["write_batches"] += 1
         for offset, size, value in writes:
-            self._write(offset, size, value)
+            self._write(offset, size, value, settle=False)
+        # The DMA moves after the batch: writes the guest made back to back (an interrupt's acknowledgement:
+        # INT_EN off, then on again) never let a period end in between, where its interrupt would be lost.
+        self._after_change()
 
-    def _write(self, offset: int, size: int, value: int) -> None:
+    def _write(self, offset: int, size: int, value: int, settle: bool = True) -> None:
         """One guest write, alone or out of a batch: the same effects either way."""
         self.counters["writes"] += 1
         try:
@@ -159,7 +162,8 @@ class AudioSession:
         except AccessError as exc:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
         self._credit.follow(self.model)
-        self._after_change()
+        if settle:
+            self._after_change()
 
     def _pcm(self, p: audio_pb2.PcmChunk) -> None:
         if self.mode != MIRRORED:
@@ -182,23 +186,20 @@ class AudioSession:
             self.counters["stale_dma"] += 1
             return
         req = self._pending.pop(pending)
-        if not d.ok:
-            # Guest memory was unreadable (the VM went away, or its memory cannot be reached just now): retry on
-            # the pump tick, not at once, or shim and service bounce requests at each other as fast as they can.
+        if not d.ok or len(d.data) != req.length:
+            # Guest memory was unreadable there (the VM went away, say): the card took the bytes and got nothing,
+            # so nothing plays (the shim logs the outage once).
             self.counters["dma_failed"] += 1
-            return
-        addr, window = self.model.dma_window(pending, req.length)
-        if len(d.data) != req.length or addr != req.addr or window != req.length:
-            # The guest moved the buffer while the data was in flight: refetch.
-            self.counters["stale_dma"] += 1
+            self._credit.lost(pending, req.length)
         else:
-            self._play(pending, d.data)
+            self._push(pending, req.fmt, d.data)
             self.audio_chunk_ns.append(time.monotonic_ns() - req.sent_ns)
         self.pump()
 
     def _play(self, channel: int, data: bytes) -> None:
-        """Replay the DMA steps that moved `data` (one window, or several the shim coalesced: the same steps
-        on both copies, since a window only ever ends at the caller's room, the ring's end or a period's end)."""
+        """Mirrored mode: replay the DMA steps that moved `data` (one window, or several the shim coalesced: the
+        same steps on both copies, since a window only ever ends at the caller's room, the ring's end or a
+        period's end)."""
         fmt = self.model.channel_format(channel)
         done = 0
         while done < len(data):
@@ -212,6 +213,11 @@ class AudioSession:
                 )
             self._credit.commit(self.model, channel, window)
             done += window
+        self._push(channel, fmt, data)
+        self._after_change()
+
+    def _push(self, channel: int, fmt: PcmFormat, data: bytes) -> None:
+        """PCM the card took, to the channel's player."""
         self.counters["pcm_bytes"] += len(data)
         player = self._players.get(channel)
         if player is None:
@@ -225,10 +231,14 @@ class AudioSession:
             )
             self._players[channel] = player
         player.push(fmt, data, self.model.buffer_bytes(channel))
-        self._after_change()
 
     # ------------------------------------------------------------------ device side effects
     def _after_change(self) -> None:
+        if self.mode == BACKEND:
+            self.pump()
+        self._signal_irq()
+
+    def _signal_irq(self) -> None:
         irq = self.model.irq
         if irq != self._irq:
             self._irq = irq
@@ -236,11 +246,12 @@ class AudioSession:
                 self.counters["interrupts" if irq else "interrupt_clears"] += 1
                 msg = audio_pb2.Interrupt(level=irq, status=self.model.state.status, sent_ns=time.monotonic_ns())
                 self._send(audio_pb2.BackendMessage(interrupt=msg))
-        if self.mode == BACKEND:
-            self.pump()
 
     def pump(self) -> None:
-        """Backend mode: ask the shim for the guest memory each running DAC may consume now."""
+        """Backend mode: the DMA of each running DAC takes what it may now. The card takes the bytes when it asks
+        the shim for them (position, period, interrupt): the shim reads guest memory for the request before it
+        hears anything said after it, so the guest sees the interrupt after the read, as on a real card, and a
+        network round trip never delays a period's end."""
         if self.mode != BACKEND or self._closed:
             return
         for channel in (R.DAC1, R.DAC2):
@@ -250,13 +261,16 @@ class AudioSession:
             addr, length = self.model.dma_window(channel, room) if room else (0, 0)
             if not length:
                 continue
-            req = _PendingDma(self._next_request, addr, length, time.monotonic_ns())
+            fmt = self.model.channel_format(channel)
+            req = _PendingDma(self._next_request, length, fmt, time.monotonic_ns())
             self._next_request += 1
             self._pending[channel] = req
             self.counters["dma_requests"] += 1
             seg = audio_pb2.DmaSegment(addr=addr, length=length)
             msg = audio_pb2.DmaRequest(request_id=req.request_id, channel=channel, segments=[seg])
             self._send(audio_pb2.BackendMessage(dma_request=msg))
+            self._credit.commit(self.model, channel, length)
+        self._signal_irq()
 
     def _progress(self, channel: int, stats: PlayerStats) -> None:
         if self._closed:

@@ -38,6 +38,7 @@ class _ChannelCredit:
     marks: deque[tuple[int, float]] = field(default_factory=deque)
     known: int = 0  # stream offset of the last DMA position the guest read
     late: int = 0  # DMA transfers that took bytes the guest could not have written yet
+    lost: int = 0  # bytes the card took but could not read (guest memory unreachable): they never play
     programmed: tuple[int, ...] | None = None  # the channel's registers as the DMA left them
 
 
@@ -64,7 +65,7 @@ class DmaCredit:
         fmt = model.channel_format(channel)
         byte_rate = fmt.rate * fmt.frame_bytes
         ring = model.buffer_bytes(channel)
-        ahead = c.moved - c.played
+        ahead = c.moved - c.lost - c.played
         credit = min(int(self.lead * byte_rate), ring) - ahead
         slack = self._slack_room(c, max(0, ring - model.period_bytes(channel)), now, byte_rate)
         return max(0, min(credit, slack, int(self.max_chunk_seconds * byte_rate)))
@@ -96,6 +97,10 @@ class DmaCredit:
         c = self._channels[channel]
         self._follow(model, channel, c)
         c.known = c.moved - model.state.channels[channel].leftover  # the register shows whole dwords
+
+    def lost(self, channel: int, nbytes: int) -> None:
+        """Bytes the card took and could not read: the sink will never play them."""
+        self._channels[channel].lost += nbytes
 
     def played(self, channel: int, total_played: int) -> None:
         self._channels[channel].played = total_played
