@@ -8,10 +8,10 @@ STAMP := $(VENV)/.rdv-installed
 # Debian packages: ALSA and LZO headers to build pyalsaaudio and python-lzo, ALSA's plugins and tools,
 # QEMU for the tests against real peers.
 APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils \
-	xvfb xdotool imagemagick
+	xvfb xdotool imagemagick stress-ng
 PYTEST_ARGS ?=
 
-.PHONY: setup proto test test-live run bench fuzz lint clean
+.PHONY: setup proto test test-live test-stress run bench fuzz lint clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,12 @@ test: setup
 # Boots real Linux guests under QEMU 10.2 (built once into ~/.cache/rdv by tests/tools): minutes, not seconds.
 test-live: setup
 	$(PY) -m pytest -q -m live tests/live $(PYTEST_ARGS)
+
+# The real-time suites (audio e2e, display pixels, faults, load, live) while `stress-ng --cpu 2` keeps both cores
+# busy at the same priority: STRESS_RUNS runs in a row must pass; prints the xruns and underruns each run saw.
+STRESS_RUNS ?= 5
+test-stress: setup
+	$(PY) -m tests.stress --runs $(STRESS_RUNS) -- $(PYTEST_ARGS)
 
 run: setup
 	$(PY) -m frontend_shim demo

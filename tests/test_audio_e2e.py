@@ -167,6 +167,49 @@ def test_two_sessions_play_side_by_side(services, tmp_path: Path) -> None:
         assert sum(plays_the_reads(out, reads, limit) for out in played) == 1
 
 
+def test_a_starved_guest_is_seen_at_both_ends(services, tmp_path: Path) -> None:
+    """A guest that stalls in its interrupt handler for many rings: the card plays on (what the ring holds), the
+    service counts late DMA and logs it once, the guest sees the xrun and restarts, and the sink still played
+    exactly what the card took from the ring."""
+    out = tmp_path / "out.raw"
+    svc = services("audio", "--alsa-device", f"file:FILE={out},FORMAT=raw", "--clock-scale", SCALE)
+    memory, irq = new_guest(record=True)
+    link = AudioLink(svc.address, "backend", memory, irq, clock=Clock(float(SCALE)), access_timeout=2.0)
+    link.start()
+    status_reads = 0
+
+    class StallingDevice:
+        def io_read(self, bar: int, offset: int, size: int) -> int:
+            nonlocal status_reads
+            if offset == R.STATUS and link.stats.interrupts >= 10 and status_reads == 0:
+                status_reads += 1
+                time.sleep(0.3)  # ~50 rings of 256 frames at 4x: the guest is starved
+            return link.io_read(bar, offset, size)
+
+        def io_write(self, bar: int, offset: int, size: int, value: int) -> None:
+            link.io_write(bar, offset, size, value)
+
+    fmt = PcmFormat(44100, 2, 16)
+    pcm = melody(fmt, 0.4)
+    driver = ScriptedEs1370Driver(StallingDevice(), memory, irq, clock=link.clock)
+    driver.probe()
+    result = driver.play(pcm, fmt, period_frames=256)
+    with grpc.insecure_channel(svc.address) as ch:
+        (session,) = audio_pb2_grpc.AudioServiceStub(ch).ListSessions(common_pb2.ListSessionsRequest()).sessions
+        state = audio_pb2_grpc.AudioServiceStub(ch).GetDeviceState(audio_pb2.GetDeviceStateRequest())
+    link.close()
+    wait_sessions_closed(svc.address)
+    assert status_reads == 1 and result.xruns >= 1
+    assert session.counters["late_dma"] >= 1 and state.late_dma == session.counters["late_dma"]
+    assert link.stats.as_dict()["late_dma"] == session.counters["late_dma"]  # the shim heard it too
+    assert svc.logs().count("late DMA") == 1  # one warning line for the burst, not one per period
+    summary = {"mode": "backend", "xruns": result.xruns, **link.stats.as_dict()}
+    silence = b"\x00"
+    assert_played_as_the_card_took(
+        out.read_bytes(), pcm, summary, memory.reads, ring_bytes=4 * 256 * 4, silence=silence, name="starved"
+    )
+
+
 def test_device_state_debug_rpc(services) -> None:
     svc = services("audio", "--sink", "null")
     with grpc.insecure_channel(svc.address) as ch:
@@ -183,4 +226,5 @@ def test_device_state_debug_rpc(services) -> None:
         state = stub.GetDeviceState(audio_pb2.GetDeviceStateRequest())
         link.close()
     assert state.raw.mempage == R.FRAME_PAGE_DAC
+    assert state.underruns == 0 and state.late_dma == 0  # nothing played yet
     assert state.channels[1].name == "dac2" and state.channels[1].frame_addr == 0x123400

@@ -22,6 +22,7 @@ import threading
 from typing import Any, Protocol
 
 from frontend_shim.commands import options
+from frontend_shim.guests.guest import DmaLog
 from frontend_shim.links.audio import AudioLink
 from frontend_shim.links.display import ENCODINGS
 from frontend_shim.vfio_user.devices import es1370_over_link, svga_over_link
@@ -64,6 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary on exit")
     options.tls_dir(p)
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--dma-log", help=argparse.SUPPRESS)  # tests: es1370's DMA reads of guest memory, to this file
     p.set_defaults(run=run)
 
 
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     access_log = AccessLog(args.access_log, f"device={args.device} mode={args.mode}") if args.access_log else None
     memory = DmaMemory()
+    dma_log = DmaLog(memory) if args.dma_log else None
     irq = IrqController(args.irq_recheck_ms / 1000, on_event=access_log.event if access_log else None)
     vm = args.vm or f"vfio-user:{os.path.basename(args.socket)}"
     svga_memory: SvgaMemory | None = None
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             link = AudioLink(
                 args.audio,
                 args.mode,
-                memory,
+                dma_log or memory,
                 irq,
                 vm=vm,
                 clock=Clock(args.clock_scale),
@@ -169,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
             svga_memory.close()
         if access_log:
             access_log.close()
+        if dma_log is not None:
+            dma_log.save(args.dma_log)
     if args.json:
         summary = {
             "device": args.device,

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from frontend_shim.guests.guest import Device, EventLine, RamMemory, RecordingMemory
+from frontend_shim.guests.guest import Device, DmaLog, EventLine, GuestMemory, RamMemory
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat
@@ -72,7 +72,7 @@ class CountingDevice:
 
 class ScriptedEs1370Driver:
     def __init__(
-        self, device: Device, memory: RamMemory, irq: EventLine, irq_timeout: float = 2.0, clock: Clock | None = None
+        self, device: Device, memory: GuestMemory, irq: EventLine, irq_timeout: float = 2.0, clock: Clock | None = None
     ) -> None:
         self.dev = CountingDevice(device)
         self.clock = clock or Clock()  # the guest's own sense of time (ALSA's jiffies)
@@ -283,9 +283,10 @@ class _AlsaRing:
         return self.avail() >= self.size  # stop_threshold = buffer size: nothing written is left to play
 
 
-def new_guest(record: bool = False) -> tuple[RamMemory, EventLine]:
-    """The scripted guest's RAM and interrupt line; `record` keeps every DMA read (RecordingMemory)."""
-    return (RecordingMemory if record else RamMemory)(GUEST_RAM), EventLine()
+def new_guest(record: bool = False) -> tuple[GuestMemory, EventLine]:
+    """The scripted guest's RAM and interrupt line; `record` keeps every DMA read (a DmaLog)."""
+    ram = RamMemory(GUEST_RAM)
+    return (DmaLog(ram) if record else ram), EventLine()
 
 
 # The AK4531 mixer set-up snd-ens1370 performs at probe: (register, value). Volumes at 0 dB, outputs unmuted.

@@ -234,9 +234,9 @@ class AudioSession:
 
     # ------------------------------------------------------------------ device side effects
     def _after_change(self) -> None:
+        self._signal_irq()  # first what the guest changed (an acknowledgement lowers the line) ...
         if self.mode == BACKEND:
-            self.pump()
-        self._signal_irq()
+            self.pump()  # ... then what the DMA does next (a new period raises it again: a new edge)
 
     def _signal_irq(self) -> None:
         irq = self.model.irq

@@ -22,6 +22,7 @@ SUITES = (
     "tests.bench.input",
     "tests.bench.vfio",
     "tests.bench.load",
+    "tests.bench.slack",
 )
 def target(r: dict) -> float | None:
     """The issues' targets for a record (p50, in its unit), or None."""

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from frontend_shim.commands.processes import start_service
-from frontend_shim.guests.guest import EventLine, RecordingMemory
+from frontend_shim.guests.guest import DmaLog, EventLine, RamMemory
 from frontend_shim.guests.pcm import melody
 from frontend_shim.guests.scripted_audio import BUFFER_ADDR, GUEST_RAM, ScriptedEs1370Driver
 from frontend_shim.links.audio import AudioLink
@@ -27,9 +27,9 @@ FMT = PcmFormat(44100, 2, 16)
 PERIOD_FRAMES, PERIODS = 1024, 4
 
 
-class _TimedMemory(RecordingMemory):
+class _TimedMemory(DmaLog):
     def __init__(self) -> None:
-        super().__init__(GUEST_RAM)
+        super().__init__(RamMemory(GUEST_RAM))
         self.read_times: list[float] = []
         self.writes: list[tuple[float, int]] = []  # (time, address) of the guest's ring writes
 
