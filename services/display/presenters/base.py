@@ -76,6 +76,10 @@ class Presenter(Protocol):
 
     def poll_events(self) -> list[WindowEvent]: ...
 
+    def show_notice(self, text: str | None) -> None:
+        """Show `text` (the pairing PIN) over the screen from now on, or nothing when None."""
+        ...
+
     def close(self) -> None: ...
 
 
