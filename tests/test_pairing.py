@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from frontend_shim import pairing as shim_pairing
-from frontend_shim.pcm import melody, write_wav
+from frontend_shim.guests.pcm import melody, write_wav
+from frontend_shim.links import pairing as shim_pairing
 from rdv.audio.v1 import audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2_grpc

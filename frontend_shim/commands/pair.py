@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from frontend_shim import pairing
+from frontend_shim.links import pairing
 from services.common import certs, pake
 
 

@@ -48,10 +48,14 @@ def segments(text: str, x: int, y: int, unit: int) -> list[Rect]:
     return out
 
 
+def unit_for(text: str, width: int, height: int) -> int:
+    """Pixels per stroke: as large as fits a third of the screen's width and a quarter of its height."""
+    return max(2, min(width // 3 // max(1, size(text, 1)[0]), height // 4 // CELL_H))
+
+
 def layout(text: str, width: int, height: int) -> tuple[Rect, list[Rect]]:
-    """A box centred in a width x height screen and the digit rectangles inside it, as large as fits a third of
-    the screen's width."""
-    unit = max(2, min(width // 3 // max(1, size(text, 1)[0]), height // 4 // CELL_H))
+    """A box centred in a width x height screen and the digit rectangles inside it (see `unit_for`)."""
+    unit = unit_for(text, width, height)
     tw, th = size(text, unit)
     pad = 2 * unit
     box = Rect((width - tw) // 2 - pad, (height - th) // 2 - pad, tw + 2 * pad, th + 2 * pad)

@@ -165,6 +165,8 @@ class SdlPresenter:
             self._renderer = sdl2.SDL_CreateRenderer(self._window, -1, flags)
             self._notice_only = True
         if self._notice_only and self._renderer:
+            title = f"rdv: pairing PIN {text}" if text else "rdv: pairing closed"
+            sdl2.SDL_SetWindowTitle(self._window, title.encode())
             sdl2.SDL_SetRenderDrawColor(self._renderer, 0, 0, 0, 255)
             sdl2.SDL_RenderClear(self._renderer)
             self._draw_notice()
