@@ -54,9 +54,9 @@ class Clip:
         grain = np.repeat(luma, 4, axis=3)  # film grain is in the brightness, the same in B, G and R
         grain[..., 3] = 0
         self.grain = grain.astype(np.uint8)  # modular: base + grain never wraps (base kept inside the margin)
-        self.sprites = [
-            self._ball(r, color) for r, color in ((48, (40, 80, 220)), (72, (200, 160, 40)), (36, (60, 200, 90)))
-        ]
+        side = min(width, height)
+        balls = ((0.045, (40, 80, 220)), (0.067, (200, 160, 40)), (0.033, (60, 200, 90)))
+        self.sprites = [self._ball(max(3, int(side * f)), color) for f, color in balls]
         self._out = np.empty((height, width, 4), dtype=np.uint8)
 
     @staticmethod

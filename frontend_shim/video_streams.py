@@ -85,7 +85,7 @@ def photo_like(pixels: bytes, row: int) -> bool:
 class _Candidate:
     rect: Rect
     times: deque[float] = field(default_factory=lambda: deque(maxlen=PROMOTE_UPDATES))
-    checked: float = 0.0  # when it last failed the photo test
+    checked: float = float("-inf")  # when it last failed the photo test
     quick: bool = False  # overlaps a stream: a move or resize, promoted after 2 updates
 
     def ready(self) -> bool:

@@ -151,6 +151,8 @@ class H264Decoder:
         self.width, self.height = width, height
         self._ctx = av.CodecContext.create("h264", "r")
         self._ctx.flags |= av.codec.context.Flags.low_delay
+        # A truncated or damaged payload is an error, not a picture patched up by error concealment.
+        self._ctx.options = {"err_detect": "explode+crccheck+bitstream+buffer"}
 
     def decode(self, payload: bytes) -> bytes:
         import av
@@ -162,6 +164,8 @@ class H264Decoder:
         if not frames:
             raise VideoError("h264: the payload holds no complete picture")
         frame = frames[-1]
+        if frame.is_corrupt:
+            raise VideoError("h264: the picture decoded with errors")
         if (frame.width, frame.height) != (self.width, self.height):
             raise VideoError(f"h264: a {frame.width}x{frame.height} picture for a {self.width}x{self.height} stream")
         return frame.to_ndarray(format="bgra").tobytes()
