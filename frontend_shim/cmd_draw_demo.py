@@ -10,6 +10,7 @@ import time
 
 from frontend_shim.display_link import ENCODINGS, MODES, DisplayLink
 from frontend_shim.scripted_svga import GuestError, ScriptedSvgaDriver, new_memory
+from frontend_shim.video_streams import VideoSettings, add_arguments, settings_from_args
 from services.common import tls
 from services.display.png import bgrx_to_rgb, encode_rgb
 
@@ -27,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoding", choices=ENCODINGS, default="auto", help="pixel encoding (auto: per rectangle)")
     p.add_argument("--tile-diff", action="store_true", help="send only tiles that differ from what the service has")
     p.add_argument("--mode", choices=sorted(MODES), default="mirrored", help="coherence mode (default mirrored)")
+    add_arguments(p)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=768)
     p.add_argument("--fps", type=float, default=30.0, help="animation steps per second (0: as fast as possible)")
@@ -58,6 +60,7 @@ def draw(
     vm: str = "scripted-guest",
     save_png: str | None = None,
     tls_dir: str | None = None,
+    video: VideoSettings | None = None,
 ) -> dict:
     """The scripted guest draws for `seconds`; returns the summary once every service has presented it all."""
     vram, fifo = new_memory()
@@ -71,6 +74,7 @@ def draw(
         encoding=encoding,  # type: ignore[arg-type]
         tile_diff=tile_diff,
         credentials=credentials,
+        video=video,
     )
     try:
         link.start()
@@ -100,6 +104,7 @@ def draw(
         "mode": mode,
         "encoding": encoding,
         "tile_diff": tile_diff,
+        "video": link.video_state(),
         "displays": len(displays),
         "desktop": f"{width}x{height}",
         "seconds": round(elapsed, 3),
@@ -132,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
             vm=args.vm,
             save_png=args.save_guest_png,
             tls_dir=args.tls_dir,
+            video=settings_from_args(args),
         )
     except (OSError, ValueError, DrawError, tls.TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

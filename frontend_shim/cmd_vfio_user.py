@@ -29,6 +29,8 @@ from frontend_shim.vfio_user.memory import DmaMemory
 from frontend_shim.vfio_user.server import VfioUserServer
 from frontend_shim.vfio_user.svga import SvgaLink, SvgaMemory
 from frontend_shim.vfio_user.trace import AccessLog
+from frontend_shim.video_streams import add_arguments as add_video_arguments
+from frontend_shim.video_streams import settings_from_args as video_settings
 from services.common import logs, tls
 from services.common.clock import Clock
 
@@ -50,6 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=sorted(MODES), default="mirrored", help="coherence mode (default mirrored)")
     p.add_argument("--encoding", choices=ENCODINGS, default="auto", help="svga: pixel encoding (auto: per rectangle)")
     p.add_argument("--tile-diff", action="store_true", help="svga: send only tiles that differ from what was sent")
+    add_video_arguments(p)
     p.add_argument(
         "--vram-scan-ms",
         type=float,
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                 access_timeout=args.access_timeout_ms / 1000,
                 credentials=credentials,
                 vram_scan_period=args.vram_scan_ms / 1000,
+                video=video_settings(args),
             )
             link.start()
             function = svga_over_link(link)
