@@ -102,6 +102,7 @@ class DisplayStats:
     fifo_errors: int = 0
     frames: int = 0
     frames_acked: int = 0
+    pictures_presented: int = 0  # batches (all damage of one take, maybe split in frames) wholly acknowledged
     pixel_rects: int = 0
     fills: int = 0
     copies: int = 0
@@ -566,6 +567,7 @@ class _Connection(SessionStream):
         self.max_frame_bytes = 64 * 1024 * 1024
         self.in_flight: dict[int, tuple[float, int]] = {}  # frame id -> (perf_counter at send, payload bytes)
         self.video_codecs: list[str] | None = None  # what the service decodes; None: no video there
+        self.batch_ends: set[int] = set()  # ids of frames that end a batch
         self.frame_ids = itertools.count(1)
         stub = display_pb2_grpc.DisplayServiceStub(self.channel)
         self.start(stub.Session, slot.dispatch, slot.lost, f"display-rx-{slot.target}")  # type: ignore[arg-type]
@@ -659,6 +661,9 @@ class _Slot:
             self.cond.notify_all()
         stats = self.link.stats
         stats.frames_acked += 1
+        if ack.frame_id in conn.batch_ends:
+            conn.batch_ends.discard(ack.frame_id)
+            stats.pictures_presented += 1
         if sent is not None:
             sent_at, nbytes = sent
             service_s = max(0, ack.presented_ns - ack.received_ns) / 1e9
@@ -739,6 +744,8 @@ class _Slot:
                     if not conn.alive:
                         break
                     conn.in_flight[msg.frame.frame_id] = (time.perf_counter(), payload)
+                    if msg is frames[-1][0]:
+                        conn.batch_ends.add(msg.frame.frame_id)
                 conn.send(msg)
                 link.stats.frames += 1
             with link.lock:

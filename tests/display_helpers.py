@@ -37,7 +37,7 @@ def start_guest(
 
 
 def screenshot(address: str, session_id: str = "") -> tuple[int, int, bytes, display_pb2.ScreenshotReply]:
-    with grpc.insecure_channel(address) as ch:
+    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
         reply = display_pb2_grpc.DisplayServiceStub(ch).Screenshot(
             display_pb2.ScreenshotRequest(session_id=session_id), timeout=10
         )

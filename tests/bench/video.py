@@ -1,0 +1,231 @@
+"""Video on the TV (#17): the synthetic clip (frontend_shim/scripted_video.py) played by the scripted guest through
+the real SVGA model and FIFO, inside a desktop with text, to a headless display service; per link, resolution
+and `--video` codec, with `--video off` (today's lossless path) in the same run as the ratio to beat.
+
+The guest draws each clip frame into VRAM, UPDATEs the video rectangle and SYNCs, at 30 frames a second (or as
+fast as it can, when generating a frame is slower); a line of text under the video changes every second.
+Playback runs in segments; after each the shim is flushed and a screenshot compared with the source:
+
+- video_fps: pictures the service presented per second of playback (each picture is all the damage one frame
+  of the shim carried: a video picture, or the lossless rectangles with --video off);
+- video_mbps: everything the shim sent on the stream (Mbit/s), and bytes per picture;
+- video_psnr_db: PSNR of the video rectangle of the screenshot against the source frame (only samples taken
+  while the stream was still live count; lossless gives identical pictures, recorded as 100 dB); every
+  screenshot also checks that the desktop around the video is pixel-exact (`text_exact`);
+- video_added_latency: FIFO pass (the guest's SYNC) to presented, per frame (ms, same host clock);
+- after the last segment: seconds until the whole screen equals the guest's framebuffer (`exact_after_s`);
+- CPU per picture of the shim (less the guest's own drawing) and of the display service.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from frontend_shim.display_link import DisplayLink
+from frontend_shim.processes import start_service
+from frontend_shim.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.scripted_video import Clip, psnr
+from frontend_shim.video_streams import VideoSettings
+from services.common.raster import Rect
+from tests.bench.netlinks import Link
+from tests.bench.stats import _cpu_seconds, percentile
+from tests.display_helpers import guest_rgb, screenshot
+
+FPS = 30
+IDENTICAL_DB = 100.0  # PSNR recorded for identical pictures (the lossless path)
+# (clip size, desktop size, where the clip is on the desktop)
+LAYOUTS = {
+    "1280x720": ((1280, 720), (1920, 1080), (600, 160)),
+    "1920x1080": ((1920, 1080), (1920, 1200), (0, 0)),
+}
+_CLIPS: dict[str, Clip] = {}
+
+
+def _clip(resolution: str) -> Clip:
+    if resolution not in _CLIPS:
+        (w, h), _, _ = LAYOUTS[resolution]
+        _CLIPS[resolution] = Clip(w, h)
+    return _CLIPS[resolution]
+
+
+def _split(rgb: bytes, width: int, r: Rect) -> tuple[np.ndarray, np.ndarray]:
+    img = np.frombuffer(rgb, np.uint8).reshape(-1, width, 3)
+    mask = np.zeros(img.shape[:2], bool)
+    mask[r.y : r.bottom, r.x : r.right] = True
+    return img[mask], img[~mask]
+
+
+def measure(address: str, service_pid: int, resolution: str, video: str, link_name: str, quick: bool) -> list[dict]:
+    (cw, ch), (dw, dh), (vx, vy) = LAYOUTS[resolution]
+    rect = Rect(vx, vy, cw, ch)
+    clip = _clip(resolution)
+    vram, fifo = new_memory()
+    # Still time 1 s (the longest allowed): the screenshot after each segment must see the live stream.
+    settings = VideoSettings(mode=video, still_seconds=1.0)
+    link = DisplayLink([address], "mirrored", vram, fifo, refresh_period=0, video=settings, access_timeout=2.0)
+    link.start()
+    driver = ScriptedSvgaDriver(link, vram, fifo)
+    driver.probe()
+    driver.set_mode(dw, dh)
+    driver.init_fifo()
+    driver.desktop(photo=False)
+    link.flush(60)
+    segments, seconds = (2, 2.0) if quick else (5, 4.0)
+    s = link.stats
+    pictures = wire = 0
+    played = guest_cpu = shim_cpu = svc_cpu = 0.0
+    latencies: list[float] = []
+    psnrs: list[float] = []
+    text_exact = True
+    stale = 0
+    frame = 0
+    try:
+        for _ in range(segments):
+            p0, b0, n0 = s.pictures_presented, s.bytes_to_backend, len(s.latency_ns)
+            c0, sc0, g = time.process_time(), _cpu_seconds(service_pid), 0.0
+            t0, k = time.monotonic(), 0
+            while time.monotonic() - t0 < seconds:
+                g0 = time.thread_time()
+                driver.put_pixels(rect, clip.frame(frame))
+                if frame % FPS == 0:  # the text under the video changes every second
+                    line = f"playing frame {frame:05d} of the synthetic clip at {FPS} fps"
+                    driver.update(driver.draw_text(8, dh - 60, line, 0xFFFFFF, 0x3A6EA5))
+                g += time.thread_time() - g0
+                driver.update(rect)
+                driver.sync()
+                frame += 1
+                k += 1
+                pause = t0 + k / FPS - time.monotonic()  # paced from the segment's start
+                if pause > 0:
+                    time.sleep(pause)
+            elapsed = time.monotonic() - t0
+            pictures += s.pictures_presented - p0
+            wire += s.bytes_to_backend - b0
+            played += elapsed
+            guest_cpu += g
+            shim_cpu += time.process_time() - c0 - g
+            svc_cpu += _cpu_seconds(service_pid) - sc0
+            latencies += list(s.latency_ns)[n0:]
+            # A still picture of the live stream: what the service shows against the source frame.
+            ended = link.video_state()[0]["ended"]
+            link.flush(60)
+            w, _, rgb, _ = screenshot(address, link.slots[0].conn.session_id)
+            live = video == "off" or link.video_state()[0]["ended"] == ended
+            guest = guest_rgb(driver)
+            inside, outside = _split(rgb, w, rect)
+            g_inside, g_outside = _split(guest, w, rect)
+            text_exact &= bool((outside == g_outside).all())
+            if live:
+                value = psnr(inside.tobytes(), g_inside.tobytes(), 3)
+                psnrs.append(min(value, IDENTICAL_DB))
+            else:
+                stale += 1
+        # The clip ends: how long until the whole screen is exact.
+        stopped = time.monotonic()
+        exact_after = None
+        while time.monotonic() - stopped < 10:
+            _, _, rgb, _ = screenshot(address, link.slots[0].conn.session_id)
+            if rgb == guest_rgb(driver):
+                exact_after = round(time.monotonic() - stopped, 3)
+                break
+            time.sleep(0.05)
+        state = link.video_state()[0]
+    finally:
+        link.close(drain=False)
+    fps = pictures / played if played else 0.0
+    common = {
+        "link": link_name,
+        "resolution": resolution,
+        "video": video,
+        "desktop": f"{dw}x{dh}",
+        "codec_used": state["codec"],
+        "streams_started": state["started"],
+    }
+    lat_ms = [x / 1e6 for x in latencies]
+    per_pic = max(1, pictures)
+    return [
+        _rec(
+            "video_fps",
+            fps,
+            fps,
+            "fps",
+            pictures,
+            **common,
+            source_fps=round(frame / played, 1) if played else 0,
+            shim_cpu_ms_per_frame=round(shim_cpu / per_pic * 1000, 2),
+            service_cpu_ms_per_frame=round(svc_cpu / per_pic * 1000, 2),
+            guest_cpu_ms_per_frame=round(guest_cpu / max(1, frame) * 1000, 2),
+        ),  # fmt: skip
+        _rec(
+            "video_mbps",
+            wire * 8 / played / 1e6 if played else 0.0,
+            None,
+            "Mbit/s",
+            pictures,
+            **common,
+            bytes_per_frame=round(wire / per_pic),
+        ),  # fmt: skip
+        _rec(
+            "video_psnr_db",
+            percentile(psnrs, 0.5),
+            percentile(psnrs, 0.01),
+            "dB",
+            len(psnrs),
+            **common,
+            text_exact=text_exact,
+            stale_samples=stale,
+            exact_after_s=exact_after,
+        ),  # fmt: skip
+        _rec("video_added_latency", percentile(lat_ms, 0.5), percentile(lat_ms, 0.99), "ms", len(lat_ms), **common),
+    ]
+
+
+def _rec(metric: str, p50: float, p99: float | None, unit: str, samples: int, **extra: object) -> dict:
+    return {
+        "metric": metric,
+        "mode": extra["video"],
+        "p50": round(p50, 3) if p50 == p50 else p50,
+        "p99": round(p99, 3) if p99 is not None and p99 == p99 else p50,
+        "unit": unit,
+        "paper": None,
+        "samples": samples,
+        **extra,
+    }
+
+
+def _ratios(records: list[dict]) -> None:
+    """Each codec's figure beside the same clip's `off` figure: `vs_off` = codec / off."""
+    off = {(r["metric"], r["link"], r["resolution"]): r["p50"] for r in records if r["video"] == "off"}
+    for r in records:
+        base = off.get((r["metric"], r["link"], r["resolution"]))
+        if r["video"] != "off" and base and base == base and r["p50"] == r["p50"]:
+            r["vs_off"] = round(r["p50"] / base, 2)
+
+
+def run(quick: bool, workdir: Path, link: Link | None = None) -> list[dict]:
+    link = link or Link("loopback", "127.0.0.1", None)
+    resolutions = list(LAYOUTS)
+    videos = ("off", "h264") if quick else ("off", "h264", "jpeg")
+    svc = start_service(
+        "display", workdir / "logs", "--headless", listen=f"{link.remote_host}:0", prefix=link.prefix, env=link.env
+    )
+    out: list[dict] = []
+    try:
+        for resolution in resolutions:
+            for video in videos:
+                out += measure(svc.address, svc.proc.pid, resolution, video, link.name, quick)
+    finally:
+        svc.stop()
+    _ratios(out)
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    for r in run(os.environ.get("BENCH_QUICK") == "1", Path("build/bench")):
+        print(json.dumps(r))
