@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
-from frontend_shim.display_link import DisplayLink
-from frontend_shim.scripted_svga import ScriptedSvgaDriver, new_memory
-from frontend_shim.scripted_video import Clip, psnr
-from frontend_shim.video_streams import MIN_AREA, VideoSettings, VideoStreams, photo_like, subtract
+from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.guests.scripted_video import Clip, psnr
+from frontend_shim.links.display import DisplayLink
+from frontend_shim.links.video_streams import MIN_AREA, VideoSettings, VideoStreams, photo_like, subtract
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import raster, video_codec

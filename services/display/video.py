@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from rdv.display.v1 import display_pb2
 from services.common import logs, video_codec
 from services.common.raster import Rect
+from services.devices.svga_convert import VIDEO_CODEC_ENUM as CODEC_ENUM
+from services.devices.svga_convert import VIDEO_CODEC_NAME as CODEC_NAME
 
 log = logs.get("display.video")
 MAX_STREAMS = 4
-CODEC_NAME = {display_pb2.VIDEO_CODEC_H264: "h264", display_pb2.VIDEO_CODEC_JPEG: "jpeg"}
-CODEC_ENUM = {v: k for k, v in CODEC_NAME.items()}
 _RATE_WINDOW = 2.0  # seconds over which fps and bitrate are reported
 
 

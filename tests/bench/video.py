@@ -1,5 +1,5 @@
-"""Video on the TV (#17): the synthetic clip (frontend_shim/scripted_video.py) played by the scripted guest through
-the real SVGA model and FIFO, inside a desktop with text, to a headless display service; per link, resolution
+"""Video on the TV (#17): the synthetic clip (frontend_shim/guests/scripted_video.py) played by the scripted guest
+through the real SVGA model and FIFO, inside a desktop with text, to a headless display service; per link, resolution
 and `--video` codec, with `--video off` (today's lossless path) in the same run as the ratio to beat.
 
 The guest draws each clip frame into VRAM, UPDATEs the video rectangle and SYNCs, at 30 frames a second (or as
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from frontend_shim.display_link import DisplayLink
-from frontend_shim.processes import start_service
-from frontend_shim.scripted_svga import ScriptedSvgaDriver, new_memory
-from frontend_shim.scripted_video import Clip, psnr
-from frontend_shim.video_streams import VideoSettings
+from frontend_shim.commands.processes import start_service
+from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.guests.scripted_video import Clip, psnr
+from frontend_shim.links.display import DisplayLink
+from frontend_shim.links.video_streams import VideoSettings
 from services.common.raster import Rect
 from tests.bench.netlinks import Link
 from tests.bench.stats import _cpu_seconds, percentile
@@ -85,7 +85,7 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
     frame = 0
     try:
         for _ in range(segments):
-            p0, b0, n0 = s.pictures_presented, s.bytes_to_backend, len(s.latency_ns)
+            p0, b0, n0 = s.pictures_presented, s.bytes_to_service, len(s.latency_ns)
             c0, sc0, g = time.process_time(), _cpu_seconds(service_pid), 0.0
             t0, k = time.monotonic(), 0
             while time.monotonic() - t0 < seconds:
@@ -104,7 +104,7 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
                     time.sleep(pause)
             elapsed = time.monotonic() - t0
             pictures += s.pictures_presented - p0
-            wire += s.bytes_to_backend - b0
+            wire += s.bytes_to_service - b0
             played += elapsed
             guest_cpu += g
             shim_cpu += time.process_time() - c0 - g

@@ -20,8 +20,6 @@ skipped ones coalesce: the next frame is cut from VRAM as it is then).
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -323,51 +321,3 @@ def _even(r: Rect) -> Rect:
 def _fmt(r: Rect) -> str:
     return f"{r.w}x{r.h}+{r.x}+{r.y}"
 
-
-# ----------------------------------------------------------------------------------------------- command line
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """--video, --video-max-mbps, --video-quality (defaults from RDV_VIDEO, RDV_VIDEO_MAX_MBPS,
-    RDV_VIDEO_QUALITY)."""
-    p.add_argument(
-        "--video",
-        choices=VIDEO_MODES,
-        default=os.environ.get("RDV_VIDEO", "auto"),
-        help="lossy streams for regions playing video (auto: h264 if the service decodes it, else jpeg; "
-        "off: everything lossless)",
-    )
-    p.add_argument(
-        "--video-max-mbps",
-        type=_positive,
-        default=float(os.environ.get("RDV_VIDEO_MAX_MBPS", "20")),
-        help="cap on all video streams' bitrate per display (default 20; lower when the link is slower)",
-    )
-    p.add_argument(
-        "--video-quality",
-        type=_quality,
-        default=int(os.environ.get("RDV_VIDEO_QUALITY", "75")),
-        help="1..100: JPEG quality, or the H.264 CRF it maps to (75 -> CRF 18)",
-    )
-
-
-def settings_from_args(args: argparse.Namespace) -> VideoSettings:
-    return VideoSettings(mode=args.video, max_mbps=args.video_max_mbps, quality=args.video_quality)
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def _quality(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be 1..100, not {text}")
-    return value

@@ -1,7 +1,7 @@
 """The shim's SVGA II: one guest display card, shown by one or more remote display services.
 
 This is the only place in the shim that talks gRPC for the display. `DisplayLink` implements
-`frontend_shim.guest.Device` for BAR0 (the I/O ports). VRAM (BAR1) and FIFO memory (BAR2) are guest memory
+`frontend_shim.guests.guest.Device` for BAR0 (the I/O ports). VRAM (BAR1) and FIFO memory (BAR2) are guest memory
 that the shim reads directly: buffers handed in by the trap source (bytearrays for the scripted guest, an mmap
 from vfio-user later).
 
@@ -48,9 +48,9 @@ from typing import Literal
 
 import grpc
 
-from frontend_shim.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
-from frontend_shim.session_stream import SessionStream, Waiter
-from frontend_shim.video_streams import VideoCut, VideoSettings, VideoStreams
+from frontend_shim.links.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
+from frontend_shim.links.session_stream import SessionStream, Waiter
+from frontend_shim.links.video_streams import VideoCut, VideoSettings, VideoStreams
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import codec, logs, raster
@@ -72,9 +72,13 @@ from services.devices.svga import (
     SvgaII,
     Update,
 )
-from services.display.convert import ENCODING_ENUM, cursor_to_proto, registers_to_proto
-from services.display.video import CODEC_ENUM as VIDEO_CODEC_ENUM
-from services.display.video import CODEC_NAME as VIDEO_CODEC_NAME
+from services.devices.svga_convert import (
+    ENCODING_ENUM,
+    VIDEO_CODEC_ENUM,
+    VIDEO_CODEC_NAME,
+    cursor_to_proto,
+    registers_to_proto,
+)
 
 log = logs.get("shim.display")
 CoherenceMode = Literal["backend", "mirrored"]
@@ -112,11 +116,11 @@ class DisplayStats:
     tiles_skipped: int = 0
     pixel_bytes: int = 0  # decoded pixel bytes sent
     payload_bytes: int = 0  # encoded pixel bytes sent
-    video_frames: int = 0  # lossy video pictures sent (frontend_shim/video_streams.py)
+    video_frames: int = 0  # lossy video pictures sent (frontend_shim/links/video_streams.py)
     video_bytes: int = 0
-    bytes_to_backend: int = 0
-    bytes_from_backend: int = 0
-    messages_to_backend: int = 0
+    bytes_to_service: int = 0
+    bytes_from_service: int = 0
+    messages_to_service: int = 0
     reconnects: int = 0
     encodings: Counter[str] = field(default_factory=Counter)
     latency_ns: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))  # oldest damage -> presented
@@ -556,7 +560,7 @@ def _changed_tiles(
 
 
 # ----------------------------------------------------------------------------------------------- connection
-class _Connection(SessionStream):
+class _DisplayServiceStream(SessionStream):
     """One session stream to one display service, with its flow-control window."""
 
     def __init__(self, slot: _Slot, credentials: grpc.ChannelCredentials | None) -> None:
@@ -582,7 +586,7 @@ class _Slot:
         self.primary = primary
         self.builder = _Builder(link.tile_diff, link.video)
         self.policy = EncodingPolicy(link.encoding)
-        self.conn: _Connection | None = None
+        self.conn: _DisplayServiceStream | None = None
         self.cond = threading.Condition()  # in-flight window and "the builder has work"
         self.kick = False
         self.offline_since: float | None = None
@@ -599,7 +603,7 @@ class _Slot:
     def connect(self, timeout: float) -> bool:
         link = self.link
         with link.lock:  # no write may slip between the register snapshot and the open
-            conn = _Connection(self, link.credentials)
+            conn = _DisplayServiceStream(self, link.credentials)
             mode = MODES[link.mode] if self.primary else common_pb2.COHERENCE_MODE_MIRRORED
             opening = display_pb2.Open(
                 vm=link.vm,
@@ -624,10 +628,10 @@ class _Slot:
             self.conn = None
         return False
 
-    def dispatch(self, conn: _Connection, msg: display_pb2.BackendMessage) -> None:
+    def dispatch(self, conn: _DisplayServiceStream, msg: display_pb2.BackendMessage) -> None:
         """Runs on the connection's reader thread."""
         link = self.link
-        link.stats.bytes_from_backend += msg.ByteSize() + _FRAME_OVERHEAD
+        link.stats.bytes_from_service += msg.ByteSize() + _FRAME_OVERHEAD
         kind = msg.WhichOneof("kind")
         if kind == "frame_ack":
             self._acked(conn, msg.frame_ack)
@@ -654,7 +658,7 @@ class _Slot:
                     self.builder.video.dropped(msg.notice.video_stream_id)
                 self.wake()
 
-    def _acked(self, conn: _Connection, ack: display_pb2.FrameAck) -> None:
+    def _acked(self, conn: _DisplayServiceStream, ack: display_pb2.FrameAck) -> None:
         now = time.perf_counter()
         with self.cond:
             sent = conn.in_flight.pop(ack.frame_id, None)
@@ -675,7 +679,7 @@ class _Slot:
         with self.link.flushed:
             self.link.flushed.notify_all()
 
-    def lost(self, conn: _Connection, error: str) -> None:
+    def lost(self, conn: _DisplayServiceStream, error: str) -> None:
         link = self.link
         if self.primary:
             for seq in list(link.waiters):
@@ -758,7 +762,7 @@ class _Slot:
 
 # ----------------------------------------------------------------------------------------------- the device
 class DisplayLink:
-    """Implements `frontend_shim.guest.Device` for an SVGA II whose screens are remote display services."""
+    """Implements `frontend_shim.guests.guest.Device` for an SVGA II whose screens are remote display services."""
 
     def __init__(
         self,
@@ -788,7 +792,7 @@ class DisplayLink:
         self.access_timeout = access_timeout
         self.refresh_period = refresh_period
         self.credentials = credentials
-        self.video = video or VideoSettings(mode="off")  # lossy video streams (frontend_shim/video_streams.py)
+        self.video = video or VideoSettings(mode="off")  # lossy video streams (frontend_shim/links/video_streams.py)
         self.stats = DisplayStats()
         # The FIFO engine over guest memory; in mirrored mode also the register file that answers reads.
         self.model = SvgaII(vram=vram, fifo=fifo)
