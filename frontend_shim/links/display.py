@@ -50,7 +50,7 @@ import grpc
 
 from frontend_shim.links.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
 from frontend_shim.links.session_stream import SessionStream, Waiter
-from frontend_shim.links.video_streams import VideoCut, VideoSettings, VideoStreams
+from frontend_shim.links.video_streams import VIDEO_IN_FLIGHT, VideoCut, VideoSettings, VideoStreams
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import codec, logs, raster
@@ -715,13 +715,18 @@ class _Slot:
             return conn is None or not conn.alive
         return conn is None or not conn.alive or not conn.in_flight
 
+    def _window(self, conn: _DisplayServiceStream) -> int:
+        """Frames allowed in flight: the service's bound, tighter while video plays (a queue of pictures is
+        latency; the damage coalesces instead and the next picture is the newest)."""
+        return min(conn.max_in_flight, VIDEO_IN_FLIGHT) if self.builder.video.streams else conn.max_in_flight
+
     def run_sender(self) -> None:
         link = self.link
         while not link.stopping.is_set():
             with self.cond:
                 while not link.stopping.is_set():
                     conn = self.conn
-                    if self.kick and conn is not None and conn.alive and len(conn.in_flight) < conn.max_in_flight:
+                    if self.kick and conn is not None and conn.alive and len(conn.in_flight) < self._window(conn):
                         break
                     self.cond.wait(0.05)
                 self.kick = False
@@ -743,7 +748,7 @@ class _Slot:
                 continue
             for msg, payload in frames:
                 with self.cond:
-                    while conn.alive and len(conn.in_flight) >= conn.max_in_flight and not link.stopping.is_set():
+                    while conn.alive and len(conn.in_flight) >= self._window(conn) and not link.stopping.is_set():
                         self.cond.wait(0.05)
                     if not conn.alive:
                         break

@@ -14,8 +14,9 @@ sent once more, lossless, so a paused picture and the desktop around it end up p
 A service that drops a stream (its notice names it) gets the same lossless refresh.
 
 Rate control: each stream's encoder is capped at min(--video-max-mbps, LINK_SHARE of the measured link speed)
-divided among the streams; the frames-in-flight window still holds, so a slow link sends fewer frames (the
-skipped ones coalesce: the next frame is cut from VRAM as it is then).
+divided among the streams; the frames-in-flight window still holds (and narrows to VIDEO_IN_FLIGHT while a
+stream plays: queued pictures are latency), so a slow link sends fewer frames (the skipped ones coalesce: the
+next frame is cut from VRAM as it is then).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from services.common.raster import Buffer, Rect, Surface
 log = logs.get("shim.video")
 VIDEO_MODES = ("auto", "off", "h264", "jpeg")
 MIN_AREA = 128 * 96  # smaller updates are never video (cursors, text, icons)
-PROMOTE_UPDATES = 6  # updates in a row at video rate before a candidate is looked at
+PROMOTE_UPDATES = 4  # updates in a row at video rate before a candidate is looked at
 MIN_FPS = 10.0
 STILL_SECONDS = 0.3  # a stream unchanged this long ends with a lossless refresh
 PHOTO_RATIO = 0.5  # lz4 size / size of a pixel sample above this: photo-like
 MAX_STREAMS = 4
 MAX_CANDIDATES = 16
 LINK_SHARE = 0.7  # of the measured link speed, for all streams together
+VIDEO_IN_FLIGHT = 2  # frames in flight while a stream plays (the service may allow more)
 _RECHECK = 0.5  # seconds before a candidate that did not look like a photo is sampled again
 
 

@@ -20,7 +20,9 @@ Playback runs in segments; after each the shim is flushed and a screenshot compa
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,10 @@ def _clip(resolution: str) -> Clip:
     return _CLIPS[resolution]
 
 
+def _rgb(bgrx: bytes) -> bytes:
+    return np.frombuffer(bgrx, np.uint8).reshape(-1, 4)[:, 2::-1].tobytes()
+
+
 def _split(rgb: bytes, width: int, r: Rect) -> tuple[np.ndarray, np.ndarray]:
     img = np.frombuffer(rgb, np.uint8).reshape(-1, width, 3)
     mask = np.zeros(img.shape[:2], bool)
@@ -64,9 +70,8 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
     rect = Rect(vx, vy, cw, ch)
     clip = _clip(resolution)
     vram, fifo = new_memory()
-    # Still time 1 s (the longest allowed): the screenshot after each segment must see the live stream.
-    settings = VideoSettings(mode=video, still_seconds=1.0)
-    link = DisplayLink([address], "mirrored", vram, fifo, refresh_period=0, video=settings, access_timeout=2.0)
+    link = DisplayLink([address], "mirrored", vram, fifo, refresh_period=0, video=VideoSettings(mode=video),
+                       access_timeout=2.0)  # fmt: skip
     link.start()
     driver = ScriptedSvgaDriver(link, vram, fifo)
     driver.probe()
@@ -76,67 +81,86 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
     link.flush(60)
     segments, seconds = (2, 2.0) if quick else (5, 4.0)
     s = link.stats
-    pictures = wire = 0
-    played = guest_cpu = shim_cpu = svc_cpu = 0.0
-    latencies: list[float] = []
+    guest_cpu = 0.0
     psnrs: list[float] = []
     text_exact = True
-    stale = 0
     frame = 0
+
+    def play(seconds: float, halfway: Callable[[], None] | None = None) -> float:
+        """The guest plays the clip for `seconds`; returns the CPU seconds its own drawing took."""
+        nonlocal frame
+        t0, k, g = time.monotonic(), 0, 0.0
+        line = f"playing the synthetic clip from frame {frame:05d} at {FPS} fps"
+        driver.update(driver.draw_text(8, dh - 60, line, 0xFFFFFF, 0x3A6EA5))  # text beside the video changes
+        desktops.append(_split(guest_rgb(driver), dw, rect)[1])  # every state the desktop around it has had
+        while time.monotonic() - t0 < seconds:
+            g0 = time.thread_time()
+            driver.put_pixels(rect, clip.frame(frame))
+            g += time.thread_time() - g0
+            driver.update(rect)
+            driver.sync()
+            frame += 1
+            k += 1
+            if halfway is not None and time.monotonic() - t0 >= seconds / 2:
+                halfway()
+                halfway = None
+            pause = t0 + k / FPS - time.monotonic()  # paced from the start
+            if pause > 0:
+                time.sleep(pause)
+        return g
+
+    shots: list[tuple[int, int, bytes]] = []
+    desktops: list[np.ndarray] = []
+
+    def grab() -> None:
+        """Mid-segment, while the clip plays: what the service shows, and the frames played meanwhile."""
+        first = frame
+        rgb = screenshot(address, link.slots[0].conn.session_id)[2]
+        shots.append((first, frame, rgb))
+
     try:
+        play(1.0)  # warm-up: the stream is detected (its first pictures travel lossless); not measured
+        p0, b0, n0, f0 = s.pictures_presented, s.bytes_to_service, len(s.latency_ns), frame
+        c0, sc0 = time.process_time(), _cpu_seconds(service_pid)
+        t0 = time.monotonic()
+        grabbers = []
         for _ in range(segments):
-            p0, b0, n0 = s.pictures_presented, s.bytes_to_service, len(s.latency_ns)
-            c0, sc0, g = time.process_time(), _cpu_seconds(service_pid), 0.0
-            t0, k = time.monotonic(), 0
-            while time.monotonic() - t0 < seconds:
-                g0 = time.thread_time()
-                driver.put_pixels(rect, clip.frame(frame))
-                if frame % FPS == 0:  # the text under the video changes every second
-                    line = f"playing frame {frame:05d} of the synthetic clip at {FPS} fps"
-                    driver.update(driver.draw_text(8, dh - 60, line, 0xFFFFFF, 0x3A6EA5))
-                g += time.thread_time() - g0
-                driver.update(rect)
-                driver.sync()
-                frame += 1
-                k += 1
-                pause = t0 + k / FPS - time.monotonic()  # paced from the segment's start
-                if pause > 0:
-                    time.sleep(pause)
-            elapsed = time.monotonic() - t0
-            pictures += s.pictures_presented - p0
-            wire += s.bytes_to_service - b0
-            played += elapsed
-            guest_cpu += g
-            shim_cpu += time.process_time() - c0 - g
-            svc_cpu += _cpu_seconds(service_pid) - sc0
-            latencies += list(s.latency_ns)[n0:]
-            # A still picture of the live stream: what the service shows against the source frame.
-            ended = link.video_state()[0]["ended"]
-            link.flush(60)
-            w, _, rgb, _ = screenshot(address, link.slots[0].conn.session_id)
-            live = video == "off" or link.video_state()[0]["ended"] == ended
-            guest = guest_rgb(driver)
-            inside, outside = _split(rgb, w, rect)
-            g_inside, g_outside = _split(guest, w, rect)
-            text_exact &= bool((outside == g_outside).all())
-            if live:
-                value = psnr(inside.tobytes(), g_inside.tobytes(), 3)
-                psnrs.append(min(value, IDENTICAL_DB))
-            else:
-                stale += 1
+            grabbers.append(threading.Thread(target=grab, daemon=True))
+            guest_cpu += play(seconds, grabbers[-1].start)
+        played = time.monotonic() - t0
+        pictures = s.pictures_presented - p0
+        wire = s.bytes_to_service - b0
+        shim_cpu = time.process_time() - c0 - guest_cpu
+        svc_cpu = _cpu_seconds(service_pid) - sc0
+        latencies = list(s.latency_ns)[n0:]
+        played_frames = frame - f0
         # The clip ends: how long until the whole screen is exact.
         stopped = time.monotonic()
         exact_after = None
+        exact_asked = None
         while time.monotonic() - stopped < 10:
+            asked = time.monotonic()
             _, _, rgb, _ = screenshot(address, link.slots[0].conn.session_id)
-            if rgb == guest_rgb(driver):
-                exact_after = round(time.monotonic() - stopped, 3)
+            if rgb == guest_rgb(driver):  # exact at some point between asking and the answer
+                exact_after, exact_asked = round(time.monotonic() - stopped, 3), round(asked - stopped, 3)
                 break
             time.sleep(0.05)
         state = link.video_state()[0]
+        for g in grabbers:
+            g.join(60)
+        # Each screenshot against the source frame it showed (the best match among the frames played up to it:
+        # chosen on a strip, then the PSNR of the whole rectangle); the desktop around the video must be exactly one of
+        # the states the guest drew (a text line changes each segment: the newest may still be on its way).
+        for first, last, rgb in shots:
+            inside, outside = _split(rgb, dw, rect)
+            text_exact &= any(bool((outside == d).all()) for d in desktops)
+            strip = inside[: cw * 16].tobytes()
+            candidates = range(max(0, first - 45), last + 1)
+            j = max(candidates, key=lambda j: psnr(strip, _rgb(clip.frame(j))[: cw * 16 * 3], 3))
+            psnrs.append(min(psnr(inside.tobytes(), _rgb(clip.frame(j)), 3), IDENTICAL_DB))
     finally:
         link.close(drain=False)
-    fps = pictures / played if played else 0.0
+    fps = pictures / played
     common = {
         "link": link_name,
         "resolution": resolution,
@@ -155,10 +179,10 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
             "fps",
             pictures,
             **common,
-            source_fps=round(frame / played, 1) if played else 0,
+            source_fps=round(played_frames / played, 1),
             shim_cpu_ms_per_frame=round(shim_cpu / per_pic * 1000, 2),
             service_cpu_ms_per_frame=round(svc_cpu / per_pic * 1000, 2),
-            guest_cpu_ms_per_frame=round(guest_cpu / max(1, frame) * 1000, 2),
+            guest_cpu_ms_per_frame=round(guest_cpu / max(1, played_frames) * 1000, 2),
         ),  # fmt: skip
         _rec(
             "video_mbps",
@@ -177,7 +201,7 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
             len(psnrs),
             **common,
             text_exact=text_exact,
-            stale_samples=stale,
+            exact_asked_s=exact_asked,
             exact_after_s=exact_after,
         ),  # fmt: skip
         _rec("video_added_latency", percentile(lat_ms, 0.5), percentile(lat_ms, 0.99), "ms", len(lat_ms), **common),
