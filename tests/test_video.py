@@ -4,6 +4,7 @@ and a scripted guest playing the synthetic clip end to end (PSNR, exact text aro
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 
@@ -21,6 +22,7 @@ from services.common import raster, video_codec
 from services.common.raster import Rect, Surface
 from tests.display_helpers import first_difference, guest_rgb, screenshot
 from tests.helpers import start_service
+from tests.test_display_xvfb import crop, grab, window_geometry, xserver  # noqa: F401 - xserver is a fixture
 
 # ------------------------------------------------------------------------------------------------ detection
 DW, DH = 640, 480
@@ -347,3 +349,46 @@ def test_video_off_is_lossless_throughout(display) -> None:
         assert rgb == guest_rgb(driver) and link.stats.video_frames == 0
     finally:
         link.close()
+
+
+# ------------------------------------------------------------------------------------------------ a real window
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("Xvfb", "import", "xdotool")), reason="needs Xvfb, imagemagick and xdotool"
+)
+def test_sdl_window_shows_the_clip(services, xserver: str, tmp_path) -> None:  # noqa: F811
+    """What the SDL window on a real X server shows during the clip, against the source frames (PSNR)."""
+    svc = services("display", env={"DISPLAY": xserver})
+    driver, link = start_video_guest(svc.address, "h264")
+    clip = Clip(VIDEO.w, VIDEO.h)
+    shot: dict[str, object] = {}
+
+    def capture() -> None:
+        shot["first"] = frame
+        shot["root"] = grab(xserver, tmp_path)
+        shot["last"] = frame
+
+    grabber = threading.Thread(target=capture)
+    try:
+        geo = window_geometry(xserver, svc.proc.pid)
+        for frame in range(150):
+            driver.put_pixels(VIDEO, clip.frame(frame))
+            driver.update(VIDEO)
+            driver.sync()
+            if frame == 40:
+                grabber.start()
+            if frame > 40 and not grabber.is_alive():
+                break
+            time.sleep(1 / FPS)
+        grabber.join(60)
+        assert link.video_state()[0]["frames"] > 10, "the clip travelled as a video stream"
+    finally:
+        link.close()
+    sw, _, root = shot["root"]  # type: ignore[misc]
+    shown = crop(crop(root, sw, geo), geo.w, VIDEO)
+    candidates = range(max(0, int(shot["first"]) - 30), int(shot["last"]) + 1)  # type: ignore[call-overload]
+    best = max(psnr(shown, _rgb(clip.frame(j)), 3) for j in candidates)
+    assert best >= 33, f"the window shows the clip at {best:.1f} dB"
+
+
+def _rgb(bgrx: bytes) -> bytes:
+    return np.frombuffer(bgrx, np.uint8).reshape(-1, 4)[:, 2::-1].tobytes()
