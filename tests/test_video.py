@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver
 from frontend_shim.guests.scripted_video import Clip, psnr
 from frontend_shim.links.display import DisplayLink
 from frontend_shim.links.video_streams import MIN_AREA, VideoSettings, VideoStreams, photo_like, subtract
@@ -20,7 +20,7 @@ from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import raster, video_codec
 from services.common.raster import Rect, Surface
-from tests.display_helpers import first_difference, guest_rgb, screenshot
+from tests.display_helpers import first_difference, guest_rgb, screenshot, start_guest
 from tests.helpers import start_service
 from tests.test_display_xvfb import crop, grab, window_geometry, xserver  # noqa: F401 - xserver is a fixture
 
@@ -269,19 +269,8 @@ def test_bad_video_is_refused_per_stream_and_the_session_goes_on(display) -> Non
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def start_video_guest(
-    address: str, video: str, width: int = DW, height: int = DH
-) -> tuple[ScriptedSvgaDriver, DisplayLink]:
-    vram, fifo = new_memory()
-    link = DisplayLink([address], "mirrored", vram, fifo, access_timeout=2.0, refresh_period=0,
-                       video=VideoSettings(mode=video, still_seconds=1.0))  # fmt: skip
-    link.start()
-    driver = ScriptedSvgaDriver(link, vram, fifo)
-    driver.probe()
-    driver.set_mode(width, height)
-    driver.init_fifo()
-    driver.desktop(photo=False)
-    return driver, link
+def start_video_guest(address: str, video: str) -> tuple[ScriptedSvgaDriver, DisplayLink]:
+    return start_guest([address], video=VideoSettings(mode=video, still_seconds=1.0), photo=False)
 
 
 def split(rgb: bytes, width: int, r: Rect) -> tuple[np.ndarray, np.ndarray]:

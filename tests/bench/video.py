@@ -28,14 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from frontend_shim.commands.processes import start_service
-from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.guests.scripted_svga import FIFO_SIZE
 from frontend_shim.guests.scripted_video import Clip, psnr
-from frontend_shim.links.display import DisplayLink
 from frontend_shim.links.video_streams import VideoSettings
 from services.common.raster import Rect
 from tests.bench.netlinks import Link
 from tests.bench.stats import _cpu_seconds, percentile
-from tests.display_helpers import guest_rgb, screenshot
+from tests.display_helpers import guest_rgb, screenshot, start_guest
 
 FPS = 30
 IDENTICAL_DB = 100.0  # PSNR recorded for identical pictures (the lossless path)
@@ -69,15 +68,8 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
     (cw, ch), (dw, dh), (vx, vy) = LAYOUTS[resolution]
     rect = Rect(vx, vy, cw, ch)
     clip = _clip(resolution)
-    vram, fifo = new_memory()
-    link = DisplayLink([address], "mirrored", vram, fifo, refresh_period=0, video=VideoSettings(mode=video),
-                       access_timeout=2.0)  # fmt: skip
-    link.start()
-    driver = ScriptedSvgaDriver(link, vram, fifo)
-    driver.probe()
-    driver.set_mode(dw, dh)
-    driver.init_fifo()
-    driver.desktop(photo=False)
+    driver, link = start_guest([address], fifo_size=FIFO_SIZE, width=dw, height=dh, video=VideoSettings(mode=video),
+                               photo=False)  # fmt: skip
     link.flush(60)
     segments, seconds = (2, 2.0) if quick else (5, 4.0)
     s = link.stats
