@@ -29,6 +29,15 @@ MAX_MESSAGE = 8 * 1024 * 1024
 _NOTHING = object()  # no message held back by a batch
 
 
+def channel_options(max_message: int = MAX_MESSAGE) -> list[tuple[str, int]]:
+    """The links' gRPC channel options (also the benchmark's bare gRPC echo floor, tests/bench/floors.py)."""
+    return [
+        ("grpc.max_receive_message_length", max_message),
+        ("grpc.max_send_message_length", max_message),
+        ("grpc.keepalive_time_ms", 10_000),
+    ]
+
+
 class WireStats(Protocol):
     bytes_to_backend: int
     messages_to_backend: int
@@ -67,11 +76,7 @@ class SessionStream:
         max_message: int = MAX_MESSAGE,
         on_sent: Callable[[Any, int], None] | None = None,  # (message, wire bytes) as each one leaves
     ) -> None:
-        options = [
-            ("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message),
-            ("grpc.keepalive_time_ms", 10_000),
-        ]
+        options = channel_options(max_message)
         self.channel = (
             grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
         )
