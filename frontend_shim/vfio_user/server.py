@@ -213,6 +213,9 @@ class _Connection:
         self._busy = False  # a client request is being handled: the client cannot answer DMA now
         self._warned_unshared = False
         self._closed = False
+        device = self.function.device  # a HoldsWrites device gets its writes' traffic released after the reply
+        self._hold_writes = getattr(device, "hold_writes", None)
+        self._release_writes = getattr(device, "release_writes", None)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> None:
@@ -327,6 +330,9 @@ class _Connection:
             if self._waiters:
                 self._abort_waiters()
         write = command == _REGION_WRITE
+        held = write and self._hold_writes is not None
+        if held:
+            self._hold_writes()  # type: ignore[misc]
         try:
             reply = self._region_write_now(payload) if write else self._region_read_now(payload)
             error = 0
@@ -352,6 +358,8 @@ class _Connection:
                     log.debug("send failed", extra={"error": str(exc)})
         elif error:
             log.debug("no reply wanted for a refused request", extra={"id": mid})
+        if held:
+            self._release_writes()  # type: ignore[misc]
         if not error:
             self.irq.after_access(write)
 
