@@ -35,8 +35,8 @@ from pathlib import Path
 
 import grpc
 
-from frontend_shim.processes import ROOT
-from frontend_shim.session_stream import Waiter, channel_options
+from frontend_shim.commands.processes import ROOT
+from frontend_shim.links.session_stream import Waiter, channel_options
 from services.common.server import DEFAULT_KEEPALIVE, DEFAULT_MAX_MESSAGE_BYTES, server_options
 from tests.bench.stats import record
 from tests.bench.vfio_client import HDR, REPLY, RW, SyncVfioUserClient

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from frontend_shim.processes import ROOT
+from frontend_shim.commands.processes import ROOT
 
 OUT = ROOT / "build" / "bench"
 RATE = 500  # samples per second
@@ -63,7 +63,7 @@ def flame_graphs(name: str, pids: dict[str, int], out: Path = OUT) -> Iterator[l
 
 
 def main() -> None:
-    from tests.bench_vfio import measure_interrupts, measure_round_trips
+    from tests.bench.vfio import measure_interrupts, measure_round_trips
 
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("mirrored", "backend"):
