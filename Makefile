@@ -6,9 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rdv-installed
 # Debian packages: ALSA and LZO headers to build pyalsaaudio and python-lzo, ALSA's plugins and tools,
-# QEMU for the tests against real peers.
+# QEMU for the tests against real peers, gcc for the live test's static timing tool.
 APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils \
-	xvfb xdotool imagemagick
+	xvfb xdotool imagemagick gcc libc6-dev
 PYTEST_ARGS ?=
 
 .PHONY: setup proto test test-live run bench profile fuzz lint clean

@@ -224,8 +224,9 @@ class IrqController:
             return
         if self.on_event:  # before the write: QEMU may run the guest's handler (and its accesses) at once
             self.on_event("signal")
+        writing = time.monotonic_ns()  # (after the write, the GIL may go to another thread for a while first)
         if _write(self._intx_fd):
-            self.timeline.append((self._raised_ns, time.monotonic_ns()))
+            self.timeline.append((self._raised_ns, writing))
             self._masked, self._signalled, self._seen, self._lost_at = True, True, False, None
             self.stats.signals += 1
 
@@ -235,8 +236,9 @@ class IrqController:
             return
         if self.on_event:
             self.on_event("msi")
+        writing = time.monotonic_ns()
         if _write(fd):
-            self.timeline.append((self._raised_ns, time.monotonic_ns()))
+            self.timeline.append((self._raised_ns, writing))
             self.stats.msi_signals += 1
 
     def _schedule(self, delay: float) -> None:

@@ -180,23 +180,8 @@ def _close(fd: int) -> None:
 # ---------------------------------------------------------------------------------------------- framing
 def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> tuple[bytes, bool]:
     """Read exactly n bytes, collecting any fds that come with them."""
-    buf = bytearray()
-    truncated = False
-    while len(buf) < n:
-        data, ancdata, msg_flags, _ = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(_CMSG_FDS * 4))
-        for level, kind, cdata in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                got = array.array("i")
-                got.frombytes(cdata[: len(cdata) - len(cdata) % got.itemsize])
-                fds.extend(got)
-        if msg_flags & socket.MSG_CTRUNC:
-            truncated = True
-        if not data:
-            for fd in fds:
-                _close(fd)
-            fds.clear()
-            raise ConnectionDropped("peer closed the socket" if not buf else "peer closed the socket mid-message")
-        buf += data
+    buf = bytearray(n)
+    truncated = recv_into_exact(sock, memoryview(buf), fds)
     return bytes(buf), truncated
 
 

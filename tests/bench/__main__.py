@@ -72,7 +72,8 @@ def add_ratios(results: list[dict]) -> None:
         base = sum(floors[n] for n in names)
         r["floor"] = "+".join(names)
         r["ratio_to_floor"] = round(r["p50"] / base, 2) if base and not math.isnan(r["p50"]) else None
-        r["ratio_goal"] = goal
+        # An interrupt's goal is from its cause to the eventfd; to a thread waking on it is reported only.
+        r["ratio_goal"] = goal if r["metric"] != "interrupt" or r.get("path", "").endswith("to_eventfd") else None
 
 
 def _fmt(value: float | None, unit: str = "ns") -> str:

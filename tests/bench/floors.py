@@ -47,12 +47,16 @@ GRPC_MSG = bytes(range(20))  # about a RegisterAccess request on the session str
 
 
 # ---------------------------------------------------------------------------------------------- servers
-def _serve_socket_echo(path: str) -> None:
+def _accept_one(path: str) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(1)
     print(f"listening on {path}", flush=True)
-    conn, _ = listener.accept()
+    return listener.accept()[0]
+
+
+def _serve_socket_echo(path: str) -> None:
+    conn = _accept_one(path)
     buf = bytearray(len(SOCKET_MSG))
     view = memoryview(buf)
     while True:
@@ -67,11 +71,7 @@ def _serve_socket_echo(path: str) -> None:
 
 def _serve_vfio_user_echo(path: str) -> None:
     """A vfio-user server that does nothing: every request is answered at once, reads with zeros."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    print(f"listening on {path}", flush=True)
-    conn, _ = listener.accept()
+    conn = _accept_one(path)
     buf = bytearray(1 << 16)
     view = memoryview(buf)
     out = bytearray(HDR.size + RW.size + 8)
