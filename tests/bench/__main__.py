@@ -100,8 +100,10 @@ def table(results: list[dict]) -> str:
     ]
     for r in results:
         goal = target(r)
-        better = r["p50"] >= goal if r["metric"] in HIGHER_IS_BETTER else r["p50"] <= goal  # type: ignore[operator]
-        met = "-" if goal is None else ("yes" if better else "NO")
+        if goal is None:
+            met = "-"
+        else:
+            met = "yes" if (r["p50"] >= goal if r["metric"] in HIGHER_IS_BETTER else r["p50"] <= goal) else "NO"
         detail = (
             r.get("content") or r.get("path") or r.get("direction") or r.get("workload") or r.get("device") or "-"
         )
