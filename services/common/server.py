@@ -154,6 +154,24 @@ def open_gate(args: argparse.Namespace) -> sessions.OpenGate:
     return sessions.OpenGate(args.open_timeout, max_sessions=args.max_sessions)
 
 
+def server_options(limit: int, keepalive_ms: int) -> list[tuple[str, int]]:
+    """The services' gRPC server options (also the benchmark's bare gRPC echo floor, tests/bench/floors.py)."""
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_ms),
+        # Any unanswered ping ends the connection, not just keepalive's: a bandwidth probe sent just before the
+        # peer froze is never answered, and gRPC delays the keepalive ping behind it forever otherwise.
+        ("grpc.http2.ping_timeout_ms", keepalive_ms),
+        # An idle session (a guest not playing, a still desktop) carries no data: keep pinging it anyway.
+        ("grpc.http2.max_pings_without_data", 0),
+        # Shims ping every 10 s (their side of keepalive): accept that, refuse floods.
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ]
+
+
 async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> None:
     """Run until SIGINT/SIGTERM; report SERVING only once everything is registered and bound."""
     log = logs.get(service)
@@ -164,20 +182,7 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
         [tls.PairingInterceptor(service, args.tls_dir)] if args.tls_dir else []
     )
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_time_ms", keepalive_ms),
-            ("grpc.keepalive_timeout_ms", keepalive_ms),
-            # Any unanswered ping ends the connection, not just keepalive's: a bandwidth probe sent just before the
-            # peer froze is never answered, and gRPC delays the keepalive ping behind it forever otherwise.
-            ("grpc.http2.ping_timeout_ms", keepalive_ms),
-            # An idle session (a guest not playing, a still desktop) carries no data: keep pinging it anyway.
-            ("grpc.http2.max_pings_without_data", 0),
-            # Shims ping every 10 s (their side of keepalive): accept that, refuse floods.
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ],
+        options=server_options(limit, keepalive_ms),
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         interceptors=[*interceptors, DecodeGuard()],  # pairing first: nothing of an unpaired peer is parsed
     )
