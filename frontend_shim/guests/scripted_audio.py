@@ -200,6 +200,7 @@ class ScriptedEs1370Driver:
             self._prepare(dac, fmt, buffer_bytes, period_bytes)
             self.ctrl |= R.CTRL_DAC1_EN if dac == R.DAC1 else R.CTRL_DAC2_EN
             self.outl(R.CONTROL, self.ctrl)
+            ring.updated = self.clock.now()  # ALSA's hw_ptr_jiffies starts with the trigger
             return (total_periods - first) * period_bytes
 
         started = time.monotonic()
