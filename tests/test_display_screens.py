@@ -130,7 +130,7 @@ def test_auto_encoding_follows_content_and_link() -> None:
     import os
     import random
 
-    from frontend_shim.links.display import EncodingPolicy
+    from frontend_shim.links.display_encoding import EncodingPolicy
 
     policy = EncodingPolicy("auto")
     rng = random.Random(1)

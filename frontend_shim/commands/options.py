@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from frontend_shim.links.audio import MODES
+from frontend_shim.links.base import MODES
 
 DEFAULT_AUDIO = "127.0.0.1:50051"
 DEFAULT_DISPLAY = "127.0.0.1:50052"
