@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from frontend_shim.guests.guest import GuestMemory, GuestMemoryError, InterruptLine
-from frontend_shim.links.base import MODES, CoherenceMode, DeviceLink, ServiceEnd
+from frontend_shim.links.base import MODES, CoherenceMode, DeviceLink, LinkStats, ServiceEnd
 from frontend_shim.links.session_stream import SessionStream
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
@@ -39,23 +39,15 @@ _MAX_CHUNK = 128 * 1024  # PCM bytes per message, far below the service's limit
 
 
 @dataclass
-class LinkStats:
-    reads: int = 0
-    writes: int = 0
+class AudioStats(LinkStats):
     interrupts: int = 0
     pcm_bytes: int = 0
     dma_requests: int = 0
-    read_timeouts: int = 0
-    reconnects: int = 0
-    bytes_to_service: int = 0
-    bytes_from_service: int = 0
-    messages_to_service: int = 0
-    messages_from_service: int = 0
     dma_errors: int = 0
     played: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
-        d = {k: v for k, v in vars(self).items() if isinstance(v, int)}
+        d = super().as_dict()
         d["bytes_played"] = sum(self.played.values())
         return d
 
@@ -109,7 +101,7 @@ class AudioLink(DeviceLink):
         self.irq = irq
         self.vm = vm
         self.clock = clock or Clock()
-        self.stats = LinkStats()
+        self.stats = AudioStats()
         self.model = Es1370() if mode == "mirrored" else None
         self._credentials = credentials
         self._credit = DmaCredit(self.clock, lead=0.1)

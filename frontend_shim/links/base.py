@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from frontend_shim.links.session_stream import FRAME_OVERHEAD, SessionStream, Waiter
 from rdv.common.v1 import common_pb2
@@ -28,12 +29,21 @@ BACKOFF_MAX = 1.0  # seconds between reconnect attempts at most: a restarted ser
 RECONNECT_TIMEOUT = 2.0  # seconds one reconnect attempt may take to get `opened`
 
 
-class LinkStats(Protocol):
-    reads: int
-    read_timeouts: int
-    reconnects: int
-    bytes_from_service: int
-    messages_from_service: int
+@dataclass
+class LinkStats:
+    """The counters every link keeps (a device's link adds its own); `as_dict` is what `--json` prints."""
+
+    reads: int = 0
+    writes: int = 0
+    read_timeouts: int = 0
+    reconnects: int = 0
+    bytes_to_service: int = 0
+    bytes_from_service: int = 0
+    messages_to_service: int = 0
+    messages_from_service: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, int)}
 
 
 class ServiceEnd:

@@ -16,6 +16,7 @@ from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from frontend_shim.links.base import LinkStats
 from frontend_shim.links.display_encoding import EncodingPolicy
 from rdv.display.v1 import display_pb2
 from services.common import codec, raster
@@ -30,10 +31,7 @@ TILE = 64  # tile side for tile diff
 
 
 @dataclass
-class DisplayStats:
-    reads: int = 0
-    writes: int = 0
-    read_timeouts: int = 0
+class DisplayStats(LinkStats):
     fifo_passes: int = 0
     fifo_commands: int = 0
     fifo_errors: int = 0
@@ -48,16 +46,11 @@ class DisplayStats:
     tiles_skipped: int = 0
     pixel_bytes: int = 0  # decoded pixel bytes sent
     payload_bytes: int = 0  # encoded pixel bytes sent
-    bytes_to_service: int = 0
-    bytes_from_service: int = 0
-    messages_to_service: int = 0
-    messages_from_service: int = 0
-    reconnects: int = 0
     encodings: Counter[str] = field(default_factory=Counter)
     latency_ns: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))  # oldest damage -> presented
 
     def as_dict(self) -> dict[str, object]:
-        d: dict[str, object] = {k: v for k, v in vars(self).items() if isinstance(v, int)}
+        d = super().as_dict()
         d["encodings"] = dict(self.encodings)
         d["compression_ratio"] = round(self.pixel_bytes / self.payload_bytes, 3) if self.payload_bytes else 0.0
         return d
