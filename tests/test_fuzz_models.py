@@ -15,6 +15,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
+from frontend_shim.guests.scripted_svga import FifoWriter
 from rdv.audio.v1 import audio_pb2
 from rdv.display.v1 import display_pb2
 from services.common import codec
@@ -24,7 +25,7 @@ from services.devices import svga_regs as SR
 from services.devices.es1370 import AccessError, Es1370, check_access
 from services.devices.es1370_convert import state_from_proto, state_to_proto
 from services.devices.svga import AccessError as SvgaAccessError
-from services.devices.svga import FifoWriter, SvgaII
+from services.devices.svga import SvgaII
 from services.display.desktop import Desktop, FrameError
 from tests.fuzz_strategies import (
     FRAME_HINTS,

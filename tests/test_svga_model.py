@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from frontend_shim.guests.scripted_svga import FifoWriter
 from services.common.raster import Rect
 from services.devices import svga_regs as R
 from services.devices.svga import (
@@ -19,7 +20,6 @@ from services.devices.svga import (
     CursorMoved,
     Fence,
     FifoResult,
-    FifoWriter,
     Fill,
     Mode,
     ModeChanged,

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import struct
 
+from frontend_shim.guests.scripted_svga import FifoWriter
 from services.devices import svga_regs as R
-from services.devices.svga import FifoWriter, SvgaII
+from services.devices.svga import SvgaII
 from tests.qtest import Qtest
 
 IO_BASE = 0xC100
