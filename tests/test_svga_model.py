@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import struct
 
 import pytest
@@ -16,6 +16,7 @@ from services.devices.svga import (
     CAPABILITIES,
     AccessError,
     Copy,
+    Cursor,
     CursorDefined,
     CursorMoved,
     Fence,
@@ -27,6 +28,7 @@ from services.devices.svga import (
     SvgaII,
     Update,
 )
+from services.devices.svga_convert import registers_from_proto, registers_to_proto
 
 W, H = 16, 12
 PITCH = W * 4 + 12  # pitchlock with padding, so bytes between rows exist and must stay untouched
@@ -710,33 +712,34 @@ def test_snapshot_restore_mirror() -> None:
     for reg in range(R.REG_TOP_IMPLEMENTED):
         if reg not in (R.REG_BUSY, R.REG_SYNC):
             assert mirror.read_register(reg) == dev.read_register(reg), reg
-    assert json.loads(json.dumps(snap)) == snap
+    assert registers_from_proto(registers_to_proto(snap)) == snap  # the wire form keeps every field
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        {"version": 2},
         {"width": R.MAX_WIDTH + 1},
+        {"width": W + 1},  # beyond this device's maximum (checked by restore)
         {"bpp": 24},
         {"svga_id": 5},
         {"enable": -1},
         {"enable": "1"},
-        {"scratch": [0]},
+        {"scratch": (0,)},  # not this device's number of scratch registers (checked by restore)
+        {"scratch": [0] * R.DEFAULT_SCRATCH_SIZE},
         {"palette": None},
+        {"palette": (0,) * 3},
         {"busy": 1},
         {"fb_start": -1},
-        {"cursor": {"width": 2, "height": 2, "hot_x": 0, "hot_y": 0, "argb": "AAAA"}},
-        {"cursor": {"width": 1, "height": 1, "hot_x": 0, "hot_y": 0, "argb": "!!"}},
+        {"cursor": Cursor(2, 2, 0, 0, bytes(3))},
+        {"cursor": Cursor(1, 1, 1, 0, bytes(4))},
         {"cursor": 3},
     ],
 )
-def test_bad_snapshot_is_refused_and_changes_nothing(change: dict[str, object]) -> None:
-    dev, _ = make()
-    snap = dev.snapshot()
+def test_bad_state_is_refused_and_changes_nothing(change: dict[str, object]) -> None:
+    dev, _ = make(max_width=W)
     before = dev.snapshot()
     with pytest.raises(SnapshotError):
-        dev.restore({**snap, **change})
+        dev.restore(dataclasses.replace(before, **change))
     assert dev.snapshot() == before
 
 

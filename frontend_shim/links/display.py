@@ -191,7 +191,7 @@ class DisplayLink(DeviceLink):
             # the services set BUSY on the SYNC and must hear it cleared. Sending our whole IRQSTATUS is exact: the
             # services only ever hold bits we raised and the guest has not cleared since.
             done = display_pb2.FrontendMessage(
-                fifo_done=display_pb2.FifoDone(busy=self.model.busy, irq_flags=int(self.model.snapshot()["irq_status"]))
+                fifo_done=display_pb2.FifoDone(busy=self.model.busy, irq_flags=self.model.snapshot().irq_status)
             )
             for slot in self.slots:
                 conn = slot.conn

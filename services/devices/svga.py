@@ -33,12 +33,11 @@ Design choices (the spec leaves them open or QEMU gets them wrong):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import mmap
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import ClassVar
 
 from services.common import raster
 from services.common.raster import EMPTY, Rect, Surface
@@ -215,6 +214,68 @@ class AccessError(ValueError):
 
 class SnapshotError(ValueError):
     """A snapshot that does not describe a state of this device."""
+
+
+@dataclass(frozen=True)
+class SvgaState:
+    """All register state of an SvgaII (not VRAM or FIFO memory), checked on the way in: a state that exists has
+    32-bit registers, a supported id and depth, flags that are booleans and a cursor that fits its size, or
+    making it raised SnapshotError. What depends on the device's configuration (its maximum mode, its number
+    of scratch registers) is checked by `SvgaII.restore`."""
+
+    SCALARS: ClassVar[tuple[str, ...]] = (
+        "index", "svga_id", "enable", "width", "height", "bpp", "pitchlock", "config_done", "guest_id",
+        "cursor_id", "cursor_x", "cursor_y", "cursor_on", "irq_mask", "irq_status",
+    )  # fmt: skip
+
+    index: int = 0
+    svga_id: int = R.ID_2
+    enable: int = 0
+    width: int = R.DEFAULT_WIDTH
+    height: int = R.DEFAULT_HEIGHT
+    bpp: int = R.DEFAULT_BPP
+    pitchlock: int = 0
+    config_done: int = 0
+    guest_id: int = 0
+    cursor_id: int = 0
+    cursor_x: int = 0
+    cursor_y: int = 0
+    cursor_on: int = R.CURSOR_ON_HIDE
+    irq_mask: int = 0
+    irq_status: int = 0
+    cursor_visible: bool = False
+    busy: bool = False
+    fb_start: int = 0
+    mem_start: int = 0
+    scratch: tuple[int, ...] = ()
+    palette: tuple[int, ...] = (0,) * R.NUM_PALETTE_REGS
+    cursor: Cursor | None = None
+
+    def __post_init__(self) -> None:
+        for name in self.SCALARS:
+            _check_u32(name, getattr(self, name))
+        if self.width > R.MAX_WIDTH or self.height > R.MAX_HEIGHT:
+            raise SnapshotError(f"mode {self.width}x{self.height} beyond the maximum")
+        if self.bpp not in R.SUPPORTED_BPP:
+            raise SnapshotError(f"unsupported bits per pixel {self.bpp}")
+        if self.svga_id not in R.SUPPORTED_IDS:
+            raise SnapshotError(f"unsupported SVGA id {self.svga_id:#x}")
+        for name in ("scratch", "palette"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple):
+                raise SnapshotError(f"{name} must be a tuple of integers")
+            for value in values:
+                _check_u32(name, value)
+        if len(self.palette) != R.NUM_PALETTE_REGS:
+            raise SnapshotError(f"palette must hold {R.NUM_PALETTE_REGS} entries, not {len(self.palette)}")
+        if not (isinstance(self.cursor_visible, bool) and isinstance(self.busy, bool)):
+            raise SnapshotError("cursor_visible and busy must be booleans")
+        for name in ("fb_start", "mem_start"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SnapshotError(f"{name} must be a non-negative integer, not {value!r}")
+        if self.cursor is not None:
+            _check_cursor(self.cursor)
 
 
 @dataclass(slots=True)
@@ -864,82 +925,39 @@ class SvgaII:
         self._cursor = cursor
         res.effects.append(CursorDefined(cursor))
 
-    # ------------------------------------------------------------------------------ snapshot
-    _SCALARS = (
-        "index",
-        "svga_id",
-        "enable",
-        "width",
-        "height",
-        "bpp",
-        "pitchlock",
-        "config_done",
-        "guest_id",
-        "cursor_id",
-        "cursor_x",
-        "cursor_y",
-        "cursor_on",
-        "irq_mask",
-        "irq_status",
-    )
-    SNAPSHOT_VERSION = 1
-
-    def snapshot(self) -> dict[str, object]:
-        """All register state (not VRAM or FIFO memory) as plain JSON-compatible values."""
-        snap: dict[str, object] = {"version": self.SNAPSHOT_VERSION}
-        for name in self._SCALARS:
-            snap[name] = getattr(self, "_" + name)
-        cursor = self._cursor
-        snap.update(
+    # ------------------------------------------------------------------------------ state
+    def snapshot(self) -> SvgaState:
+        """All register state (not VRAM or FIFO memory)."""
+        return SvgaState(
+            **{name: getattr(self, "_" + name) for name in SvgaState.SCALARS},
             cursor_visible=self._cursor_visible,
             busy=self._busy,
             fb_start=self.fb_start,
             mem_start=self.mem_start,
-            scratch=list(self._scratch),
-            palette=list(self._palette),
-            cursor=None
-            if cursor is None
-            else {
-                "width": cursor.width,
-                "height": cursor.height,
-                "hot_x": cursor.hot_x,
-                "hot_y": cursor.hot_y,
-                "argb": base64.b64encode(cursor.argb).decode("ascii"),
-            },
+            scratch=tuple(self._scratch),
+            palette=tuple(self._palette),
+            cursor=self._cursor,
         )
-        return snap
 
-    def restore(self, snap: dict[str, object]) -> None:
-        """Load a `snapshot()`; raises SnapshotError (leaving the device unchanged) if it does not fit."""
-        if snap.get("version") != self.SNAPSHOT_VERSION:
-            raise SnapshotError(f"snapshot version {snap.get('version')!r} is not {self.SNAPSHOT_VERSION}")
-        values: dict[str, int] = {name: _u32(snap, name) for name in self._SCALARS}
-        if values["width"] > self.max_width or values["height"] > self.max_height:
-            raise SnapshotError(f"mode {values['width']}x{values['height']} beyond the maximum")
-        if values["bpp"] not in R.SUPPORTED_BPP:
-            raise SnapshotError(f"unsupported bits per pixel {values['bpp']}")
-        if values["svga_id"] not in R.SUPPORTED_IDS:
-            raise SnapshotError(f"unsupported SVGA id {values['svga_id']:#x}")
-        scratch = _u32_list(snap, "scratch", self._scratch_size)
-        palette = _u32_list(snap, "palette", R.NUM_PALETTE_REGS)
-        flags = {name: snap.get(name) for name in ("cursor_visible", "busy")}
-        if not all(isinstance(v, bool) for v in flags.values()):
-            raise SnapshotError("cursor_visible and busy must be booleans")
-        addresses = {name: snap.get(name) for name in ("fb_start", "mem_start")}
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in addresses.values()):
-            raise SnapshotError("fb_start and mem_start must be non-negative integers")
-        cursor = _cursor_from_snapshot(snap.get("cursor"))
-        for name, value in values.items():
-            setattr(self, "_" + name, value)
+    def restore(self, state: SvgaState) -> None:
+        """Take over `state`; raises SnapshotError (leaving the device unchanged) if this device cannot hold it."""
+        if not isinstance(state, SvgaState):
+            raise SnapshotError(f"an SvgaState is needed, not {type(state).__name__}")
+        if state.width > self.max_width or state.height > self.max_height:
+            raise SnapshotError(f"mode {state.width}x{state.height} beyond the maximum")
+        if len(state.scratch) != self._scratch_size:
+            raise SnapshotError(f"scratch must hold {self._scratch_size} registers, not {len(state.scratch)}")
+        for name in SvgaState.SCALARS:
+            setattr(self, "_" + name, getattr(state, name))
         self._enable &= R.ENABLE_MASK
         self._config_done = int(bool(self._config_done))
         self._irq_mask &= R.IRQFLAG_MASK
         self._irq_status &= R.IRQFLAG_MASK
-        self._cursor_visible, self._busy = bool(flags["cursor_visible"]), bool(flags["busy"])
-        self.fb_start, self.mem_start = addresses["fb_start"], addresses["mem_start"]
-        self._scratch = scratch
-        self._palette = [v & 0xFF for v in palette]
-        self._cursor = cursor
+        self._cursor_visible, self._busy = state.cursor_visible, state.busy
+        self.fb_start, self.mem_start = state.fb_start, state.mem_start
+        self._scratch = list(state.scratch)
+        self._palette = [v & 0xFF for v in state.palette]
+        self._cursor = state.cursor
         self._split = None
         self._queued = FifoResult()
         self._update_mode()
@@ -986,38 +1004,22 @@ def _row_values(row: bytes, width: int, depth: int) -> list[int]:
     return list(_words_struct(width).unpack_from(row, 0))
 
 
-def _u32(snap: dict[str, object], name: str) -> int:
-    value = snap.get(name)
+def _check_u32(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U32:
         raise SnapshotError(f"{name} must be a 32-bit unsigned integer, not {value!r}")
-    return value
 
 
-def _u32_list(snap: dict[str, object], name: str, length: int) -> list[int]:
-    values = snap.get(name)
-    if not isinstance(values, list) or len(values) != length:
-        raise SnapshotError(f"{name} must be a list of {length} integers")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _U32 for v in values):
-        raise SnapshotError(f"{name} holds values that are not 32-bit unsigned integers")
-    return list(values)
-
-
-def _cursor_from_snapshot(data: object) -> Cursor | None:
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        raise SnapshotError("cursor must be a mapping or None")
-    dims = {k: _u32(data, k) for k in ("width", "height", "hot_x", "hot_y")}
-    try:
-        argb = base64.b64decode(str(data.get("argb")), validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise SnapshotError(f"cursor image is not base64: {e}") from e
-    width, height = dims["width"], dims["height"]
-    if not (1 <= width <= R.MAX_CURSOR_SIZE and 1 <= height <= R.MAX_CURSOR_SIZE):
-        raise SnapshotError(f"cursor size {width}x{height} out of range")
-    if len(argb) != width * height * _WORD or dims["hot_x"] >= width or dims["hot_y"] >= height:
-        raise SnapshotError("cursor image or hotspot does not match its size")
-    return Cursor(width, height, dims["hot_x"], dims["hot_y"], argb)
+def _check_cursor(cursor: object) -> None:
+    if not isinstance(cursor, Cursor):
+        raise SnapshotError(f"cursor must be a Cursor or None, not {type(cursor).__name__}")
+    for name in ("width", "height", "hot_x", "hot_y"):
+        _check_u32(f"cursor {name}", getattr(cursor, name))
+    if not (1 <= cursor.width <= R.MAX_CURSOR_SIZE and 1 <= cursor.height <= R.MAX_CURSOR_SIZE):
+        raise SnapshotError(f"cursor size {cursor.width}x{cursor.height} out of range")
+    if not isinstance(cursor.argb, bytes) or len(cursor.argb) != cursor.width * cursor.height * _WORD:
+        raise SnapshotError("cursor image does not match its size")
+    if cursor.hot_x >= cursor.width or cursor.hot_y >= cursor.height:
+        raise SnapshotError("cursor hotspot outside the image")
 
 
 __all__ = [
@@ -1035,6 +1037,7 @@ __all__ = [
     "ModeChanged",
     "SnapshotError",
     "SvgaII",
+    "SvgaState",
     "as_buffer",
     "Update",
 ]
