@@ -188,9 +188,9 @@ def test_svga_model_under_random_ports_and_fifo(setup: list[tuple[int, int]], tr
                 legal = size in (1, 2, 4) and 0 <= offset and offset + size <= SR.IO_BAR_SIZE
                 try:
                     if rw == "w":
-                        dev.io_write(offset, size, value)
+                        dev.write(offset, size, value)
                     else:
-                        assert 0 <= dev.io_read(offset, size) < (1 << (8 * size))
+                        assert 0 <= dev.read(offset, size) < (1 << (8 * size))
                 except SvgaAccessError:
                     assert not legal, (offset, size)
             dev.take_pending()

@@ -131,7 +131,7 @@ class DisplayLink(DeviceLink):
         self.stats.reads += 1
         if self.mode == "mirrored":
             with self.lock:
-                value = self.model.io_read(offset, size)
+                value = self.model.read(offset, size)
                 res = self.model.take_pending()  # a BUSY read may have run the FIFO
                 if res.ran or res.effects:
                     self._after_pass(res)
@@ -145,7 +145,7 @@ class DisplayLink(DeviceLink):
             raise AccessError(f"the SVGA II has port I/O on BAR0 only, not BAR{bar}")
         self.stats.writes += 1
         with self.lock:
-            res = self.model.io_write(offset, size, value)  # a SYNC write runs the FIFO pass here
+            res = self.model.write(offset, size, value)  # a SYNC write runs the FIFO pass here
             for slot in self.slots:
                 conn = slot.conn
                 if conn is not None:

@@ -1,8 +1,9 @@
 """The VMware SVGA II display adapter as a pure state machine.
 
 The same class runs in the shim beside QEMU, in the display service and in the tests. It owns no thread,
-socket or clock: the caller hands it the guest's port accesses (`io_read` / `io_write` on BAR0) and two
-writable buffers, VRAM (BAR1) and FIFO memory (BAR2), which may be shared memory the guest writes directly.
+socket or clock: the caller hands it the guest's port accesses (`read` / `write` on BAR0, the same shape as
+the ES1370 model's) and two writable buffers, VRAM (BAR1) and FIFO memory (BAR2), which may be shared memory
+the guest writes directly.
 Everything the device does that someone else must see comes back as values: effects (damage rectangles,
 fills and copies the device applied to VRAM, cursor changes, fences, mode changes) and error strings in a
 `FifoResult`. Nothing a guest can do raises or makes the model touch memory outside those two buffers.
@@ -187,7 +188,7 @@ Effect = Update | Fill | Copy | CursorDefined | CursorMoved | Fence | ModeChange
 
 @dataclass
 class FifoResult:
-    """What a FIFO pass or a port write did, in order. Also returned by `io_write` and `take_pending`."""
+    """What a FIFO pass or a port write did, in order. Also returned by `write` and `take_pending`."""
 
     effects: list[Effect] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -390,7 +391,7 @@ class SvgaII:
         self._update_mode()
 
     # ------------------------------------------------------------------------------ guest port accesses
-    def io_read(self, offset: int, size: int) -> int:
+    def read(self, offset: int, size: int) -> int:
         """A guest read of `size` bytes at `offset` in BAR0.
 
         A BUSY read may run the FIFO; what that pass produced waits for `take_pending` (or the next result).
@@ -417,7 +418,7 @@ class SvgaII:
             return (self._irq_status >> lane) & _mask(size)
         return 0  # BIOS port and the unused bytes of the BAR
 
-    def io_write(self, offset: int, size: int, value: int) -> FifoResult:
+    def write(self, offset: int, size: int, value: int) -> FifoResult:
         """A guest write to BAR0; the result carries what it caused (a SYNC write runs the FIFO)."""
         _check_access(offset, size)
         res = self.take_pending()
@@ -448,15 +449,15 @@ class SvgaII:
 
         Nothing is lost: what the INDEX write handed back stays pending for `take_pending`.
         """
-        res = self.io_write(R.INDEX_PORT, _WORD, index)
+        res = self.write(R.INDEX_PORT, _WORD, index)
         res.merge(self._queued)
         self._queued = res
-        return self.io_read(R.VALUE_PORT, _WORD)
+        return self.read(R.VALUE_PORT, _WORD)
 
     def write_register(self, index: int, value: int) -> FifoResult:
         """INDEX then VALUE, as a driver writes a register; returns what the write caused."""
-        res = self.io_write(R.INDEX_PORT, _WORD, index)
-        res.merge(self.io_write(R.VALUE_PORT, _WORD, value))
+        res = self.write(R.INDEX_PORT, _WORD, index)
+        res.merge(self.write(R.VALUE_PORT, _WORD, value))
         return res
 
     def _abandon_split(self, res: FifoResult) -> None:

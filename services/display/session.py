@@ -118,12 +118,12 @@ class DisplaySession(DeviceSession):
         )
 
     def read_register(self, offset: int, size: int) -> int:
-        value = self.model.io_read(offset, size)
+        value = self.model.read(offset, size)
         self.model.take_pending()
         return value
 
     def write_register(self, offset: int, size: int, value: int) -> None:
-        res = self.model.io_write(offset, size, value)
+        res = self.model.write(offset, size, value)
         if res.errors:
             self.counters["register_errors"] += len(res.errors)
             if self.mode == BACKEND:
