@@ -40,6 +40,7 @@ from frontend_shim.links.display_encoding import ENCODINGS
 from frontend_shim.links.display_flow import ScreenEnd
 from frontend_shim.links.display_frames import DisplayStats
 from frontend_shim.links.session_stream import SessionStream
+from frontend_shim.links.video_streams import VideoSettings
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2
 from services.common import logs
@@ -73,6 +74,7 @@ class DisplayLink(DeviceLink):
         access_timeout: float = 0.25,
         refresh_period: float = _REFRESH_PERIOD,
         credentials: grpc.ChannelCredentials | None = None,
+        video: VideoSettings | None = None,
     ) -> None:
         super().__init__(mode, display_pb2.FrontendMessage, access_timeout, log)
         if not targets:
@@ -84,6 +86,7 @@ class DisplayLink(DeviceLink):
         self.tile_diff = tile_diff
         self.refresh_period = refresh_period
         self.credentials = credentials
+        self.video = video or VideoSettings(mode="off")  # lossy video streams (frontend_shim/links/video_streams.py)
         self.stats = DisplayStats()
         # The FIFO engine over guest memory; in mirrored mode also the register file that answers reads.
         self.model = SvgaII(vram=vram, fifo=fifo)
@@ -103,6 +106,8 @@ class DisplayLink(DeviceLink):
         self._spawn(self._supervise, "display-supervisor")
         if self.refresh_period > 0:
             self._spawn(self._refresh, "display-refresh")
+        if self.video.mode != "off":
+            self._spawn(self._video_timer, "display-video")
 
     def _request_stream(self) -> SessionStream | None:
         return self.slots[0].conn
@@ -246,3 +251,18 @@ class DisplayLink(DeviceLink):
     def _refresh(self) -> None:
         while not self.stopping.wait(self.refresh_period):
             self.process_fifo()
+
+    def _video_timer(self) -> None:
+        """Video streams that stopped changing end, and their regions get the lossless refresh."""
+        while not self.stopping.wait(0.05):
+            now = time.monotonic()
+            for slot in self.slots:
+                with self.lock:
+                    ended = slot.builder.video.expire(now)
+                if ended:
+                    slot.wake()
+
+    def video_state(self) -> list[dict[str, object]]:
+        """Per service: codec, live streams, frames and bytes encoded."""
+        with self.lock:
+            return [slot.builder.video.as_dict() for slot in self.slots]

@@ -18,12 +18,14 @@ from frontend_shim.links.base import MODES, ServiceEnd
 from frontend_shim.links.display_encoding import EncodingPolicy
 from frontend_shim.links.display_frames import DisplayStats, FrameBuilder
 from frontend_shim.links.session_stream import SessionStream
+from frontend_shim.links.video_streams import VIDEO_IN_FLIGHT, VideoSettings
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import logs
 from services.common.raster import Rect
+from services.common.video_codec import VIDEO_VERSION
 from services.devices.svga import SvgaII
-from services.devices.svga_convert import registers_to_proto
+from services.devices.svga_convert import VIDEO_CODEC_NAME, registers_to_proto
 
 log = logs.get("shim.display")
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -38,6 +40,7 @@ class Screens(Protocol):
     vm: str
     encoding: str
     tile_diff: bool
+    video: VideoSettings
     credentials: grpc.ChannelCredentials | None
     model: SvgaII
     stats: DisplayStats
@@ -59,6 +62,8 @@ class _DisplayServiceStream(SessionStream):
         self.max_in_flight = 4
         self.max_frame_bytes = 64 * 1024 * 1024
         self.in_flight: dict[int, tuple[float, int]] = {}  # frame id -> (perf_counter at send, payload bytes)
+        self.video_codecs: list[str] | None = None  # what the service decodes; None: no video there
+        self.batch_ends: set[int] = set()  # ids of frames that end a batch
         self.frame_ids = itertools.count(1)
         stub = display_pb2_grpc.DisplayServiceStub(self.channel)
         self.start(stub.Session, slot.dispatch, slot.lost, f"display-rx-{slot.target}")  # type: ignore[arg-type]
@@ -73,7 +78,7 @@ class ScreenEnd(ServiceEnd):
     def __init__(self, link: Screens, target: str, primary: bool) -> None:
         super().__init__(link, target, carries_requests=primary)
         self.primary = primary
-        self.builder = FrameBuilder(link.tile_diff)
+        self.builder = FrameBuilder(link.tile_diff, link.video)
         self.policy = EncodingPolicy(link.encoding)
         self.cond = threading.Condition()  # in-flight window and "the builder has work"
         self.kick = False
@@ -98,6 +103,7 @@ class ScreenEnd(ServiceEnd):
         with self.link.lock:
             self.builder.reset()
             self.builder.viewport = conn.viewport  # type: ignore[attr-defined]
+            self.builder.video.configure(conn.video_codecs)  # type: ignore[attr-defined]
         self.wake()
 
     def dispatch(self, conn: _DisplayServiceStream, msg: display_pb2.BackendMessage) -> None:
@@ -117,9 +123,15 @@ class ScreenEnd(ServiceEnd):
             conn.max_in_flight = max(1, o.max_frames_in_flight or 1)
             if o.max_frame_bytes:
                 conn.max_frame_bytes = o.max_frame_bytes
+            if o.HasField("video") and o.video.version == VIDEO_VERSION:
+                conn.video_codecs = [VIDEO_CODEC_NAME[c] for c in o.video.codecs if c in VIDEO_CODEC_NAME]
             conn.opened.set()
         elif kind == "notice":
             log.info("service notice", extra={"target": self.target, "notice": msg.notice.message})
+            if msg.notice.video_stream_id:  # a dropped video stream: its region is refreshed losslessly
+                with link.lock:
+                    self.builder.video.dropped(msg.notice.video_stream_id)
+                self.wake()
 
     def _acked(self, conn: _DisplayServiceStream, ack: display_pb2.FrameAck) -> None:
         now = time.perf_counter()
@@ -128,6 +140,9 @@ class ScreenEnd(ServiceEnd):
             self.cond.notify_all()
         stats = self.link.stats
         stats.frames_acked += 1
+        if ack.frame_id in conn.batch_ends:
+            conn.batch_ends.discard(ack.frame_id)
+            stats.pictures_presented += 1
         if sent is not None:
             sent_at, nbytes = sent
             service_s = max(0, ack.presented_ns - ack.received_ns) / 1e9
@@ -163,13 +178,18 @@ class ScreenEnd(ServiceEnd):
             return conn is None or not conn.alive
         return conn is None or not conn.alive or not conn.in_flight
 
+    def _window(self, conn: _DisplayServiceStream) -> int:
+        """Frames allowed in flight: the service's bound, tighter while video plays (a queue of pictures is
+        latency; the damage coalesces instead and the next picture is the newest)."""
+        return min(conn.max_in_flight, VIDEO_IN_FLIGHT) if self.builder.video.streams else conn.max_in_flight
+
     def run_sender(self) -> None:
         link = self.link
         while not link.stopping.is_set():
             with self.cond:
                 while not link.stopping.is_set():
                     conn = self.conn
-                    if self.kick and conn is not None and conn.alive and len(conn.in_flight) < conn.max_in_flight:
+                    if self.kick and conn is not None and conn.alive and len(conn.in_flight) < self._window(conn):
                         break
                     self.cond.wait(0.05)
                 self.kick = False
@@ -178,7 +198,7 @@ class ScreenEnd(ServiceEnd):
             with link.lock:
                 if not self.builder.dirty:
                     continue
-                batch = self.builder.take(link.model)
+                batch = self.builder.take(link.model, self.policy.link_bps)
                 self.sending = batch is not None
             if batch is None:
                 continue
@@ -191,11 +211,13 @@ class ScreenEnd(ServiceEnd):
                 continue
             for msg, payload in frames:
                 with self.cond:
-                    while conn.alive and len(conn.in_flight) >= conn.max_in_flight and not link.stopping.is_set():
+                    while conn.alive and len(conn.in_flight) >= self._window(conn) and not link.stopping.is_set():
                         self.cond.wait(0.05)
                     if not conn.alive:
                         break
                     conn.in_flight[msg.frame.frame_id] = (time.perf_counter(), payload)
+                    if msg is frames[-1][0]:
+                        conn.batch_ends.add(msg.frame.frame_id)
                 conn.send(msg)
                 link.stats.frames += 1
             with link.lock:

@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 
 from frontend_shim.links.base import LinkStats
 from frontend_shim.links.display_encoding import EncodingPolicy
+from frontend_shim.links.video_streams import VideoCut, VideoSettings, VideoStreams
 from rdv.display.v1 import display_pb2
 from services.common import codec, raster
 from services.common.raster import Rect, Surface
+from services.common.video_codec import VIDEO_VERSION
 from services.devices.svga import Copy, Cursor, CursorDefined, CursorMoved, Fill, Mode, ModeChanged, SvgaII, Update
-from services.devices.svga_convert import ENCODING_ENUM, cursor_to_proto
+from services.devices.svga_convert import ENCODING_ENUM, VIDEO_CODEC_ENUM, cursor_to_proto
 
 FRAME_PAYLOAD_BUDGET = 4 * 1024 * 1024  # split frames above this many payload bytes (service limit is 8 MiB)
 BAND_BYTES = 512 * 1024  # pixel rectangles larger than this are cut into row bands (pipelining, per-band auto)
@@ -37,6 +39,7 @@ class DisplayStats(LinkStats):
     fifo_errors: int = 0
     frames: int = 0
     frames_acked: int = 0
+    pictures_presented: int = 0  # batches (all damage of one take, maybe split in frames) wholly acknowledged
     pixel_rects: int = 0
     fills: int = 0
     copies: int = 0
@@ -46,6 +49,8 @@ class DisplayStats(LinkStats):
     tiles_skipped: int = 0
     pixel_bytes: int = 0  # decoded pixel bytes sent
     payload_bytes: int = 0  # encoded pixel bytes sent
+    video_frames: int = 0  # lossy video pictures sent (frontend_shim/links/video_streams.py)
+    video_bytes: int = 0
     encodings: Counter[str] = field(default_factory=Counter)
     latency_ns: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))  # oldest damage -> presented
 
@@ -105,14 +110,17 @@ class Batch:
     cursor_move: tuple[int, int, bool] | None
     full: bool
     sent_ns: int
+    video: list[VideoCut] = field(default_factory=list)  # video streams' pictures, encoded outside the lock
+    video_ends: list[int] = field(default_factory=list)
 
 
 class FrameBuilder:
     """One service's frame under construction. `add` and `take` run under the link's device lock."""
 
-    def __init__(self, tile_diff: bool) -> None:
+    def __init__(self, tile_diff: bool, video: VideoSettings) -> None:
         self.tile_diff = tile_diff
         self.viewport: Rect | None = None  # None: the whole desktop
+        self.video = VideoStreams(video)
         self.reset()
 
     def reset(self) -> None:
@@ -129,10 +137,18 @@ class FrameBuilder:
         self.shadow = bytearray()
         self.shadow_surface = Surface(0, 0, 0, 4)
         self.force_all = False  # the shadow cannot be trusted: send everything once and rebuild it
+        self.video.reset()
 
     @property
     def dirty(self) -> bool:
-        return bool(self.full or self.commands or self.pending or self.cursor_dirty or self.cursor_move is not None)
+        return bool(
+            self.full
+            or self.commands
+            or self.pending
+            or self.cursor_dirty
+            or self.cursor_move is not None
+            or self.video.dirty
+        )
 
     def _view(self, mode: Mode) -> Rect:
         desktop = Rect(0, 0, mode.width, mode.height)
@@ -147,7 +163,8 @@ class FrameBuilder:
         for e in effects:
             if isinstance(e, Update):
                 if not self.full:
-                    add_damage(self.pending, e.rect.intersection(view))
+                    for piece in self.video.observe(e.rect.intersection(view), time.monotonic()):  # video hook
+                        add_damage(self.pending, piece)
             elif isinstance(e, Fill):
                 if self.full or e.rect.intersection(view).empty:
                     continue
@@ -160,7 +177,7 @@ class FrameBuilder:
                 if self.full or dst.empty:
                     continue
                 src = Rect(e.src_x, e.src_y, e.rect.w, e.rect.h)
-                if not view.contains(src) or _overlaps_any(self.pending, src):
+                if not view.contains(src) or _overlaps_any(self.pending, src) or self.video.shadows(src):
                     add_damage(self.pending, dst)  # the service cannot copy what it does not have right
                     stats.copies_as_pixels += 1
                 else:
@@ -178,7 +195,7 @@ class FrameBuilder:
             self.pending.clear()
             self.verify.clear()
 
-    def take(self, model: SvgaII) -> Batch | None:
+    def take(self, model: SvgaII, link_bps: float = 125e6) -> Batch | None:
         mode, surface = model.mode, model.surface
         if surface is None or not mode.enabled:
             # Nothing to show; what is pending will be part of the full frame once there is.
@@ -198,8 +215,12 @@ class FrameBuilder:
             cursor = model.cursor
             pos = model.cursor_position
             cursor_move = (pos.x, pos.y, pos.visible)
+            self.video.reset()
+            cuts: list[VideoCut] = []
         else:
-            rects, commands = self.pending + self.verify, self.commands
+            # video hook: streams' damage leaves the lossless path, ended streams' regions come back to it
+            pending, cuts = self.video.claim(self.pending, model.vram, surface, time.monotonic(), link_bps)
+            rects, commands = pending + self.verify, self.commands
         pixels = [(r, raster.read_rect(model.vram, surface, r)) for r in rects if not r.empty]
         batch = Batch(
             mode=mode,
@@ -209,6 +230,8 @@ class FrameBuilder:
             cursor_move=cursor_move,
             full=self.full,
             sent_ns=self.first_ns or time.monotonic_ns(),
+            video=cuts,
+            video_ends=self.video.take_ends(),
         )
         self.full = False
         self.commands, self.pending, self.verify = [], [], []
@@ -252,6 +275,24 @@ class FrameBuilder:
                 _set_rect(u.copy.dst, r)
                 stats.copies += 1
         payload = decoded = 0
+        for sid in batch.video_ends:  # video hook: ended streams, then this frame's pictures
+            frame.updates.add().video_end.stream_id = sid
+        for v in self.video.encode(batch.video):
+            if len(frame.updates) and payload + len(v.payload) > FRAME_PAYLOAD_BUDGET:
+                out[-1] = (out[-1][0], payload)
+                frame = new_frame()
+                payload = decoded = 0
+            vf = frame.updates.add().video
+            vf.version, vf.stream_id, vf.keyframe = VIDEO_VERSION, v.stream_id, v.keyframe
+            vf.codec = VIDEO_CODEC_ENUM[v.codec]  # type: ignore[assignment]
+            _set_rect(vf.rect, v.rect)
+            vf.payload = v.payload
+            payload += len(v.payload)
+            decoded += v.rect.area * bypp
+            stats.video_frames += 1
+            stats.video_bytes += len(v.payload)
+            if self.tile_diff:
+                self._unknown_to_shadow(v.rect, v.pixels, mode.width, bypp)
         for rect, data in self._pixels_to_send(batch, bypp, stats):
             for band, chunk in _bands(rect, data, rect.w * bypp):
                 enc = policy.choose(chunk)
@@ -285,6 +326,13 @@ class FrameBuilder:
             stats.cursor_updates += 1
         return out
 
+    def _unknown_to_shadow(self, rect: Rect, pixels: bytes, width: int, bypp: int) -> None:
+        """The service shows lossy pixels here: make the shadow differ from every byte VRAM has now (its
+        inverse), so the lossless refresh after the stream is sent whole rather than skipped as known."""
+        surface = self.shadow_surface
+        if surface.width == width and surface.bytes_per_pixel == bypp:
+            raster.write_rect(self.shadow, surface, rect, pixels.translate(_INVERT))
+
     def _pixels_to_send(self, batch: Batch, bypp: int, stats: DisplayStats) -> list[tuple[Rect, bytes]]:
         if not self.tile_diff:
             return batch.pixels
@@ -312,6 +360,9 @@ class FrameBuilder:
                 raster.write_rect(shadow, surface, run, run_data)
                 out.append((run, run_data))
         return out
+
+
+_INVERT = bytes(255 - i for i in range(256))
 
 
 def _set_rect(msg: display_pb2.Rect, r: Rect) -> None:
