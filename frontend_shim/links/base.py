@@ -23,7 +23,6 @@ from services.common.retry import Backoff
 
 CoherenceMode = Literal["backend", "mirrored"]
 MODES: dict[str, int] = {"backend": common_pb2.COHERENCE_MODE_BACKEND, "mirrored": common_pb2.COHERENCE_MODE_MIRRORED}
-ALL_ONES = 0xFFFFFFFF
 BACKOFF_FIRST = 0.1  # seconds before the first reconnect attempt after a failed one
 BACKOFF_MAX = 1.0  # seconds between reconnect attempts at most: a restarted service is back in use within ~1 s
 RECONNECT_TIMEOUT = 2.0  # seconds one reconnect attempt may take to get `opened`
