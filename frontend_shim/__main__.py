@@ -16,6 +16,7 @@ COMMANDS = (
     "frontend_shim.cmd_forward_input",
     "frontend_shim.cmd_vfio_user",
     "frontend_shim.cmd_replay",
+    "frontend_shim.cmd_replay_frames",
 )
 
 

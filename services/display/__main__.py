@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="X,Y,W,H",
         help="part of the guest desktop this screen shows (default: all of it)",
     )
-    p.add_argument("--headless", action="store_true", help="never open a window (SDL's dummy video driver)")
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="never open a window: no SDL at all (with --presenter sdl: SDL's dummy video driver)",
+    )
     p.add_argument(
         "--presenter",
         choices=["auto", "sdl", "headless"],
@@ -65,7 +69,7 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
     info = server.service_info(
         "display",
         args.listen,
-        ["svga2", "coherence:backend", "coherence:mirrored", "encodings:raw,lzo,lz4,zstd", "screenshot"],
+        ["svga2", "coherence:backend", "coherence:mirrored", "encodings:raw,lzo,lz4,zstd,image", "screenshot"],
         {
             "viewport": "all" if v.whole else f"{v.x},{v.y},{v.width},{v.height}",
             "presenter": stage.presenter.name,

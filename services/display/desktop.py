@@ -147,7 +147,7 @@ class Desktop:
                     )
                 try:
                     data = payload if encoding == "raw" and len(payload) == expected else codec.decode(
-                        encoding, payload, expected
+                        encoding, payload, expected, rect.w
                     )
                 except codec.CodecError as exc:
                     raise FrameError(f"{where} {rect.w}x{rect.h}+{rect.x}+{rect.y}: {exc}") from None

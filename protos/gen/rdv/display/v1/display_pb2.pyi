@@ -15,11 +15,13 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_LZO: _ClassVar[Encoding]
     ENCODING_LZ4: _ClassVar[Encoding]
     ENCODING_ZSTD: _ClassVar[Encoding]
+    ENCODING_IMAGE: _ClassVar[Encoding]
 ENCODING_UNSPECIFIED: Encoding
 ENCODING_RAW: Encoding
 ENCODING_LZO: Encoding
 ENCODING_LZ4: Encoding
 ENCODING_ZSTD: Encoding
+ENCODING_IMAGE: Encoding
 
 class Rect(_message.Message):
     __slots__ = ("x", "y", "width", "height")
