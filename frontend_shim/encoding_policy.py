@@ -26,10 +26,13 @@ from services.common import codec
 
 ENCODINGS = (*codec.ENCODINGS, "auto")
 AUTO_CANDIDATES = ("raw", "lz4", "zstd", "image")
-# The display service's decode cost in ns per decoded byte (1.2 MB text and photo rectangles, this project's
-# 2-core VM, `python -m tests.bench.codecs`): raw is a slice.
-DECODE_NS = {"raw": 0.0, "lz4": 0.3, "zstd": 0.7, "image": 1.5, "lzo": 0.4}
-SLACK = 1.3  # candidates within 30 % of the fastest compete on bytes
+# Encode (shim, a starting point: learned from every encode) and decode (service, kept) cost in ns per pixel byte,
+# measured on 640x480 text and photo rectangles on this project's 2-core VM (`python -m tests.bench.codecs`);
+# image per method (0 stored, 1 palette, 2 planes); raw is a slice.
+ENCODE_NS = {"raw": 0.0, "lz4": 0.35, "zstd": 0.8, "lzo": 0.35, "image:0": 0.8, "image:1": 1.3, "image:2": 3.5}
+DECODE_NS = {"raw": 0.0, "lz4": 0.3, "zstd": 0.6, "lzo": 0.4, "image:0": 0.6, "image:1": 1.0, "image:2": 1.6}
+# Candidates within 25 % + 1.5 ns per byte (about 1.8 ms for a 640x480 window) of the fastest compete on bytes.
+SLACK, SLACK_NS = 1.25, 1.5
 GATE_WINDOW = 8
 GATE_REST = 64
 
@@ -46,16 +49,14 @@ class EncodingPolicy:
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}")
         self.encoding = encoding
         self.link_bps = 125e6  # until measured: 1 Gb/s
-        # Learned from every full encode: ns per input byte, and actual/sampled size ratio (1 = the sample is right).
-        self.encode_ns = {"raw": 0.0, "lz4": 0.7, "zstd": 2.0, "image": 4.0, "lzo": 1.0}
-        self.sample_bias = dict.fromkeys(AUTO_CANDIDATES, 1.0)
-        self.encode_seconds = 0.0  # all encoding and sampling, for the CPU-per-megapixel figure
+        # Learned from every full encode: actual / sample-estimated payload size, and ns per byte (per method).
+        self.size_bias = dict.fromkeys(AUTO_CANDIDATES, 1.0)
+        self.encode_ns = dict(ENCODE_NS)
 
     # ------------------------------------------------------------------ choosing and encoding
     def encode(self, data: Bytes, width: int) -> tuple[str, bytes]:
         """(encoding, payload) for `data`: packed 32-bit rows `width` pixels wide, or any bytes (then image is
         only used when asked for)."""
-        started = time.perf_counter()
         n = len(data)
         estimate = None
         if self.encoding != "auto":
@@ -64,31 +65,36 @@ class EncodingPolicy:
             enc = "raw"
         else:
             enc, estimate = self.choose(data, width)
-        payload = self._timed(enc, data, width)
-        if estimate is not None and estimate > 0:
-            b = self.sample_bias[enc]
-            self.sample_bias[enc] = min(4.0, max(0.25, 0.8 * b + 0.2 * len(payload) / estimate))
+        started = time.perf_counter()
+        payload = codec.encode(enc, data, width)
+        seconds = time.perf_counter() - started
+        if enc != "raw" and n >= 65536:
+            key = _key(enc, payload)
+            self.encode_ns[key] = _ewma(self.encode_ns[key], seconds * 1e9 / n)
+        if estimate is not None and enc != "raw":
+            self.size_bias[enc] = _ewma(self.size_bias[enc], len(payload) / max(1.0, estimate))
         if enc != "raw" and len(payload) >= n:
             enc, payload = "raw", bytes(data)
-        self.encode_seconds += time.perf_counter() - started
         return enc, payload
 
     def choose(self, data: Bytes, width: int) -> tuple[str, float]:
-        """The `auto` choice for `data` and its estimated payload bytes."""
+        """The `auto` choice for `data`, with its estimated payload bytes."""
         n = len(data)
         row = width * 4 if width > 0 and n % (width * 4) == 0 else 0
         sample = self._sample(data, row)
-        ratio = {"raw": 1.0}
+        wire_ns = 1e9 / self.link_bps
+        est = {"raw": (1.0, 0.0, 0.0)}  # ratio, encode ns/B, decode ns/B
         for enc in AUTO_CANDIDATES[1:]:
             if enc == "image" and not row:
                 continue
-            ratio[enc] = min(1.0, len(codec.encode(enc, sample, width)) / len(sample) * self.sample_bias[enc])
-        wire_ns = 1e9 / self.link_bps
-        cost = {e: self.encode_ns[e] + r * wire_ns + DECODE_NS[e] for e, r in ratio.items()}
-        fastest = min(cost.values())
-        fit = [e for e in cost if cost[e] <= fastest * SLACK + 1e-9]
-        enc = min(fit, key=lambda e: (ratio[e], cost[e]))
-        return enc, ratio[enc] * n
+            payload = codec.encode(enc, sample, width)
+            ratio = min(1.0, len(payload) / len(sample) * self.size_bias[enc])
+            key = _key(enc, payload)
+            est[enc] = (ratio, self.encode_ns[key], DECODE_NS[key])
+        cost = {e: enc_ns + ratio * wire_ns + dec_ns for e, (ratio, enc_ns, dec_ns) in est.items()}
+        allowed = min(cost.values()) * SLACK + SLACK_NS
+        enc = min((e for e in cost if cost[e] <= allowed), key=lambda e: (est[e][0], cost[e]))
+        return enc, est[enc][0] * n
 
     def _sample(self, data: Bytes, row: int) -> bytes:
         """Strips of whole rows from the top, the middle and the bottom third (all of `data` when small)."""
@@ -103,19 +109,20 @@ class EncodingPolicy:
         starts = [min(rows - per, rows * k // (2 * self._STRIPS)) for k in (1, 3, 5)]
         return b"".join(bytes(data[y * row : (y + per) * row]) for y in starts)
 
-    def _timed(self, enc: str, data: Bytes, width: int) -> bytes:
-        t = time.perf_counter()
-        payload = codec.encode(enc, data, width)
-        seconds = time.perf_counter() - t
-        if enc != "raw" and len(data) >= 16384 and seconds > 0:
-            self.encode_ns[enc] = 0.8 * self.encode_ns[enc] + 0.2 * (seconds * 1e9 / len(data))
-        return payload
-
     # ------------------------------------------------------------------ measurements
     def link(self, nbytes: int, seconds: float) -> None:
         """A frame of `nbytes` payload took `seconds` on the wire (send to acknowledgement, minus the service)."""
         if nbytes >= 65536 and seconds > 0:
-            self.link_bps = 0.8 * self.link_bps + 0.2 * (nbytes / max(seconds, 50e-6))
+            self.link_bps = _ewma(self.link_bps, nbytes / max(seconds, 50e-6))
+
+
+def _key(encoding: str, payload: bytes) -> str:
+    """The cost tables' key: image's cost depends on its method (the payload's first byte)."""
+    return f"image:{payload[0]}" if encoding == "image" and payload else encoding
+
+
+def _ewma(old: float, new: float) -> float:
+    return 0.8 * old + 0.2 * new
 
 
 class TileDiffGate:

@@ -25,25 +25,26 @@ def auto(link_bps: float) -> EncodingPolicy:
 def test_auto_follows_content_and_link() -> None:
     assert auto(MBIT_100).choose(NOISE, 640)[0] == "raw"  # incompressible: compression only costs time
     assert auto(MBIT_100).encode(b"\x01" * 100, 25)[0] == "raw"  # tiny: the codec call costs more than the bytes
-    assert auto(10e9).choose(TEXT, 640)[0] == "raw"  # a link faster than any codec: raw
+    # A link faster than any codec: only the cheap byte compressors are worth their time.
+    assert auto(10e9).choose(TEXT, 640)[0] in ("lz4", "zstd")
     # A link that is the bottleneck: photos are not sent raw when their encoded form is half the size.
     assert auto(MBIT_100).choose(PHOTO, 640)[0] == "image"
     assert auto(MBIT_100).choose(TEXT, 640)[0] == "image"
-    # Loopback: text still goes image (few bytes for little time); the photo goes raw, which is clearly faster.
+    # Loopback: text still goes image (few bytes for little time); the photo not: raw or zstd are much faster.
     assert auto(LOOPBACK).choose(TEXT, 640)[0] == "image"
-    assert auto(LOOPBACK).choose(PHOTO, 640)[0] == "raw"
+    assert auto(LOOPBACK).choose(PHOTO, 640)[0] in ("raw", "zstd")
     assert auto(MBIT_100).choose(NOISE[:100_000], 0)[0] == "raw"  # no width: image is not a candidate
 
 
 def test_auto_estimate_is_close_and_learns_from_full_encodes() -> None:
     p = auto(MBIT_100)
-    enc, estimate = p.choose(PHOTO, 640)
+    enc, size = p.choose(PHOTO, 640)
     actual = len(codec.encode(enc, PHOTO, 640))
-    assert 0.7 < estimate / actual < 1.4
+    assert 0.7 < size / actual < 1.4
     for _ in range(5):
         p.encode(PHOTO, 640)
-    assert p.encode_ns["image"] != EncodingPolicy("auto").encode_ns["image"]  # measured, not assumed
-    assert 0.7 < p.sample_bias["image"] < 1.4
+    assert p.size_bias["image"] != 1.0 and 0.7 < p.size_bias["image"] < 1.4  # measured against the sample
+    assert p.encode_ns["image:2"] != EncodingPolicy("auto").encode_ns["image:2"]  # measured, not assumed
 
 
 @pytest.mark.parametrize("encoding", ["lzo", "lz4", "zstd", "image"])
