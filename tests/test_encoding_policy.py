@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from frontend_shim.encoding_policy import GATE_REST, GATE_WINDOW, EncodingPolicy, TileDiffGate
+from frontend_shim.links.encoding_policy import GATE_REST, GATE_WINDOW, EncodingPolicy, TileDiffGate
 from services.common import codec
 from tests.bench import screens
 

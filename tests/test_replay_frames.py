@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from frontend_shim.processes import ROOT
+from frontend_shim.commands.processes import ROOT
 from tests.bench import screens
 
 W, H = 320, 240

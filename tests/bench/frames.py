@@ -18,8 +18,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from frontend_shim.cmd_replay_frames import parse_steps, replay
-from frontend_shim.processes import start_service
+from frontend_shim.commands.processes import start_service
+from frontend_shim.commands.replay_frames import parse_steps, replay
 from tests.bench import screens
 from tests.bench.netlinks import Link
 from tests.bench.stats import record

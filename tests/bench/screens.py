@@ -17,7 +17,7 @@ import random
 
 import numpy as np
 
-from frontend_shim.scripted_svga import CELL_H, CELL_W, GLYPH_H, GLYPH_SCALE, GLYPH_W, _make_glyphs
+from frontend_shim.guests.scripted_svga import CELL_H, CELL_W, GLYPH_H, GLYPH_SCALE, GLYPH_W, _make_glyphs
 
 _GLYPHS = _make_glyphs(random.Random(1))
 

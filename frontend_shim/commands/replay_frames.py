@@ -28,13 +28,14 @@ from dataclasses import dataclass
 
 import grpc
 
-from frontend_shim.byte_relay import ByteRelay
-from frontend_shim.display_link import ENCODINGS, DisplayLink
-from frontend_shim.scripted_svga import VRAM_SIZE, GuestError, ScriptedSvgaDriver, new_memory
+from frontend_shim.commands import options
+from frontend_shim.guests.scripted_svga import VRAM_SIZE, GuestError, ScriptedSvgaDriver, new_memory
+from frontend_shim.links.byte_relay import ByteRelay
+from frontend_shim.links.display import ENCODINGS, DisplayLink
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import raster
+from services.common.png import bgrx_to_rgb, decode
 from services.common.raster import Rect
-from services.display.png import bgrx_to_rgb, decode
 
 EXIT_NO_SERVICE, EXIT_BAD_INPUT, EXIT_MISMATCH = 1, 2, 3
 GAP_MS = 1000 / 60 + 1
@@ -62,7 +63,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--input", required=True, metavar="FILE.jsonl", help="the guest's steps, one JSON object a line")
-    p.add_argument("--display", default=os.environ.get("RDV_DISPLAY", "127.0.0.1:50052"), help="display HOST:PORT")
+    p.add_argument(
+        "--display",
+        default=os.environ.get("RDV_DISPLAY", options.DEFAULT_DISPLAY),
+        help=f"display service HOST:PORT (default $RDV_DISPLAY or {options.DEFAULT_DISPLAY})",
+    )
     p.add_argument("--encoding", choices=ENCODINGS, default="auto", help="pixel encoding (auto: per rectangle)")
     p.add_argument("--tile-diff", action="store_true", help="send only tiles that differ from what the service has")
     p.add_argument("--width", type=int, default=800, help="desktop width (default 800)")
