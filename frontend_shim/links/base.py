@@ -135,6 +135,7 @@ class DeviceLink:
         self._make_message = make_message  # the service's FrontendMessage class
         self._seq = itertools.count(1)
         self._threads: list[threading.Thread] = []
+        self._holding: list[SessionStream] = []  # the streams hold_writes() held
 
     # ------------------------------------------------------------------ what subclasses say
     def _request_stream(self) -> SessionStream | None:
@@ -171,6 +172,19 @@ class DeviceLink:
                 else:
                     self.stopping.wait(backoff.next())
                     self.wake_supervisor.set()
+
+    # ------------------------------------------------------------------ posted writes
+    def hold_writes(self) -> None:
+        """`frontend_shim.guests.guest.HoldsWrites`: posted writes wait until release_writes()
+        (SessionStream.hold)."""
+        self._holding = [end.conn for end in self._ends() if end.conn is not None]
+        for conn in self._holding:
+            conn.hold()
+
+    def release_writes(self) -> None:
+        held, self._holding = self._holding, []
+        for conn in held:
+            conn.release()
 
     # ------------------------------------------------------------------ requests and replies
     def _received(self, msg: Any) -> None:

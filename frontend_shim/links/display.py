@@ -22,9 +22,9 @@ Coherence modes, and where the FIFO runs:
 
 The link in parts: this file is the device trap (the guest's port accesses, the FIFO passes and their
 results); `display_frames.py` turns a pass's effects into frames per service (damage, commands, pixels, tile
-diff) and `display_encoding.py` chooses each rectangle's encoding; `display_flow.py` keeps one `ScreenEnd` per
-service with its stream, its window of frames in flight and its sender thread; `base.py` has what every link
-shares (round trips, reconnection).
+diff), `encoding_policy.py` chooses each rectangle's encoding (and whether tile diff pays), and
+`display_flow.py` keeps one `ScreenEnd` per service with its stream, its window of frames in flight and its
+sender thread; `base.py` has what every link shares (round trips, reconnection, held writes).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from collections.abc import Sequence
 import grpc
 
 from frontend_shim.links.base import CoherenceMode, DeviceLink, ServiceEnd
-from frontend_shim.links.display_encoding import ENCODINGS
 from frontend_shim.links.display_flow import ScreenEnd
 from frontend_shim.links.display_frames import DisplayStats
+from frontend_shim.links.encoding_policy import ENCODINGS
 from frontend_shim.links.session_stream import SessionStream
 from frontend_shim.links.video_streams import VideoSettings
 from rdv.common.v1 import common_pb2

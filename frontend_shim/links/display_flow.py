@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import grpc
 
 from frontend_shim.links.base import MODES, ServiceEnd
-from frontend_shim.links.display_encoding import EncodingPolicy
 from frontend_shim.links.display_frames import DisplayStats, FrameBuilder
+from frontend_shim.links.encoding_policy import EncodingPolicy
 from frontend_shim.links.session_stream import SessionStream
 from frontend_shim.links.video_streams import VIDEO_IN_FLIGHT, VideoSettings
 from rdv.common.v1 import common_pb2

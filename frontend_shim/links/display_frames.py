@@ -17,10 +17,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from frontend_shim.links.base import LinkStats
-from frontend_shim.links.display_encoding import EncodingPolicy
+from frontend_shim.links.encoding_policy import EncodingPolicy, TileDiffGate
 from frontend_shim.links.video_streams import VideoCut, VideoSettings, VideoStreams
 from rdv.display.v1 import display_pb2
-from services.common import codec, raster
+from services.common import raster
 from services.common.raster import Rect, Surface
 from services.common.video_codec import VIDEO_VERSION
 from services.devices.svga import Copy, Cursor, CursorDefined, CursorMoved, Fill, Mode, ModeChanged, SvgaII, Update
@@ -49,6 +49,8 @@ class DisplayStats(LinkStats):
     tiles_skipped: int = 0
     pixel_bytes: int = 0  # decoded pixel bytes sent
     payload_bytes: int = 0  # encoded pixel bytes sent
+    encode_ns: int = 0  # shim time spent choosing and encoding pixel payloads
+    tile_diff_rests: int = 0  # times tile diff switched itself off because it did not pay
     video_frames: int = 0  # lossy video pictures sent (frontend_shim/links/video_streams.py)
     video_bytes: int = 0
     encodings: Counter[str] = field(default_factory=Counter)
@@ -119,6 +121,7 @@ class FrameBuilder:
 
     def __init__(self, tile_diff: bool, video: VideoSettings) -> None:
         self.tile_diff = tile_diff
+        self.gate = TileDiffGate(tile_diff)
         self.viewport: Rect | None = None  # None: the whole desktop
         self.video = VideoStreams(video)
         self.reset()
@@ -293,12 +296,11 @@ class FrameBuilder:
             stats.video_bytes += len(v.payload)
             if self.tile_diff:
                 self._unknown_to_shadow(v.rect, v.pixels, mode.width, bypp)
-        for rect, data in self._pixels_to_send(batch, bypp, stats):
+        for rect, data in self._pixels_to_send(batch, bypp, stats, policy.link_bps):
             for band, chunk in _bands(rect, data, rect.w * bypp):
-                enc = policy.choose(chunk)
-                t = time.perf_counter()
-                encoded = codec.encode(enc, chunk)
-                policy.encoded(enc, len(chunk), len(encoded), time.perf_counter() - t)
+                t = time.perf_counter_ns()
+                enc, encoded = policy.encode(chunk, band.w if bypp == 4 else 0)
+                stats.encode_ns += time.perf_counter_ns() - t
                 if len(frame.updates) and (
                     payload + len(encoded) > FRAME_PAYLOAD_BUDGET or decoded + len(chunk) > max_frame
                 ):
@@ -333,7 +335,9 @@ class FrameBuilder:
         if surface.width == width and surface.bytes_per_pixel == bypp:
             raster.write_rect(self.shadow, surface, rect, pixels.translate(_INVERT))
 
-    def _pixels_to_send(self, batch: Batch, bypp: int, stats: DisplayStats) -> list[tuple[Rect, bytes]]:
+    def _pixels_to_send(
+        self, batch: Batch, bypp: int, stats: DisplayStats, link_bps: float
+    ) -> list[tuple[Rect, bytes]]:
         if not self.tile_diff:
             return batch.pixels
         mode = batch.mode
@@ -343,22 +347,28 @@ class FrameBuilder:
                 self.shadow = bytearray(mode.width * mode.height * bypp)  # the service starts black too
                 self.shadow_surface = surface
         shadow = self.shadow
-        if self.force_all:
-            self.force_all = False
-            for rect, data in batch.pixels:
-                raster.write_rect(shadow, surface, rect, data)
-            return batch.pixels
         for c in batch.commands:  # the service will do these first: so does the shadow
             if c[0] == "fill":
                 raster.fill(shadow, surface, c[1], c[2])
             else:
                 _, sx, sy, r = c
                 raster.copy(shadow, surface, Rect(sx, sy, r.w, r.h), r.x, r.y)
+        if self.force_all or not self.gate.active():  # everything goes; the shadow only follows
+            self.force_all = False
+            for rect, data in batch.pixels:
+                raster.write_rect(shadow, surface, rect, data)
+            return batch.pixels
         out: list[tuple[Rect, bytes]] = []
+        started, sent = time.perf_counter(), 0
         for rect, data in batch.pixels:
             for run, run_data in _changed_tiles(shadow, surface, rect, data, stats):
                 raster.write_rect(shadow, surface, run, run_data)
                 out.append((run, run_data))
+                sent += len(run_data)
+        total = sum(len(data) for _, data in batch.pixels)
+        rests = self.gate.switched_off
+        self.gate.record(total, total - sent, time.perf_counter() - started, link_bps)
+        stats.tile_diff_rests += self.gate.switched_off - rests
         return out
 
 
