@@ -11,7 +11,6 @@
   their sample. Among the candidates within SLACK of the fastest it takes the smallest: bytes are what a user
   pays on Wi-Fi or a shared link, and a few percent of latency buys a lot of them. So on a slow link photos go
   `image` (half of raw); on loopback they go raw when that is clearly faster; text goes `image` everywhere.
-  lzo (the paper's codec) is never faster than lz4 nor smaller than zstd here (README), so `auto` leaves it out.
 
 `TileDiffGate` switches tile diff off while it does not pay: it compares, per batch, what comparing cost in
 shim time with the wire time the skipped bytes saved; after GATE_WINDOW batches that did not pay it rests for
@@ -25,7 +24,7 @@ import time
 from services.common import codec
 
 ENCODINGS = (*codec.ENCODINGS, "auto")
-AUTO_CANDIDATES = ("raw", "lz4", "zstd", "image")
+AUTO_CANDIDATES = ("raw", "lz4", "lzo", "zstd", "image")
 # Encode (shim, a starting point: learned from every encode) and decode (service, kept) cost in ns per pixel byte,
 # measured on 640x480 text and photo rectangles on this project's 2-core VM (`python -m tests.bench.codecs`);
 # image per method (0 stored, 1 palette, 2 planes); raw is a slice.
