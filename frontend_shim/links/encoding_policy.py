@@ -32,6 +32,7 @@ ENCODE_NS = {"raw": 0.0, "lz4": 0.35, "zstd": 0.8, "lzo": 0.35, "image:0": 0.8, 
 DECODE_NS = {"raw": 0.0, "lz4": 0.3, "zstd": 0.6, "lzo": 0.4, "image:0": 0.6, "image:1": 1.0, "image:2": 1.6}
 # Candidates within 25 % + 1.5 ns per byte (about 1.8 ms for a 640x480 window) of the fastest compete on bytes.
 SLACK, SLACK_NS = 1.25, 1.5
+DRIFT = 0.05  # per encode, how far figures not measured then move back to their defaults
 GATE_WINDOW = 8
 GATE_REST = 64
 
@@ -69,7 +70,13 @@ class EncodingPolicy:
         seconds = time.perf_counter() - started
         if enc != "raw" and n >= 65536:
             key = _key(enc, payload)
-            self.encode_ns[key] = _ewma(self.encode_ns[key], seconds * 1e9 / n)
+            # A preempted encode (a busy host) may take 10x its time: one sample moves the figure at most 2x,
+            # and figures not refreshed drift back to the measured defaults (so a candidate that looked slow
+            # once is tried again instead of being shut out for good).
+            self.encode_ns[key] = _ewma(self.encode_ns[key], min(seconds * 1e9 / n, 2 * self.encode_ns[key]))
+            for other in self.encode_ns:
+                if other != key:
+                    self.encode_ns[other] += (ENCODE_NS[other] - self.encode_ns[other]) * DRIFT
         if estimate is not None and enc != "raw":
             self.size_bias[enc] = _ewma(self.size_bias[enc], len(payload) / max(1.0, estimate))
         if enc != "raw" and len(payload) >= n:
