@@ -56,8 +56,8 @@ class Encoder(Protocol):
 class Decoder(Protocol):
     codec: str
 
-    def decode(self, payload: bytes) -> bytes:
-        """One payload -> BGRX rows of the stream's size."""
+    def decode(self, payload: bytes) -> memoryview:
+        """One payload -> BGRX rows of the stream's size (a flat byte view, not copied again)."""
         ...
 
 
@@ -65,6 +65,13 @@ def _frame_array(bgrx: bytes | memoryview, width: int, height: int):  # noqa: AN
     import numpy as np
 
     return np.frombuffer(bgrx, dtype=np.uint8).reshape(height, width, 4)
+
+
+def _flat(arr) -> memoryview:  # noqa: ANN001 - a numpy array
+    """A decoded picture as flat bytes without a copy (numpy hands out a C-contiguous array)."""
+    import numpy as np
+
+    return np.ascontiguousarray(arr).reshape(-1).data
 
 
 class H264Encoder:
@@ -154,7 +161,7 @@ class H264Decoder:
         # A truncated or damaged payload is an error, not a picture patched up by error concealment.
         self._ctx.options = {"err_detect": "explode+crccheck+bitstream+buffer"}
 
-    def decode(self, payload: bytes) -> bytes:
+    def decode(self, payload: bytes) -> memoryview:
         import av
 
         try:
@@ -168,7 +175,7 @@ class H264Decoder:
             raise VideoError("h264: the picture decoded with errors")
         if (frame.width, frame.height) != (self.width, self.height):
             raise VideoError(f"h264: a {frame.width}x{frame.height} picture for a {self.width}x{self.height} stream")
-        return frame.to_ndarray(format="bgra").tobytes()
+        return _flat(frame.to_ndarray(format="bgra"))
 
 
 class JpegDecoder:
@@ -177,14 +184,14 @@ class JpegDecoder:
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
 
-    def decode(self, payload: bytes) -> bytes:
+    def decode(self, payload: bytes) -> memoryview:
         import simplejpeg
 
         try:
             h, w, _, _ = simplejpeg.decode_jpeg_header(payload)
             if (w, h) != (self.width, self.height):
                 raise VideoError(f"jpeg: a {w}x{h} picture for a {self.width}x{self.height} stream")
-            return simplejpeg.decode_jpeg(payload, colorspace="BGRA").tobytes()
+            return _flat(simplejpeg.decode_jpeg(payload, colorspace="BGRA"))
         except ValueError as exc:  # simplejpeg's errors are ValueErrors too
             raise VideoError(str(exc) if str(exc).startswith("jpeg") else f"jpeg: {exc}") from None
 
