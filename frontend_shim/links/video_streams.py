@@ -152,8 +152,13 @@ class VideoStreams:
             log.info("video codec unavailable, falling back", extra={"wanted": wanted, "using": self.codec or "off"})
 
     def reset(self) -> None:
-        """The service starts over (full frame, mode change): no stream survives."""
+        """A new session at the service: it knows no stream."""
         self.streams, self.candidates, self.ends, self.refresh = [], [], [], []
+
+    def end_all(self) -> None:
+        """A full redraw in the same session: every stream ends (the service hears it), the redraw is lossless."""
+        self.ends += [s.stream_id for s in self.streams]
+        self.streams, self.candidates, self.refresh = [], [], []
 
     @property
     def active(self) -> bool:
