@@ -218,7 +218,7 @@ class FrameBuilder:
             cursor = model.cursor
             pos = model.cursor_position
             cursor_move = (pos.x, pos.y, pos.visible)
-            self.video.reset()
+            self.video.end_all()
             cuts: list[VideoCut] = []
         else:
             # video hook: streams' damage leaves the lossless path, ended streams' regions come back to it
