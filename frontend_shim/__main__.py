@@ -6,7 +6,9 @@ import argparse
 import importlib
 import sys
 
-from services.common import logs
+from services.common import logs, settings
+from services.common.settings import Setting
+from services.common.version import VERSION
 
 # Each command lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = (
@@ -20,11 +22,12 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m frontend_shim",
+    p = settings.SettingsParser(
+        prog="rdv-shim",
         description="rdv frontend shim: traps a guest's device accesses and serves them from remote rdv services.",
     )
-    p.add_argument("--log-level", default=None, help="debug, info, warning (default $RDV_LOG_LEVEL or warning)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    p.add_settings([Setting("--log-level", "warning", "RDV_LOG_LEVEL", settings.log_level, help="default warning")])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
