@@ -2,35 +2,36 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
+from frontend_shim.commands import options
 from services.common import logs, settings
-from services.common.settings import Setting
 from services.common.version import VERSION
 
 # Each command lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = (
-    "frontend_shim.cmd_play",
-    "frontend_shim.cmd_demo",
-    "frontend_shim.cmd_draw_demo",
-    "frontend_shim.cmd_forward_input",
-    "frontend_shim.cmd_vfio_user",
-    "frontend_shim.cmd_replay",
+    "frontend_shim.commands.play",
+    "frontend_shim.commands.demo",
+    "frontend_shim.commands.draw_demo",
+    "frontend_shim.commands.forward_input",
+    "frontend_shim.commands.serve_vfio_user",
+    "frontend_shim.commands.replay",
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> settings.SettingsParser:
     p = settings.SettingsParser(
         prog="rdv-shim",
         description="rdv frontend shim: traps a guest's device accesses and serves them from remote rdv services.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
-    p.add_settings([Setting("--log-level", "warning", "RDV_LOG_LEVEL", settings.log_level, help="default warning")])
+    options.log_level(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
+    for command in sub.choices.values():
+        options.log_level(command, top=False)
     return p
 
 

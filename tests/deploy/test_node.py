@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from frontend_shim.pcm import PcmFormat, melody, write_wav
-from services.display.png import decode
+from frontend_shim.guests.pcm import PcmFormat, melody, write_wav
+from services.common.png import decode
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.deploy
