@@ -44,6 +44,7 @@ class Metrics:
         global _latency, _service
         import prometheus_client as prom
 
+        prom.disable_created_metrics()  # no *_created series: nothing here needs them
         self.service = service
         self.registry = prom.CollectorRegistry()
         prom.ProcessCollector(registry=self.registry)
@@ -61,12 +62,15 @@ class Metrics:
         _service = service
         self._server: Any = None
 
-    def watch_sessions(self, list_sessions: ListSessions, loop: asyncio.AbstractEventLoop) -> None:
-        self.registry.register(_SessionCollector(self.service, list_sessions, loop))
-
-    def start(self, host: str, port: int) -> int:
-        """Serve /metrics; returns the bound port (port 0 picks one)."""
+    def serve(self, servicer: object, host: str, port: int) -> int:
+        """Serve /metrics (from the running event loop); returns the bound port (port 0 picks one).
+        The sessions are what `servicer.ListSessions` reports."""
         import prometheus_client as prom
+
+        list_sessions = getattr(servicer, "ListSessions", None)
+        if list_sessions is not None:
+            ask: ListSessions = lambda: list_sessions(common_pb2.ListSessionsRequest(), None)  # noqa: E731
+            self.registry.register(_SessionCollector(self.service, ask, asyncio.get_running_loop()))
 
         self._server, _thread = prom.start_http_server(port, addr=host, registry=self.registry)
         return self._server.server_address[1]

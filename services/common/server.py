@@ -66,7 +66,7 @@ def common_settings(default_port: int) -> list[Setting]:
                 help="open sessions (streams) this service accepts at once; more are refused with RESOURCE_EXHAUSTED"),
         Setting("--metrics-port", None, "RDV_METRICS_PORT", settings.number(0, 65535, integer=True), metavar="PORT",
                 help="serve Prometheus metrics over HTTP on this port (0: a free one; default: none)"),
-        Setting("--metrics-host", "0.0.0.0", "RDV_METRICS_HOST", metavar="HOST",
+        Setting("--metrics-host", "127.0.0.1", "RDV_METRICS_HOST", metavar="HOST",
                 help="address the metrics port listens on"),
     ]  # fmt: skip
 
@@ -154,24 +154,20 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
         parts.info.listen = args.listen
     await server.start()
     if measure is not None:
-        list_sessions = getattr(parts.servicer, "ListSessions", None)
-        if list_sessions is not None:
-            measure.watch_sessions(
-                lambda: list_sessions(common_pb2.ListSessionsRequest(), None), asyncio.get_running_loop()
-            )
         try:
-            metrics_port = measure.start(args.metrics_host, args.metrics_port)
+            metrics_port = measure.serve(parts.servicer, args.metrics_host, args.metrics_port)
         except OSError as exc:
             await server.stop(None)
             raise SystemExit(
                 f"rdv {service}: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror}"
             ) from None
-        print(f"rdv {service} metrics on http://{args.metrics_host}:{metrics_port}/metrics", flush=True)
-        log.info("metrics", extra={"port": metrics_port})
     for name in [*parts.names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"rdv {service} listening on {args.listen}", flush=True)
     log.info("serving", extra={"listen": args.listen})
+    if measure is not None:  # after the line above, which scripts wait for first
+        print(f"rdv {service} metrics on http://{args.metrics_host}:{metrics_port}/metrics", flush=True)
+        log.info("metrics", extra={"port": metrics_port})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

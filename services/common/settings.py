@@ -46,8 +46,13 @@ class _FromEnvironment:
 class SettingsParser(argparse.ArgumentParser):
     """An ArgumentParser that takes `Setting` tables and reports bad environment values as usage errors."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings_table: list[Setting] = []  # every Setting added, in order
+
     def add_settings(self, settings: Iterable[Setting]) -> None:
         for s in settings:
+            self.settings_table.append(s)
             raw = os.environ.get(s.env, "") if s.env else ""
             parse = boolean if s.switch else s.parse
             default = _FromEnvironment(s.env, raw, parse) if raw else s.default
