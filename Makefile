@@ -8,7 +8,7 @@ STAMP := $(VENV)/.rdv-installed
 # Debian packages: ALSA and LZO headers to build pyalsaaudio and python-lzo, ALSA's plugins and tools,
 # QEMU for the tests against real peers.
 APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils \
-	xvfb xdotool imagemagick
+	xvfb xauth xdotool imagemagick
 PYTEST_ARGS ?=
 
 .PHONY: setup proto test test-live test-deploy lock run bench fuzz lint clean

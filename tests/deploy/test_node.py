@@ -14,10 +14,12 @@ import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +36,7 @@ pytestmark = pytest.mark.deploy
 README = ROOT / "deploy" / "README.md"
 DEFAULT_PORTS = {"50051": "audio", "50052": "display", "50053": "input"}
 SONG = PcmFormat(44100, 2, 16)  # rate, channels, bits
-BLOCK = re.compile(r"^```sh( air-gapped)?\n(.*?)^```$", re.S | re.M)
+BLOCK = re.compile(r"^```sh(?: ([\w-]+))?\n(.*?)^```$", re.S | re.M)
 STEP_TIMEOUT = 1200.0  # a first build from scratch on a busy 2-core machine
 
 
@@ -44,9 +46,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def readme_blocks() -> list[tuple[bool, str]]:
-    """(air-gapped only, script) for each ```sh block, in order."""
-    return [(bool(m.group(1)), m.group(2)) for m in BLOCK.finditer(README.read_text())]
+def readme_blocks() -> list[tuple[str, str]]:
+    """(tag, script) for each ```sh block, in order: tag "" runs always, "air-gapped" where the pinned base cannot
+    be pulled, "x11" with an X screen."""
+    return [(m.group(1) or "", m.group(2)) for m in BLOCK.finditer(README.read_text())]
 
 
 @dataclass
@@ -57,10 +60,13 @@ class Node:
     project: str
     outputs: list[tuple[str, subprocess.CompletedProcess]] = field(default_factory=list)
 
-    def sh(self, script: str, timeout: float = STEP_TIMEOUT) -> subprocess.CompletedProcess:
+    def sh(
+        self, script: str, timeout: float = STEP_TIMEOUT, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         for default, service in DEFAULT_PORTS.items():
             script = re.sub(rf"\b{default}\b(?!/)", str(self.ports[service]), script)
-        res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=self.deploy, env=self.env,
+        env = {**self.env, **(env or {})}
+        res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=self.deploy, env=env,
                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
         self.outputs.append((script, res))
         return res
@@ -72,8 +78,12 @@ class Node:
     def leftovers(self) -> str:
         label = f"label=com.docker.compose.project={self.project}"
         found = [
-            subprocess.run(["docker", kind, "ls", "-q", *(["-a"] if kind == "container" else []), "--filter", label],
-                           capture_output=True, text=True, timeout=60).stdout.strip()  # fmt: skip
+            subprocess.run(
+                ["docker", kind, "ls", "-q", *(["-a"] if kind == "container" else []), "--filter", label],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout.strip()  # fmt: skip
             for kind in ("container", "network")
         ]
         return " ".join(x for x in found if x)
@@ -119,16 +129,20 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     n.compose("down", "-v", "--remove-orphans", timeout=120)
 
 
+def run_block(node: Node, script: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    res = node.sh(script, env=env)
+    if res.returncode != 0:
+        logs = node.compose("logs", "--no-color", "--tail", "40").stdout
+        pytest.fail(f"README block failed ({res.returncode}):\n{script}\n--- stdout\n{res.stdout}\n"
+                    f"--- stderr\n{res.stderr[-4000:]}\n--- compose logs\n{logs}")  # fmt: skip
+    return res
+
+
 def run_readme(node: Node) -> None:
     pullable = base_pullable()
-    for air_gapped, script in readme_blocks():
-        if air_gapped and pullable:
-            continue
-        res = node.sh(script)
-        if res.returncode != 0:
-            logs = node.compose("logs", "--no-color", "--tail", "40").stdout
-            pytest.fail(f"README block failed ({res.returncode}):\n{script}\n--- stdout\n{res.stdout}\n"
-                        f"--- stderr\n{res.stderr[-4000:]}\n--- compose logs\n{logs}")  # fmt: skip
+    for tag, script in readme_blocks():
+        if tag == "" or (tag == "air-gapped" and not pullable):
+            run_block(node, script)
 
 
 def output_of(node: Node, needle: str) -> subprocess.CompletedProcess:
@@ -181,3 +195,53 @@ def test_unreadable_files_are_named_in_one_line(node: Node, tmp_path: Path) -> N
     lines = [line for line in res.stderr.splitlines() if line.startswith("rdv")]
     assert lines == ["rdv: cannot read /etc/rdv/tls/ca.pem (mounted from RDV_TLS_HOST_DIR; make it with "
                      "services.common.certs): No such file or directory"], res.stderr  # fmt: skip
+
+
+@pytest.fixture
+def x_screen(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An Xvfb screen with access control on, and the user's cookie for it (as a desktop session has)."""
+    number = next(n for n in range(140, 400) if not Path(f"/tmp/.X11-unix/X{n}").exists()
+                  and not Path(f"/tmp/.X{n}-lock").exists())  # fmt: skip
+    display, cookie = f":{number}", tmp_path / "user-xauthority"
+    subprocess.run(["xauth", "-f", str(cookie), "add", display, "MIT-MAGIC-COOKIE-1", secrets.token_hex(16)],
+                   check=True, capture_output=True, timeout=30)  # fmt: skip
+    xvfb = subprocess.Popen(["Xvfb", display, "-auth", str(cookie), "-nolisten", "tcp", "-screen", "0", "1024x768x24"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not Path(f"/tmp/.X11-unix/X{number}").exists():
+        assert xvfb.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
+        time.sleep(0.1)
+    yield display, cookie
+    xvfb.terminate()
+    xvfb.wait(10)
+
+
+def x_windows(display: str, cookie: Path) -> list[str]:
+    res = subprocess.run(["xwininfo", "-root", "-children", "-display", display], capture_output=True, text=True,
+                         timeout=30, env={**os.environ, "XAUTHORITY": str(cookie)})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return [line for line in res.stdout.splitlines() if line.startswith("     0x")]
+
+
+def test_a_window_on_the_nodes_x_screen(node: Node, x_screen: tuple[str, Path]) -> None:
+    """x11.yml with the README's cookie: the display service's window appears on the X screen. Without the
+    cookie the X server refuses it, and the display service says so in one line."""
+    display, cookie = x_screen
+    [script] = [s for tag, s in readme_blocks() if tag == "x11"]
+    env = {"DISPLAY": display, "XAUTHORITY": str(cookie)}
+    try:
+        run_block(node, script, env)
+        draw = "python -m frontend_shim draw-demo --display localhost:50052 --tls-dir ~/.rdv/vm1 --seconds 1"
+        run_block(node, draw)
+        assert len(x_windows(display, cookie)) == 1  # the service's window, alone on this fresh screen
+
+        refused = {**env, "COMPOSE_FILE": "docker-compose.yml:x11.yml", "XAUTHORITY": "/dev/null"}
+        res = subprocess.run(["docker", "compose", "up", "-d", "--wait", "--force-recreate", "--no-deps", "display"],
+                             cwd=node.deploy, env={**node.env, **refused}, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        logs = node.compose("logs", "--no-color", "display").stdout
+        lines = [line for line in logs.splitlines() if "no window" in line]
+        assert len(lines) == 1 and f"display={display}" in lines[0] and "uid=10001" in lines[0], logs
+    finally:
+        node.compose("down", timeout=120)
