@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     options.mode(p)
     p.add_argument("--encoding", choices=ENCODINGS, default="auto", help="svga: pixel encoding (auto: per rectangle)")
     p.add_argument("--tile-diff", action="store_true", help="svga: send only tiles that differ from what was sent")
+    options.video(p)
     p.add_argument(
         "--vram-scan-ms",
         type=float,
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 access_timeout=args.access_timeout_ms / 1000,
                 credentials=credentials,
                 vram_scan_period=args.vram_scan_ms / 1000,
+                video=options.video_settings(args),
             )
             link.start()
             function = svga_over_link(link)
