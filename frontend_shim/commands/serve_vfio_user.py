@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
             "mode": args.mode,
             **server.stats.as_dict(),
             "irq": vars(irq.stats),
+            "irq_timeline": list(irq.timeline),  # (cause, eventfd write) in monotonic ns
             "memory": vars(memory.stats),
             "link": link.stats.as_dict(),
             "access_log_lines": access_log.count if access_log else 0,

@@ -809,6 +809,7 @@ class DisplayLink:
         self.last_presented_ns = 0  # service CLOCK_MONOTONIC of the latest present acknowledged (same host)
         self._seq = itertools.count(1)
         self.slots = [_Slot(self, t, i == 0) for i, t in enumerate(targets)]
+        self._holding: list[_DisplayServiceStream] = []  # the streams hold_writes() held
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -885,6 +886,17 @@ class DisplayLink:
                 passes += 1
             if res.ran or res.effects or res.errors:
                 self._after_pass(res)
+
+    def hold_writes(self) -> None:
+        """`frontend_shim.guest.HoldsWrites`: posted writes wait until release_writes() (SessionStream.hold)."""
+        self._holding = [slot.conn for slot in self.slots if slot.conn is not None]
+        for conn in self._holding:
+            conn.hold()
+
+    def release_writes(self) -> None:
+        held, self._holding = self._holding, []
+        for conn in held:
+            conn.release()
 
     # ------------------------------------------------------------------ FIFO results
     def process_fifo(self) -> FifoResult:

@@ -13,6 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -64,6 +65,16 @@ def common_settings(default_port: int) -> list[Setting]:
         Setting("--max-sessions", sessions.DEFAULT_MAX_SESSIONS, "RDV_MAX_SESSIONS",
                 settings.number(1, 100_000, integer=True), metavar="N",
                 help="open sessions (streams) this service accepts at once; more are refused with RESOURCE_EXHAUSTED"),
+        Setting("--pairing", False, "RDV_PAIRING", switch=True,
+                help="open PIN pairing for 2 minutes at start (needs --tls-dir, where the node's CA is made on first "
+                "start); the PIN is logged and shown in the display's window"),
+        Setting("--tls-host", [], "RDV_TLS_HOSTS", repeat=True, metavar="NAME",
+                help="a name or address shims use for this node, for the certificate made on first start "
+                "(repeatable; the variable is comma-separated)"),
+        Setting("--advertise", None, "RDV_ADVERTISE", settings.auto_boolean, switch=True, negatable=True,
+                help="announce this service on the local network with mDNS/DNS-SD (default auto: when listening "
+                "beyond loopback)"),
+        Setting("--node-name", "", "RDV_NODE_NAME", metavar="NAME", help="this node's name in discovery (host name)"),
         Setting("--metrics-port", None, "RDV_METRICS_PORT", settings.number(0, 65535, integer=True), metavar="PORT",
                 help="serve Prometheus metrics over HTTP on this port (0: a free one; default: none)"),
         Setting("--metrics-host", "127.0.0.1", "RDV_METRICS_HOST", metavar="HOST",
@@ -105,46 +116,60 @@ def open_gate(args: argparse.Namespace) -> sessions.OpenGate:
     return sessions.OpenGate(args.open_timeout, max_sessions=args.max_sessions)
 
 
+def server_options(limit: int, keepalive_ms: int) -> list[tuple[str, int]]:
+    """The services' gRPC server options (also the benchmark's bare gRPC echo floor, tests/bench/floors.py)."""
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_ms),
+        # Any unanswered ping ends the connection, not just keepalive's: a bandwidth probe sent just before the
+        # peer froze is never answered, and gRPC delays the keepalive ping behind it forever otherwise.
+        ("grpc.http2.ping_timeout_ms", keepalive_ms),
+        # An idle session (a guest not playing, a still desktop) carries no data: keep pinging it anyway.
+        ("grpc.http2.max_pings_without_data", 0),
+        # Shims ping every 10 s (their side of keepalive): accept that, refuse floods.
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ]
+
+
 async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> None:
     """Run until SIGINT/SIGTERM; report SERVING only once everything is registered and bound."""
     log = logs.get(service)
     limit = args.max_message_bytes
     keepalive_ms = max(100, int(args.keepalive * 1000))
-    interceptors: list[grpc.aio.ServerInterceptor] = [tls.PairingInterceptor(service)] if args.tls_dir else []
+    window = getattr(args, "pairing_window", None)
+    interceptors: list[grpc.aio.ServerInterceptor] = (
+        [tls.PairingInterceptor(service, args.tls_dir)] if args.tls_dir else []
+    )
     measure = None
     if args.metrics_port is not None:
         from services.common.metrics import Metrics
 
         measure = Metrics(service)
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_time_ms", keepalive_ms),
-            ("grpc.keepalive_timeout_ms", keepalive_ms),
-            # Any unanswered ping ends the connection, not just keepalive's: a bandwidth probe sent just before the
-            # peer froze is never answered, and gRPC delays the keepalive ping behind it forever otherwise.
-            ("grpc.http2.ping_timeout_ms", keepalive_ms),
-            # An idle session (a guest not playing, a still desktop) carries no data: keep pinging it anyway.
-            ("grpc.http2.max_pings_without_data", 0),
-            # Shims ping every 10 s (their side of keepalive): accept that, refuse floods.
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ],
+        options=server_options(limit, keepalive_ms),
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         # pairing first: nothing of an unpaired peer is parsed; measuring last, around the servicer itself
         interceptors=[*interceptors, DecodeGuard(), *([measure.interceptor()] if measure else [])],
     )
     parts.register(server)
+    names = list(parts.names)
+    if window is not None:
+        from services.common import pairing
+
+        pairing.add_to_server(server, window, args.node_ca)
+        names.append(pairing.SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*parts.names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
     host, _, port = args.listen.rpartition(":")
     if args.tls_dir:
-        bound = server.add_secure_port(args.listen, tls.server_credentials(args.tls_dir))
+        bound = server.add_secure_port(args.listen, tls.server_credentials(args.tls_dir, window is not None))
     else:
         bound = server.add_insecure_port(args.listen)
     if not bound:
@@ -168,6 +193,15 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
     if measure is not None:  # after the line above, which scripts wait for first
         print(f"rdv {service} metrics on http://{args.metrics_host}:{metrics_port}/metrics", flush=True)
         log.info("metrics", extra={"port": metrics_port})
+    if window is not None and args.pairing:
+        window.open()
+    advertiser = None
+    if args.advertise or (args.advertise is None and not tls.is_loopback(args.listen)):
+        from services.common import discovery
+
+        advertiser = await discovery.advertise(
+            service, args.listen, args.node_name, tls_on=bool(args.tls_dir), pairing=window is not None
+        )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -176,6 +210,8 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
     await stop.wait()
     log.info("stopping")
     await health_servicer.enter_graceful_shutdown()
+    if advertiser is not None:
+        await advertiser.close()
     await server.stop(grace=1.0)
     if measure is not None:
         measure.stop()
@@ -259,12 +295,27 @@ def check_exposure(service: str, args: argparse.Namespace) -> None:
     )
 
 
+def _pairing(service: str, args: argparse.Namespace) -> tuple[object, object]:
+    """A node that holds its CA (made now on first start) can pair: its window (closed) and its CA. The window
+    rides on `args` so `build` can show its PIN (the display's window) and open it (a key)."""
+    from services.common.node_ca import NodeCa, default_hosts
+    from services.common.pairing import PairingWindow
+
+    ca = NodeCa.ensure(Path(args.tls_dir), [*default_hosts(args.listen), *args.tls_host])
+    return PairingWindow(service=service), ca
+
+
 def main(service: str, args: argparse.Namespace, build: Callable[[argparse.Namespace], ServiceParts]) -> None:
     """Entry point of `python -m services.<service>`; `build` runs inside the event loop."""
     logs.setup(args.log_level)
     check_exposure(service, args)
+    args.pairing_window = args.node_ca = None
+    if args.pairing and not args.tls_dir:
+        raise SystemExit(f"rdv {service}: --pairing needs --tls-dir DIR, a folder where the node keeps its CA")
     if args.tls_dir:
         try:
+            if args.pairing or (Path(args.tls_dir) / "ca-key.pem").exists():
+                args.pairing_window, args.node_ca = _pairing(service, args)
             tls.server_credentials(args.tls_dir)  # fail now, with the file's name, not deep inside gRPC
         except tls.TlsError as exc:
             raise SystemExit(f"rdv {service}: {exc}") from exc

@@ -28,7 +28,7 @@ class Setting:
     metavar: str | None = None
     switch: bool = False  # a flag without a value (--insecure); its variable is parsed with `boolean`
     negatable: bool = False  # a switch that also has --no-...
-    repeat: bool = False  # the flag may be given several times; the value is a list
+    repeat: bool = False  # the flag may be given several times (the variable: comma-separated); a list
     hidden: bool = False
 
     @property
@@ -54,7 +54,9 @@ class SettingsParser(argparse.ArgumentParser):
         for s in settings:
             self.settings_table.append(s)
             raw = os.environ.get(s.env, "") if s.env else ""
-            parse = boolean if s.switch else s.parse
+            parse = boolean if s.switch and s.parse is str else s.parse
+            if s.repeat:  # the variable holds the values comma-separated
+                parse = _each(parse)
             default = _FromEnvironment(s.env, raw, parse) if raw else s.default
             help_text = s.help
             if s.env and not s.hidden:
@@ -64,7 +66,7 @@ class SettingsParser(argparse.ArgumentParser):
             if s.switch:
                 kw["action"] = argparse.BooleanOptionalAction if s.negatable else "store_true"
             else:
-                kw["type"] = _for_flag(parse)
+                kw["type"] = _for_flag(s.parse)
                 options = getattr(parse, "options", None)
                 kw["metavar"] = s.metavar or ("{" + ",".join(options) + "}" if options else None)
                 if s.repeat:
@@ -82,6 +84,13 @@ class SettingsParser(argparse.ArgumentParser):
                 except (ValueError, argparse.ArgumentTypeError) as exc:
                     self.error(f"{value.env}={value.raw!r}: {exc}")
         return ns, rest
+
+
+def _each(parse: Parse) -> Parse:
+    def parsed(text: str) -> list[Any]:
+        return [parse(item.strip()) for item in text.split(",") if item.strip()]
+
+    return parsed
 
 
 def _for_flag(parse: Parse) -> Parse:
@@ -144,6 +153,16 @@ def boolean(text: str) -> bool:
     if text.lower() in _FALSE:
         return False
     raise ValueError("not a yes/no value (1/0, true/false, yes/no, on/off)")
+
+
+def auto_boolean(text: str) -> bool | None:
+    """auto (None: decided at run time) or a yes/no value."""
+    if text.lower() == "auto":
+        return None
+    try:
+        return boolean(text)
+    except ValueError:
+        raise ValueError("not auto or a yes/no value (1/0, true/false, yes/no, on/off)") from None
 
 
 def host_port(text: str) -> str:
