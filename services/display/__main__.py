@@ -19,7 +19,8 @@ DEFAULT_PORT = 50052
 SETTINGS = [
     Setting("--viewport", Viewport.parse(""), "RDV_VIEWPORT", Viewport.parse, metavar="X,Y,W,H",
             help="part of the guest desktop this screen shows (default: all of it)"),
-    Setting("--headless", False, None, switch=True, help="never open a window (SDL's dummy video driver)"),
+    Setting("--headless", False, None, switch=True,
+            help="never open a window: no SDL at all (with --presenter sdl: SDL's dummy video driver)"),
     Setting("--presenter", "auto", "RDV_PRESENTER", settings.choice("auto", "sdl", "headless"),
             help="sdl, headless (no SDL at all), auto (sdl; headless if SDL cannot start)"),
     Setting("--refresh-hz", 60.0, "RDV_REFRESH_HZ", settings.number(0, 1000), metavar="HZ",
@@ -66,7 +67,7 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
     info = server.service_info(
         "display",
         args.listen,
-        ["svga2", "coherence:backend", "coherence:mirrored", "encodings:raw,lzo,lz4,zstd", "screenshot"],
+        ["svga2", "coherence:backend", "coherence:mirrored", "encodings:raw,lzo,lz4,zstd,image", "screenshot"],
         {
             "viewport": "all" if v.whole else f"{v.x},{v.y},{v.width},{v.height}",
             "presenter": stage.presenter.name,
