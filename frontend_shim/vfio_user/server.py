@@ -539,6 +539,13 @@ class _QemuClientConnection:
         return P.REGION_RW.pack(a.offset, a.region, a.count)
 
     def _account(self, region: int, kind: str, pieces: list[tuple[int, int, int]]) -> None:
+        on_access = self.server.on_access
+        if on_access is None and len(pieces) == 1:  # one register, no access log: the usual trapped access
+            if kind == "R":
+                self.stats.bar_reads += 1
+            else:
+                self.stats.bar_writes += 1
+            return
         if region == P.PCI_CONFIG_REGION:
             if kind == "R":
                 self.stats.config_reads += 1
