@@ -262,7 +262,13 @@ class _QemuClientConnection:
             payload = body_view[:body]
             if body:
                 truncated |= P.recv_into_exact(sock, payload, fds)
-            if command in _ACCESSES and (flags == 0 or flags == P.FLAG_NO_REPLY) and not fds and self.negotiated:
+            if (
+                command in _ACCESSES
+                and (flags == 0 or flags == P.FLAG_NO_REPLY)
+                and not fds
+                and not truncated
+                and self.negotiated
+            ):
                 self._access(mid, command, flags, bytes(payload))
             else:
                 self._general(P.Message(P.Header(mid, command, size, flags, error), bytes(payload), fds, truncated))
