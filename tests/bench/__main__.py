@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import sys
 from pathlib import Path
 
 from frontend_shim.commands.processes import ROOT
@@ -125,18 +126,27 @@ def main() -> None:
     out = ROOT / "build" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
+    only = os.environ.get("BENCH_ONLY", "")  # e.g. BENCH_ONLY=floors,vfio: these suites only
+    suites = [n for n in SUITES if not only or n.rpartition(".")[2] in only.split(",")]
+    if not suites:
+        raise SystemExit(f"BENCH_ONLY={only!r} names none of: {', '.join(n.rpartition('.')[2] for n in SUITES)}")
+    failed: list[str] = []
     why_not = netlinks.can_shape()
     if why_not:
         print(f"shaped links skipped: {why_not}")
     for make_link in netlinks.all_links(quick):
         with make_link() as link:
-            for name in SUITES:
+            for name in suites:
                 suite = importlib.import_module(name)
                 # Suites that take a link run on every one; the others only once, on loopback.
-                if "link" in inspect.signature(suite.run).parameters:
-                    results += suite.run(quick, out, link=link)
-                elif link.name == "loopback":
-                    results += suite.run(quick, out)
+                takes_link = "link" in inspect.signature(suite.run).parameters
+                if not takes_link and link.name != "loopback":
+                    continue
+                try:
+                    results += suite.run(quick, out, link=link) if takes_link else suite.run(quick, out)
+                except Exception as exc:  # one suite failing (say, on an overloaded machine) keeps the others' figures
+                    failed.append(f"{name} on {link.name}: {type(exc).__name__}: {exc}")
+                    print(f"benchmark suite failed: {failed[-1]}", file=sys.stderr)
     add_ratios(results)
     text = (
         f"rdv benchmark ({'quick' if quick else 'full'} run) on {platform.node()}: "
@@ -148,6 +158,8 @@ def main() -> None:
     made = [f(results, out) for f in (plots_mod.display_ns_per_px, plots_mod.audio_latencies, plots_mod.video)]
     plots = [p for p in made if p]
     print(f"written to {Path(out, 'results.json')}, {out / 'results.md'}" + "".join(f", {p}" for p in plots))
+    if failed:
+        raise SystemExit("failed suites (their figures are missing):\n  " + "\n  ".join(failed))
 
 
 if __name__ == "__main__":
