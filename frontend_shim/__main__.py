@@ -17,6 +17,9 @@ COMMANDS = (
     "frontend_shim.commands.forward_input",
     "frontend_shim.commands.serve_vfio_user",
     "frontend_shim.commands.replay",
+    "frontend_shim.commands.replay_frames",
+    "frontend_shim.commands.pair",
+    "frontend_shim.commands.discover",
 )
 
 

@@ -152,7 +152,7 @@ class Desktop:
                     data = (
                         payload
                         if encoding == "raw" and len(payload) == expected
-                        else codec.decode(encoding, payload, expected)
+                        else codec.decode(encoding, payload, expected, rect.w)
                     )
                 except codec.CodecError as exc:
                     raise FrameError(f"{where} {rect.w}x{rect.h}+{rect.x}+{rect.y}: {exc}") from None
