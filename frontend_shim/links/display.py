@@ -291,7 +291,7 @@ class _Builder:
             cursor = model.cursor
             pos = model.cursor_position
             cursor_move = (pos.x, pos.y, pos.visible)
-            self.video.reset()
+            self.video.end_all()
             cuts: list[VideoCut] = []
         else:
             # video hook: streams' damage leaves the lossless path, ended streams' regions come back to it

@@ -51,7 +51,7 @@ class _Op:
     color: int = 0
     src_x: int = 0
     src_y: int = 0
-    data: bytes = b""
+    data: bytes | memoryview = b""
 
 
 @dataclass(slots=True)
