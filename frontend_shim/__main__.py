@@ -16,6 +16,9 @@ COMMANDS = (
     "frontend_shim.cmd_forward_input",
     "frontend_shim.cmd_vfio_user",
     "frontend_shim.cmd_replay",
+    "frontend_shim.cmd_vm",
+    "frontend_shim.cmd_run",
+    "frontend_shim.cmd_doctor",
 )
 
 

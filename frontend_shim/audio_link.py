@@ -118,10 +118,15 @@ class AudioLink:
         self._dma_failing = False  # guest memory was unreadable at the last DMA attempt
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, connect_timeout: float = 5.0) -> None:
-        """Connect (raising ConnectionError if the service cannot be reached) and start background work."""
+    def start(self, connect_timeout: float = 5.0, required: bool = True) -> None:
+        """Connect and start background work. A service that cannot be reached raises ConnectionError when
+        `required`; otherwise the link starts offline and keeps trying, as after a lost session."""
         if not self._connect(connect_timeout):
-            raise ConnectionError(f"cannot open an audio session at {self.target}")
+            if required:
+                raise ConnectionError(f"cannot open an audio session at {self.target}")
+            log.warning("audio service unreachable, retrying in the background", extra={"target": self.target})
+            self._offline_since = self.clock.now()
+            self._wake.set()
         self._spawn(self._supervise, "audio-link-supervisor")
         if self.mode == "mirrored":
             self._spawn(self._pace, "audio-link-pacer")
