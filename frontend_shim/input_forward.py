@@ -9,18 +9,20 @@ the subscription breaks, so a lost service cannot leave a key stuck in the guest
 One command carries at most one pointer report: QEMU's tablet only samples the pointer state at the end of a
 command, so a press and its release in the same command would be a click the guest never sees, and a move
 after a press would move the press. Keys queue individually in QEMU's keyboards and can share a command.
+
+QMP is QEMU's own client library, `qemu.qmp` (greeting, capability negotiation, command ids, events).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 
 import grpc
+from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError, Runstate
 
 from rdv.input.v1 import input_pb2, input_pb2_grpc
 from services.common import logs, tls
@@ -31,97 +33,7 @@ ABS_MAX = 0x7FFF  # QEMU's absolute axes run 0..0x7fff whatever the guest's scre
 _BACKOFF_MAX = 1.0
 _MAX_PENDING = 4096
 _QMP_TIMEOUT = 5.0  # seconds QEMU may take to answer; longer means it is stuck and the connection is redone
-
-
-class QmpError(Exception):
-    def __init__(self, cls: str, desc: str) -> None:
-        super().__init__(f"{cls}: {desc}")
-        self.cls = cls
-        self.desc = desc
-
-
-class QmpClient:
-    """A small QMP client over QEMU's UNIX socket: greeting, capabilities, commands; async events ignored."""
-
-    def __init__(self, path: str, on_close: Callable[[], None] | None = None) -> None:
-        self.path = path
-        self.on_close = on_close
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
-        self._rx: asyncio.Task | None = None
-        self.closed = asyncio.Event()
-        self.version = ""
-
-    async def connect(self, timeout: float = 5.0) -> None:
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(self.path, limit=1 << 20), timeout
-        )
-        greeting = json.loads(await asyncio.wait_for(self._reader.readline(), timeout) or b"null")
-        if not isinstance(greeting, dict) or "QMP" not in greeting:
-            self.close()
-            raise ConnectionError(f"{self.path} is not a QMP socket (greeting {greeting!r})")
-        v = greeting["QMP"].get("version", {}).get("qemu", {})
-        self.version = f"{v.get('major')}.{v.get('minor')}.{v.get('micro')}"
-        self._rx = asyncio.create_task(self._receive())
-        await asyncio.wait_for(self.execute("qmp_capabilities"), timeout)
-
-    async def execute(self, command: str, arguments: dict | None = None) -> object:
-        """Run one command; returns its `return`, raises QmpError for an error reply, ConnectionError if gone."""
-        if self._writer is None or self.closed.is_set():
-            raise ConnectionError("QMP connection closed")
-        cid = next(self._ids)
-        msg: dict = {"execute": command, "id": cid}
-        if arguments is not None:
-            msg["arguments"] = arguments
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[cid] = future
-        try:
-            self._writer.write(json.dumps(msg).encode() + b"\n")
-            await self._writer.drain()
-            return await future
-        except (OSError, RuntimeError) as exc:
-            self.close()
-            raise ConnectionError(f"QMP connection lost: {exc}") from None
-        finally:
-            self._waiting.pop(cid, None)
-
-    async def _receive(self) -> None:
-        assert self._reader is not None
-        try:
-            while line := await self._reader.readline():
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    log.warning("unparsable QMP line", extra={"line": line[:200]})
-                    continue
-                future = self._waiting.get(msg.get("id")) if isinstance(msg, dict) else None
-                if future is None or future.done():
-                    continue  # an async event (SHUTDOWN, RESET...) or a reply nobody waits for
-                if "error" in msg:
-                    err = msg["error"]
-                    future.set_exception(QmpError(err.get("class", "?"), err.get("desc", "")))
-                else:
-                    future.set_result(msg.get("return"))
-        except (OSError, ValueError):
-            pass
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        if self.on_close is not None:
-            self.on_close()
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(ConnectionError("QMP connection closed"))
-        if self._writer is not None:
-            self._writer.close()
-        if self._rx is not None and self._rx is not asyncio.current_task():
-            self._rx.cancel()
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # its reconnect chatter: we log what matters ourselves
 
 
 def scale(pos: int, size: int) -> int:
@@ -303,24 +215,29 @@ class InputForwarder:
         backoff = 0.05
         warned = False
         while True:
-            qmp = QmpClient(self.qmp_path, on_close=self._wake.set)
+            qmp = QMPClient(self.vm)
             try:
-                await qmp.connect()
-            except (OSError, ConnectionError, TimeoutError) as exc:
+                await asyncio.wait_for(qmp.connect(self.qmp_path), _QMP_TIMEOUT)
+            except (OSError, QMPError, TimeoutError) as exc:
                 if not warned:
                     error = str(exc) or type(exc).__name__
+                    if isinstance(exc, ConnectError) and exc.exc is not None:
+                        error = str(exc.exc) or error
                     if isinstance(exc, TimeoutError):  # QEMU serves one client per QMP socket
                         error = "no QMP greeting: is another client connected to this socket?"
                     log.warning("cannot reach QMP, retrying", extra={"qmp": self.qmp_path, "error": error})
                     warned = True
-                qmp.close()
+                await _disconnect(qmp)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             warned, backoff = False, 0.05
             self.stats["qmp_connects"] += 1
             self.qmp_ready.set()
-            log.info("QMP connected", extra={"qmp": self.qmp_path, "qemu": qmp.version})
+            version = (qmp.greeting.QMP.version if qmp.greeting else {}).get("qemu", {})
+            log.info("QMP connected", extra={"qmp": self.qmp_path, "qemu": "{major}.{minor}.{micro}".format_map(
+                {"major": "?", "minor": "?", "micro": "?", **version})})  # fmt: skip
+            watch = asyncio.create_task(self._watch(qmp))
             try:
                 await self._inject(qmp)
             except ConnectionError as exc:
@@ -330,16 +247,23 @@ class InputForwarder:
                 await asyncio.sleep(_BACKOFF_MAX)
             finally:
                 self.qmp_ready.clear()
-                qmp.close()
+                watch.cancel()
+                await _disconnect(qmp)
 
-    async def _inject(self, qmp: QmpClient) -> None:
+    async def _watch(self, qmp: QMPClient) -> None:
+        """Wake the injector when the QMP connection leaves RUNNING (QEMU went away)."""
+        while qmp.runstate == Runstate.RUNNING:
+            await qmp.runstate_changed()
+        self._wake.set()
+
+    async def _inject(self, qmp: QMPClient) -> None:
         while True:
-            if qmp.closed.is_set():
+            if qmp.runstate != Runstate.RUNNING:
                 raise ConnectionError("QEMU closed the QMP socket")
             if not self._pending:
                 self._idle.set()
                 self._wake.clear()
-                await self._wake.wait()  # new events, or the QMP client closing
+                await self._wake.wait()  # new events, or the QMP connection ending
                 continue
             batch = list(self._pending)
             self._pending.clear()
@@ -352,7 +276,7 @@ class InputForwarder:
                     self._pending.extendleft(reversed([e for c in commands[i:] for e in c]))
                     raise
 
-    async def _send(self, qmp: QmpClient, command: list[input_pb2.InputEvent]) -> None:
+    async def _send(self, qmp: QMPClient, command: list[input_pb2.InputEvent]) -> None:
         args: dict = {"events": [q for e in command for q in qmp_events(e)]}
         if self.device:
             args["device"] = self.device
@@ -360,10 +284,9 @@ class InputForwarder:
             await asyncio.wait_for(qmp.execute("input-send-event", args), _QMP_TIMEOUT)
         except TimeoutError:
             self.stats["qmp_timeouts"] += 1
-            qmp.close()
             raise ConnectionError(f"QEMU did not answer input-send-event within {_QMP_TIMEOUT} s") from None
-        except QmpError as exc:
-            if len(command) > 1 and exc.cls == "GenericError":
+        except ExecuteError as exc:
+            if len(command) > 1 and exc.error_class == "GenericError":
                 # QEMU refuses the whole command if one event has no handler (e.g. no tablet for abs):
                 # deliver what it can take, one event at a time
                 for e in command:
@@ -371,8 +294,11 @@ class InputForwarder:
                 return
             self.stats["qmp_errors"] += 1
             if self.stats["qmp_errors"] in (1, 10, 100) or self.stats["qmp_errors"] % 1000 == 0:
-                log.warning("QEMU refused input", extra={"error": str(exc), "errors": self.stats["qmp_errors"]})
+                log.warning("QEMU refused input", extra={"error": f"{exc.error_class}: {exc.error.error.desc}",
+                                                         "errors": self.stats["qmp_errors"]})  # fmt: skip
             return
+        except (QMPError, OSError, EOFError) as exc:  # the connection went while the command was out
+            raise ConnectionError(str(exc) or type(exc).__name__) from None
         acked = time.monotonic_ns()
         self.stats["commands"] += 1
         self.stats["injected"] += len(command)
@@ -384,3 +310,11 @@ class InputForwarder:
                 (self._held_buttons.add if e.button.pressed else self._held_buttons.discard)(e.button.button)
         if self.on_ack is not None:
             self.on_ack(command, acked)
+
+
+async def _disconnect(qmp: QMPClient) -> None:
+    """Close a QMP client whatever state it is in; what made it fail was already reported."""
+    try:
+        await qmp.disconnect()
+    except Exception:  # the reader's own failure (QEMU gone) is re-raised here
+        pass
