@@ -65,7 +65,7 @@ def test_the_shipped_example_is_valid() -> None:
     ("change", "key", "line", "why"),
     [
         (("[display]", "[display]\nencodnig = 'raw'"), "display.encodnig", 13, "did you mean 'display.encoding'"),
-        (('mode = "backend"', 'mode = "fast"'), "mode", 2, "'fast' is not one of mirrored, backend"),
+        (('mode = "backend"', 'mode = "fast"'), "mode", 2, "'fast' is not one of backend, mirrored"),
         (('memory = "512M"', 'memory = "lots"'), "qemu.memory", 7, "is not a size"),
         (('memory = "512M"', "memory = 8"), "qemu.memory", 7, "at least 16M"),
         (('endpoint = "127.0.0.1:50051"', 'endpoint = "127.0.0.1"'), "audio.endpoint", 10, "is not HOST:PORT"),

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frontend_shim.attach import endpoints
-from frontend_shim.display_link import ENCODINGS
+from frontend_shim.links.audio import MODES
+from frontend_shim.links.display import ENCODINGS
 
-MODES = ("mirrored", "backend")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEVICES = ("audio", "display", "input")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -123,7 +123,7 @@ class Key:
 
 SCHEMA: dict[str, Key] = {
     "name": Key(_name, required=True),
-    "mode": Key(_choice(*MODES), "mirrored"),
+    "mode": Key(_choice(*sorted(MODES)), "mirrored"),
     "log_level": Key(_choice(*LOG_LEVELS), "warning"),
     "runtime_dir": Key(_path),  # default /run/rdv/NAME
     "tls_dir": Key(_path),

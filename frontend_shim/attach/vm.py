@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from frontend_shim.attach import endpoints
 from frontend_shim.attach.config import VmConfig
-from frontend_shim.input_forward import InputForwarder
+from frontend_shim.links.input_forward import InputForwarder
 from frontend_shim.vfio_user.served import DeviceOptions, ServedDevice
 from services.common import logs, tls
 
@@ -175,7 +175,7 @@ class VmDevices:
         out = []
         for d in self.devices:
             s = d.link.stats
-            moved = s.bytes_to_backend + s.bytes_from_backend
+            moved = s.bytes_to_service + s.bytes_from_service
             out.append(
                 DeviceStatus(
                     d.opts.device, ",".join(d.opts.targets), "online" if d.link.connected else "offline",

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from frontend_shim.audio_link import AudioLink
+from frontend_shim.links.audio import AudioLink
 from frontend_shim.vfio_user.devices import es1370_over_link, svga_over_link
 from frontend_shim.vfio_user.irq import IrqController
 from frontend_shim.vfio_user.memory import DmaMemory

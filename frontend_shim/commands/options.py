@@ -1,4 +1,4 @@
-"""The config options `vm`, `run` and `doctor` share: the file and the flags that override single values."""
+"""The command-line options several shim commands share, declared once: each command picks the ones it takes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,53 @@ import argparse
 import os
 import sys
 
-from frontend_shim.attach.config import SCHEMA, ConfigError, VmConfig, env_name, load
+from frontend_shim.attach.config import ConfigError, VmConfig, load
+from frontend_shim.links.audio import MODES
+
+DEFAULT_AUDIO = "127.0.0.1:50051"
+DEFAULT_DISPLAY = "127.0.0.1:50052"
+
+
+def audio(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--audio",
+        default=os.environ.get("RDV_AUDIO", DEFAULT_AUDIO),
+        help=f"audio service HOST:PORT (default $RDV_AUDIO or {DEFAULT_AUDIO})",
+    )
+
+
+def display(p: argparse.ArgumentParser, what: str = "display service") -> None:
+    p.add_argument(
+        "--display",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help=f"{what} (repeat for several screens, each shows its own viewport; "
+        f"default $RDV_DISPLAY or {DEFAULT_DISPLAY})",
+    )
+
+
+def displays(args: argparse.Namespace) -> list[str]:
+    """The --display addresses given, else the one from $RDV_DISPLAY or the default."""
+    return list(args.display) or [os.environ.get("RDV_DISPLAY", DEFAULT_DISPLAY)]
+
+
+def mode(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=sorted(MODES), default="mirrored", help="coherence mode (default mirrored)")
+
+
+def tls_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
+
+
+def log_level(p: argparse.ArgumentParser, *, top: bool = True) -> None:
+    """On the top-level parser (`--log-level` before the command) and on each command (after it)."""
+    p.add_argument(
+        "--log-level",
+        default=None if top else argparse.SUPPRESS,
+        help="debug, info, warning (default $RDV_LOG_LEVEL or warning)",
+    )
+
 
 # flag -> config key; the other keys are reached with --set KEY=VALUE
 _FLAGS = {
@@ -18,7 +64,8 @@ _FLAGS = {
 }
 
 
-def add_config_options(p: argparse.ArgumentParser) -> None:
+def vm_config(p: argparse.ArgumentParser) -> None:
+    """`vm`, `run`, `doctor`: the VM's config file and the flags that override single values of it."""
     p.add_argument(
         "--config",
         default=os.environ.get("RDV_CONFIG") or None,
@@ -40,7 +87,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default=None, metavar="HOST:PORT", help="override input.endpoint")
 
 
-def load_config(args: argparse.Namespace) -> VmConfig | None:
+def load_vm_config(args: argparse.Namespace) -> VmConfig | None:
     """The config the flags name, or None after printing why it is unusable (the caller exits 2)."""
     if not args.config:
         print("error: --config VM.toml is required (or set RDV_CONFIG)", file=sys.stderr)
@@ -61,7 +108,3 @@ def load_config(args: argparse.Namespace) -> VmConfig | None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-
-
-def keys_help() -> str:
-    return "config keys: " + ", ".join(f"{k} (${env_name(k)})" for k in SCHEMA)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from frontend_shim.attach.doctor import run_checks
-from frontend_shim.attach.options import add_config_options, load_config
+from frontend_shim.commands import options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,13 +18,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p)
+    options.vm_config(p)
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each service (default 3)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
+    cfg = options.load_vm_config(args)
     if cfg is None:
         return 2
     checks = run_checks(cfg, args.timeout)

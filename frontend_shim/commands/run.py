@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from frontend_shim.attach.options import add_config_options, load_config
 from frontend_shim.attach.qemu_args import conflicts
 from frontend_shim.attach.runner import serve
+from frontend_shim.commands import options
 from services.common import logs
 
 
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p)
+    options.vm_config(p)
     p.add_argument("--no-status", action="store_true", help="no status lines (logs only)")
     p.add_argument("--json", action="store_true", help="print a JSON summary per device on exit")
     p.add_argument("qemu", nargs=argparse.REMAINDER, metavar="-- QEMU ARGS", help="the QEMU command line")
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if not qemu:
         print("error: give the QEMU command after --, e.g. `-- qemu-system-x86_64 -accel kvm ...`", file=sys.stderr)
         return 2
-    cfg = load_config(args)
+    cfg = options.load_vm_config(args)
     if cfg is None:
         return 2
     problems = conflicts(qemu[1:], cfg)

@@ -10,9 +10,9 @@ import argparse
 import sys
 
 from frontend_shim.attach import libvirt
-from frontend_shim.attach.options import add_config_options, load_config
 from frontend_shim.attach.qemu_args import format_args, rdv_args
 from frontend_shim.attach.runner import serve
+from frontend_shim.commands import options
 from services.common import logs
 
 
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_config_options(p)
+    options.vm_config(p)
     what = p.add_mutually_exclusive_group()
     what.add_argument(
         "--print-qemu-args",
@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
+    cfg = options.load_vm_config(args)
     if cfg is None:
         return 2
     if args.print_qemu_args:
