@@ -6,9 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rdv-installed
 # Debian packages: ALSA and LZO headers to build pyalsaaudio and python-lzo, ALSA's plugins and tools,
-# QEMU for the tests against real peers.
+# QEMU for the tests against real peers; libvirt and systemd-analyze for the VM attach tests.
 APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils \
-	xvfb xdotool imagemagick
+	xvfb xdotool imagemagick libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu systemd
 PYTEST_ARGS ?=
 
 .PHONY: setup proto test test-live run bench fuzz lint clean

@@ -32,9 +32,9 @@ def commandline_args(cfg: VmConfig) -> list[str]:
     return args
 
 
-def domain_xml(cfg: VmConfig, domain_type: str = "kvm", emulator: str | None = None) -> str:
+def domain_xml(cfg: VmConfig) -> str:
     ET.register_namespace("qemu", QEMU_NS)
-    dom = ET.Element("domain", {"type": domain_type})
+    dom = ET.Element("domain", {"type": "kvm"})
     ET.SubElement(dom, "name").text = cfg.name
     ET.SubElement(dom, "memory", {"unit": "MiB"}).text = str(cfg.memory >> 20)
     backing = ET.SubElement(dom, "memoryBacking")
@@ -42,9 +42,8 @@ def domain_xml(cfg: VmConfig, domain_type: str = "kvm", emulator: str | None = N
     ET.SubElement(backing, "access", {"mode": "shared"})
     os_ = ET.SubElement(dom, "os")
     ET.SubElement(os_, "type", {"arch": "x86_64", "machine": "pc"}).text = "hvm"
+    ET.SubElement(ET.SubElement(dom, "features"), "acpi")  # without it libvirt 9 passes -no-acpi, gone in QEMU 10
     devices = ET.SubElement(dom, "devices")
-    if emulator:
-        ET.SubElement(devices, "emulator").text = emulator
     if cfg.input:
         ET.SubElement(devices, "input", {"type": "tablet", "bus": "usb"})
     if cfg.display:
