@@ -243,3 +243,37 @@ def test_a_real_qemu_takes_rdvs_memory_qmp_and_tablet_arguments(tmp_path: Path) 
             qemu.wait()
     assert [(m["id"], m["size"], m["share"]) for m in memdev] == [("rdv-ram", 64 << 20, True)]
     assert {"rdv-usb"} <= {p["name"] for p in peripherals}
+
+
+def test_status_lines_on_a_terminal_are_redrawn_in_place_and_give_way_to_logs() -> None:
+    import io
+    import logging
+
+    from frontend_shim.attach.status import StatusBoard
+    from frontend_shim.attach.vm import DeviceStatus
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    states = [DeviceStatus("es1370", "tv:1", "online", True, 0.42, 12_345.0, "bytes_s", 2),
+              DeviceStatus("input", "tv:3", "offline", False, None, 0.0, "events_s", 0)]  # fmt: skip
+    board = StatusBoard(lambda: states, period=3600, stream=tty)
+    handler = logging.StreamHandler(tty)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        board.start()
+        board.update()
+        logging.getLogger("rdv.test").warning("a log line")
+        board.update()
+        board.stop()
+    finally:
+        root.removeHandler(handler)
+    out = tty.getvalue()
+    first = out.index("es1370  online  qemu connected  rtt    0.4 ms    12.3k B/s")
+    assert "input   offline qemu waiting" in out and "ev/s" in out
+    erase = "\x1b[2F\x1b[J"  # two lines up, clear to the end
+    assert out.index(erase, first) < out.index("a log line") < out.index("es1370", out.index("a log line"))
+    assert out.count(erase) == 2 and out.endswith("tv:3\n")  # once for the log, once for the final state

@@ -82,9 +82,8 @@ class StatusBoard:
         if self.tty:
             with self._lock:
                 self.erase()
-                if not final:
-                    self.stream.write("".join(_line(s) + "\n" for s in states))
-                    self._drawn = len(states)
+                self.stream.write("".join(_line(s) + "\n" for s in states))
+                self._drawn = 0 if final else len(states)  # the last state stays on screen
                 self.stream.flush()
             return
         now = time.monotonic()
