@@ -33,7 +33,9 @@ ABS_MAX = 0x7FFF  # QEMU's absolute axes run 0..0x7fff whatever the guest's scre
 _BACKOFF_MAX = 1.0
 _MAX_PENDING = 4096
 _QMP_TIMEOUT = 5.0  # seconds QEMU may take to answer; longer means it is stuck and the connection is redone
-logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # its reconnect chatter: we log what matters ourselves
+# qemu.qmp logs every failed connect, and at CRITICAL when a connect attempt is cancelled at shutdown: we log
+# what matters ourselves (reachability, losses, refusals)
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL + 1)
 
 
 def scale(pos: int, size: int) -> int:
