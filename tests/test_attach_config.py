@@ -66,6 +66,9 @@ def test_the_shipped_example_is_valid() -> None:
     [
         (("[display]", "[display]\nencodnig = 'raw'"), "display.encodnig", 13, "did you mean 'display.encoding'"),
         (('mode = "backend"', 'mode = "fast"'), "mode", 2, "'fast' is not one of backend, mirrored"),
+        (('encoding = "lz4"', "video_quality = 101"), "display.video_quality", 14, "from 1 to 100"),
+        (('encoding = "lz4"', "video_max_mbps = 0"), "display.video_max_mbps", 14, "must be positive"),
+        (('encoding = "lz4"', 'video = "mpeg2"'), "display.video", 14, "'mpeg2' is not one of auto, off"),
         (('memory = "512M"', 'memory = "lots"'), "qemu.memory", 7, "is not a size"),
         (('memory = "512M"', "memory = 8"), "qemu.memory", 7, "at least 16M"),
         (('endpoint = "127.0.0.1:50051"', 'endpoint = "127.0.0.1"'), "audio.endpoint", 10, "is not HOST:PORT"),

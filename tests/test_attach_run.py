@@ -229,18 +229,15 @@ def test_a_real_qemu_takes_rdvs_memory_qmp_and_tablet_arguments(tmp_path: Path) 
         try:
             memdev = await client.execute("query-memdev")
             usb = await client.execute("qom-list", {"path": "/machine/peripheral"})
-            await client.execute("quit")
         finally:
             await client.disconnect()
         return memdev, usb  # type: ignore[return-value]
 
     try:
         memdev, peripherals = asyncio.run(ask())
-        qemu.wait(30)
     finally:
-        if qemu.poll() is None:
-            qemu.kill()
-            qemu.wait()
+        qemu.terminate()
+        qemu.wait(30)
     assert [(m["id"], m["size"], m["share"]) for m in memdev] == [("rdv-ram", 64 << 20, True)]
     assert {"rdv-usb"} <= {p["name"] for p in peripherals}
 

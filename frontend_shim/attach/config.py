@@ -30,6 +30,7 @@ from typing import Any
 from frontend_shim.attach import endpoints
 from frontend_shim.links.audio import MODES
 from frontend_shim.links.display import ENCODINGS
+from frontend_shim.links.video_streams import VIDEO_MODES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEVICES = ("audio", "display", "input")
@@ -99,6 +100,26 @@ def _endpoints(value: object) -> list[str]:
     return [_endpoint(v) for v in value]
 
 
+def _positive(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not number > 0:
+        raise ValueError(f"{value!r} must be positive")
+    return number
+
+
+def _quality(value: object) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise ValueError(f"{value!r} is not a whole number from 1 to 100")
+    return value
+
+
 def _size(value: object) -> int:
     """Guest RAM in bytes, from "2G", "512M", "512MiB" or an integer (MiB, as QEMU's -m)."""
     if isinstance(value, bool):
@@ -136,6 +157,9 @@ SCHEMA: dict[str, Key] = {
     "display.endpoints": Key(_endpoints, required=True),
     "display.encoding": Key(_choice(*ENCODINGS), "auto"),
     "display.tile_diff": Key(_bool, False),
+    "display.video": Key(_choice(*VIDEO_MODES), "auto"),
+    "display.video_max_mbps": Key(_positive, 20),
+    "display.video_quality": Key(_quality, 75),
     "display.socket": Key(_socket_path),  # default RUNTIME_DIR/svga.sock
     "input.endpoint": Key(_endpoint, required=True),
     "input.qmp_device": Key(_str),
@@ -160,6 +184,9 @@ class DisplayConfig:
     encoding: str
     tile_diff: bool
     socket: str
+    video: str = "auto"
+    video_max_mbps: float = 20.0
+    video_quality: int = 75
 
 
 @dataclass(frozen=True)
@@ -292,6 +319,9 @@ def _build(values: dict[str, object], origins: dict[str, str], path: str) -> VmC
                 checked["display.encoding"],
                 checked["display.tile_diff"],
                 sock("display.socket", "svga.sock"),
+                checked["display.video"],
+                checked["display.video_max_mbps"],
+                checked["display.video_quality"],
             )
             if "display.endpoints" in values
             else None

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from frontend_shim.attach import endpoints
 from frontend_shim.attach.config import VmConfig
 from frontend_shim.links.input_forward import InputForwarder
+from frontend_shim.links.video_streams import VideoSettings
 from frontend_shim.vfio_user.served import DeviceOptions, ServedDevice
 from services.common import logs, tls
 
@@ -136,6 +137,9 @@ class VmDevices:
                         encoding=cfg.display.encoding if cfg.display else "auto",
                         tile_diff=bool(cfg.display and cfg.display.tile_diff),
                         credentials=credentials,
+                        video=VideoSettings(cfg.display.video, cfg.display.video_max_mbps, cfg.display.video_quality)
+                        if cfg.display
+                        else None,
                     )
                 )
                 self.devices.append(d)

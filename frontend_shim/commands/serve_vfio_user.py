@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     options.mode(p)
     p.add_argument("--encoding", choices=ENCODINGS, default="auto", help="svga: pixel encoding (auto: per rectangle)")
     p.add_argument("--tile-diff", action="store_true", help="svga: send only tiles that differ from what was sent")
+    options.video(p)
     p.add_argument(
         "--vram-scan-ms",
         type=float,
@@ -85,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
             access_log=args.access_log,
             credentials=credentials,
             clock_scale=args.clock_scale,
+            video=options.video_settings(args),
         )
     )
     try:

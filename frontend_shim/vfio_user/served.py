@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import grpc
 
 from frontend_shim.links.audio import AudioLink
+from frontend_shim.links.video_streams import VideoSettings
 from frontend_shim.vfio_user.devices import es1370_over_link, svga_over_link
 from frontend_shim.vfio_user.irq import IrqController
 from frontend_shim.vfio_user.memory import DmaMemory
@@ -53,6 +54,7 @@ class DeviceOptions:
     access_log: str | None = None
     credentials: grpc.ChannelCredentials | None = None
     clock_scale: float = 1.0
+    video: VideoSettings | None = None  # svga: lossy streams for video regions (None: the link's default)
 
 
 class ServedDevice:
@@ -81,6 +83,7 @@ class ServedDevice:
                 access_timeout=opts.access_timeout_ms / 1000,
                 credentials=opts.credentials,
                 vram_scan_period=opts.vram_scan_ms / 1000,
+                video=opts.video,
             )
             self.function = svga_over_link(self.link)
         else:
