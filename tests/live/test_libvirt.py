@@ -28,7 +28,7 @@ import pytest
 from frontend_shim.guests.pcm import melody, write_wav
 from services.devices.es1370 import PcmFormat
 from tests.helpers import ROOT
-from tests.live.guest import RUN_SH, build_initrd, start_audio, tool, wait_sessions_closed
+from tests.live.guest import RUN_SH, build_initrd, start_audio, wait_sessions_closed
 
 pytestmark = [
     pytest.mark.live,
@@ -76,16 +76,6 @@ def libvirtd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 d.kill()
                 d.wait(10)
-
-
-@pytest.fixture(scope="module")
-def qemu() -> str:
-    return tool("build_qemu_vfio_user.sh", timeout=3600)
-
-
-@pytest.fixture(scope="module")
-def guest_dir() -> Path:
-    return Path(tool("build_guest.sh", timeout=3600))
 
 
 def test_libvirt_domain_from_libvirt_xml_plays_audio_byte_exact(

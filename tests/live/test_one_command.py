@@ -31,10 +31,10 @@ from frontend_shim.guests.pcm import melody, write_wav
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2_grpc
 from rdv.input.v1 import input_pb2, input_pb2_grpc
+from services.common.png import bgrx_to_rgb
 from services.devices.es1370 import PcmFormat
-from services.display.png import bgrx_to_rgb
 from tests.helpers import ROOT, ServiceProcess, start_service
-from tests.live.guest import build_initrd, start_audio, tool, wait_sessions_closed
+from tests.live.guest import build_initrd, start_audio, wait_sessions_closed
 from tests.live.test_vfio_user_display import KEY_D, KEY_R, KEY_V, PH, PW, X0, Y0, inject, pattern, poll, region
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(3600)]
@@ -83,16 +83,6 @@ done
 kill $catpid
 keys | while read code value; do echo "RDV-KEY code=$code value=$value"; done
 """
-
-
-@pytest.fixture(scope="module")
-def qemu_unaligned() -> str:
-    return tool("build_qemu_vfio_user.sh", "--unaligned-io", timeout=3600)
-
-
-@pytest.fixture(scope="module")
-def guest_dir() -> Path:
-    return Path(tool("build_guest.sh", timeout=3600))
 
 
 def _console(path: Path) -> str:

@@ -51,7 +51,7 @@ from services.common.png import bgrx_to_rgb
 from services.devices import svga_regs as R
 from tests.display_helpers import screenshot
 from tests.helpers import ROOT, ServiceProcess, start_service
-from tests.live.guest import MEMORY, Shim, build_initrd, tool
+from tests.live.guest import MEMORY, Shim, build_initrd
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(3600)]
 
@@ -117,18 +117,6 @@ keys | while read code value; do echo "RDV-KEY code=$code value=$value"; done
 def pattern() -> bytes:
     """PW x PH pixels of 32-bit XRGB noise (fixed seed): nothing else on screen can look like it."""
     return random.Random(0x5D6A).randbytes(PW * PH * 4)
-
-
-@pytest.fixture(scope="module")
-def qemu_unaligned() -> str:
-    """QEMU 10.2.2 with the test-only unaligned vfio region ops (see the module docstring; cached)."""
-    return tool("build_qemu_vfio_user.sh", "--unaligned-io", timeout=3600)
-
-
-@pytest.fixture(scope="module")
-def guest_dir() -> Path:
-    """Debian's kernel + a busybox initramfs with vmwgfx and evdev (built once; cached)."""
-    return Path(tool("build_guest.sh", timeout=3600))
 
 
 # ----------------------------------------------------------------------------------------------- processes
