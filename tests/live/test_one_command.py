@@ -33,6 +33,7 @@ from rdv.display.v1 import display_pb2_grpc
 from rdv.input.v1 import input_pb2, input_pb2_grpc
 from services.common.png import bgrx_to_rgb
 from services.devices.es1370 import PcmFormat
+from tests.display_helpers import screenshot
 from tests.helpers import ROOT, ServiceProcess, start_service
 from tests.live.guest import build_initrd, start_audio, wait_sessions_closed
 from tests.live.test_vfio_user_display import KEY_D, KEY_R, KEY_V, PH, PW, X0, Y0, inject, pattern, poll, region
@@ -132,8 +133,6 @@ def _display_sessions(address: str) -> int:
 
 
 def _shot(address: str) -> tuple[int, int, bytes]:
-    from tests.display_helpers import screenshot
-
     w, h, rgb, _ = screenshot(address)
     return w, h, rgb
 
