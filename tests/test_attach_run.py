@@ -274,3 +274,19 @@ def test_status_lines_on_a_terminal_are_redrawn_in_place_and_give_way_to_logs() 
     erase = "\x1b[2F\x1b[J"  # two lines up, clear to the end
     assert out.index(erase, first) < out.index("a log line") < out.index("es1370", out.index("a log line"))
     assert out.count(erase) == 2 and out.endswith("tv:3\n")  # once for the log, once for the final state
+
+
+def test_qemu_does_not_outlive_a_killed_runner(tmp_path: Path, node: dict) -> None:
+    """SIGKILL leaves rdv no time to tear down: QEMU still goes (its parent-death signal), so no VM keeps
+    running against devices that are gone."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("util-linux's setpriv is not installed")
+    report = tmp_path / "report.json"
+    proc = start_run(config(tmp_path, node), report)
+    r = wait_report(report, proc)
+    proc.kill()
+    proc.communicate(timeout=30)
+    left = not gone(r["pid"])
+    if left:
+        os.kill(r["pid"], signal.SIGKILL)
+    assert not left, "the fake QEMU outlived the killed runner"

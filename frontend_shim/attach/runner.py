@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -22,6 +23,9 @@ from services.common import logs
 
 log = logs.get("shim.vm")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# QEMU gets SIGTERM if this process dies without tearing down (SIGKILL, a crash): it execs through util-linux's
+# setpriv, which sets the parent-death signal (a preexec_fn would run in a forked copy of a threaded process).
+_DIE_WITH_US = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
 def serve(cfg: VmConfig, qemu: list[str] | None = None, *, status: bool = True, summary: bool = False) -> int:
@@ -61,7 +65,7 @@ def serve(cfg: VmConfig, qemu: list[str] | None = None, *, status: bool = True, 
         argv = [*qemu, *rdv_args(cfg)]
         log.info("starting QEMU", extra={"argv": " ".join(argv)})
         try:
-            proc = subprocess.Popen(argv)
+            proc = subprocess.Popen([*_DIE_WITH_US, *argv])
         except OSError as exc:
             print(f"error: cannot start {qemu[0]}: {exc.strerror or exc}", file=sys.stderr)
             return 127 if isinstance(exc, FileNotFoundError) else 126
