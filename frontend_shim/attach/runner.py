@@ -62,13 +62,17 @@ def serve(cfg: VmConfig, qemu: list[str] | None = None, *, status: bool = True, 
             return 0
         if received:  # stopped before QEMU could start
             return 128 + received[0]
-        argv = [*qemu, *rdv_args(cfg)]
+        binary = shutil.which(qemu[0])
+        if binary is None:  # checked here: through setpriv, a missing QEMU would be setpriv's complaint
+            print(f"error: cannot start {qemu[0]}: not found or not executable", file=sys.stderr)
+            return 127
+        argv = [binary, *qemu[1:], *rdv_args(cfg)]
         log.info("starting QEMU", extra={"argv": " ".join(argv)})
         try:
             proc = subprocess.Popen([*_DIE_WITH_US, *argv])
         except OSError as exc:
             print(f"error: cannot start {qemu[0]}: {exc.strerror or exc}", file=sys.stderr)
-            return 127 if isinstance(exc, FileNotFoundError) else 126
+            return 126
         while True:
             try:
                 code = proc.wait(0.5)
