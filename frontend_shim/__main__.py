@@ -20,6 +20,9 @@ COMMANDS = (
     "frontend_shim.commands.vm",
     "frontend_shim.commands.run",
     "frontend_shim.commands.doctor",
+    "frontend_shim.commands.replay_frames",
+    "frontend_shim.commands.pair",
+    "frontend_shim.commands.discover",
 )
 
 

@@ -17,6 +17,7 @@ import os
 import random
 from collections.abc import Mapping
 
+import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -58,6 +59,17 @@ _INT_RANGES = {
 }
 MAX_DEPTH = 3
 MAX_REPEATED = 5
+# The statuses an rdv RPC may end with; anything else (UNKNOWN, INTERNAL, UNAVAILABLE) means a bug.
+DOCUMENTED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.ABORTED,  # a Subscribe replaced by a newer one for the same vm
+}
 
 
 # ----------------------------------------------------------------------------------------------- run sizes
@@ -195,6 +207,8 @@ FRAME_HINTS: dict[str, Strategy] = {
         blobs(max_large=30_000),
         st.builds(lambda enc, n: codec.encode(enc, bytes(n)), st.sampled_from(codec.ENCODINGS),
                   st.integers(0, 80 * 80 * 4)),
+        st.builds(lambda w, h, b: codec.encode("image", b.to_bytes(4, "little") * (w * h), w), st.integers(1, 80),
+                  st.integers(1, 80), st.integers(0, 2**32 - 1)),
     ),
     "rdv.display.v1.CursorDefine.argb": blobs(max_large=300 * 300 * 4),
 }  # fmt: skip

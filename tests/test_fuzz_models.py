@@ -209,6 +209,9 @@ def test_svga_model_under_random_ports_and_fifo(setup: list[tuple[int, int]], tr
 payload_kinds = st.one_of(
     blobs(),
     st.builds(lambda enc, data: codec.encode(enc, data), st.sampled_from(codec.ENCODINGS), blobs(max_large=65536)),
+    # `image` with a width: its palette and planes methods (whole 32-bit rows; the expected size is drawn apart)
+    st.builds(lambda w, rows, data: codec.encode("image", (data * (w * rows * 4))[: w * rows * 4], w),
+              st.integers(1, 300), st.integers(1, 60), st.binary(min_size=1, max_size=64)),
 )
 
 
@@ -231,8 +234,8 @@ def test_decompression_bombs_are_refused_cheaply() -> None:
     import resource
     import time
 
-    for encoding in ("lzo", "lz4", "zstd"):
-        bomb = codec.encode(encoding, bytes(64 << 20))  # 64 MiB of zeros: a few hundred KiB or less
+    for encoding in ("lzo", "lz4", "zstd", "image"):
+        bomb = codec.encode(encoding, bytes(64 << 20), 4096)  # 64 MiB of zeros: a few hundred KiB or less
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.perf_counter()
         for claimed in (4096, 1 << 20):

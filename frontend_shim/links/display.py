@@ -25,10 +25,11 @@ VRAM, cursor changes, mode changes). Each service connection has a `_Builder` th
 fills and copies travel as commands (not pixels), UPDATE damage is coalesced (merged rectangles), and when a
 frame is taken the damaged rectangles are cut out of VRAM under the device lock, so pixels and commands
 describe the same instant. A copy whose source is not known-good at the service (inside damage not delivered
-yet, or outside that service's viewport) travels as pixels instead. Pixels are encoded (raw, lzo, lz4, zstd,
-or `auto`: per rectangle, from a compressibility sample and the measured link throughput); with tile diff the
-builder keeps a shadow of what the service has and sends only the tiles that differ (commands replayed on
-the shadow first, and every command's target is verified the same way).
+yet, or outside that service's viewport) travels as pixels instead. Pixels are encoded as
+`frontend_shim.links.encoding_policy` decides (raw, lzo, lz4, zstd, image, or `auto`: per rectangle, from samples
+and the measured link throughput); with tile diff the builder keeps a shadow of what the service has and sends
+only the tiles that differ (commands replayed on the shadow first, and every command's target is verified the
+same way), while that pays.
 
 Flow control: a bounded number of frames in flight per service (the service says how many in `opened`);
 while the window is full, damage keeps coalescing in the builder. No RPC is ever made per rectangle.
@@ -48,12 +49,13 @@ from typing import Literal
 
 import grpc
 
+from frontend_shim.links.encoding_policy import ENCODINGS, EncodingPolicy, TileDiffGate
 from frontend_shim.links.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
 from frontend_shim.links.session_stream import SessionStream, Waiter
 from frontend_shim.links.video_streams import VIDEO_IN_FLIGHT, VideoCut, VideoSettings, VideoStreams
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
-from services.common import codec, logs, raster
+from services.common import logs, raster
 from services.common.raster import Rect, Surface
 from services.common.video_codec import VIDEO_VERSION
 from services.devices import svga_regs as R
@@ -83,7 +85,6 @@ from services.devices.svga_convert import (
 log = logs.get("shim.display")
 CoherenceMode = Literal["backend", "mirrored"]
 MODES: dict[str, int] = {"backend": common_pb2.COHERENCE_MODE_BACKEND, "mirrored": common_pb2.COHERENCE_MODE_MIRRORED}
-ENCODINGS = ("raw", "lzo", "lz4", "zstd", "auto")
 _ALL_ONES = 0xFFFFFFFF
 _MAX_MESSAGE = 16 * 1024 * 1024
 _FRAME_PAYLOAD_BUDGET = 4 * 1024 * 1024  # split frames above this many payload bytes (service limit is 8 MiB)
@@ -116,6 +117,8 @@ class DisplayStats:
     tiles_skipped: int = 0
     pixel_bytes: int = 0  # decoded pixel bytes sent
     payload_bytes: int = 0  # encoded pixel bytes sent
+    encode_ns: int = 0  # shim time spent choosing and encoding pixel payloads
+    tile_diff_rests: int = 0  # times tile diff switched itself off because it did not pay
     video_frames: int = 0  # lossy video pictures sent (frontend_shim/links/video_streams.py)
     video_bytes: int = 0
     bytes_to_service: int = 0
@@ -130,56 +133,6 @@ class DisplayStats:
         d["encodings"] = dict(self.encodings)
         d["compression_ratio"] = round(self.pixel_bytes / self.payload_bytes, 3) if self.payload_bytes else 0.0
         return d
-
-
-# ----------------------------------------------------------------------------------------------- encoding
-class EncodingPolicy:
-    """Which encoding a pixel rectangle travels in. Fixed, or `auto`: estimate the cost per byte of each
-    candidate (compress time + wire time of the compressed size) from a compressibility sample and the
-    measured speeds, and take the cheapest; raw when the link is fast and compression does not pay."""
-
-    _SAMPLE = 4096
-    _SMALL = 2048  # below this a rectangle goes raw: the codec call costs more than the bytes
-    _DECODE_BPS = {"raw": float("inf"), "lz4": 3e9, "zstd": 1e9, "lzo": 2e9}  # service side, assumed
-
-    def __init__(self, encoding: str) -> None:
-        if encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}")
-        self.encoding = encoding
-        self.link_bps = 125e6  # until measured: 1 Gb/s
-        self.encode_bps = {"lz4": 1.5e9, "zstd": 4e8, "lzo": 1e9}
-        self.zstd_vs_lz4 = 0.75  # compressed size of zstd relative to lz4, learned
-
-    def choose(self, data: bytes | memoryview) -> str:
-        if self.encoding != "auto":
-            return self.encoding
-        n = len(data)
-        if n < self._SMALL:
-            return "raw"
-        if n <= 3 * self._SAMPLE:
-            sample = bytes(data)
-        else:
-            s, mid = self._SAMPLE, n // 2
-            sample = b"".join((data[:s], data[mid : mid + s], data[n - s :]))
-        ratio = len(codec.encode("lz4", sample)) / len(sample)
-        if ratio > 0.9:
-            return "raw"
-        costs = {
-            "raw": 1 / self.link_bps,
-            "lz4": 1 / self.encode_bps["lz4"] + ratio / self.link_bps + 1 / self._DECODE_BPS["lz4"],
-            "zstd": 1 / self.encode_bps["zstd"]
-            + ratio * self.zstd_vs_lz4 / self.link_bps
-            + 1 / self._DECODE_BPS["zstd"],
-        }
-        return min(costs, key=costs.__getitem__)
-
-    def encoded(self, encoding: str, n: int, out: int, seconds: float) -> None:
-        if encoding in self.encode_bps and seconds > 0 and n >= 16384:
-            self.encode_bps[encoding] = 0.8 * self.encode_bps[encoding] + 0.2 * (n / seconds)
-
-    def link(self, nbytes: int, seconds: float) -> None:
-        if nbytes >= 65536 and seconds > 0:
-            self.link_bps = 0.8 * self.link_bps + 0.2 * (nbytes / max(seconds, 50e-6))
 
 
 # ----------------------------------------------------------------------------------------------- damage
@@ -241,6 +194,7 @@ class _Builder:
 
     def __init__(self, tile_diff: bool, video: VideoSettings) -> None:
         self.tile_diff = tile_diff
+        self.gate = TileDiffGate(tile_diff)
         self.viewport: Rect | None = None  # None: the whole desktop
         self.video = VideoStreams(video)
         self.reset()
@@ -337,7 +291,7 @@ class _Builder:
             cursor = model.cursor
             pos = model.cursor_position
             cursor_move = (pos.x, pos.y, pos.visible)
-            self.video.reset()
+            self.video.end_all()
             cuts: list[VideoCut] = []
         else:
             # video hook: streams' damage leaves the lossless path, ended streams' regions come back to it
@@ -415,12 +369,11 @@ class _Builder:
             stats.video_bytes += len(v.payload)
             if self.tile_diff:
                 self._unknown_to_shadow(v.rect, v.pixels, mode.width, bypp)
-        for rect, data in self._pixels_to_send(batch, bypp, stats):
+        for rect, data in self._pixels_to_send(batch, bypp, stats, policy.link_bps):
             for band, chunk in _bands(rect, data, rect.w * bypp):
-                enc = policy.choose(chunk)
-                t = time.perf_counter()
-                encoded = codec.encode(enc, chunk)
-                policy.encoded(enc, len(chunk), len(encoded), time.perf_counter() - t)
+                t = time.perf_counter_ns()
+                enc, encoded = policy.encode(chunk, band.w if bypp == 4 else 0)
+                stats.encode_ns += time.perf_counter_ns() - t
                 if len(frame.updates) and (
                     payload + len(encoded) > _FRAME_PAYLOAD_BUDGET or decoded + len(chunk) > max_frame
                 ):
@@ -455,7 +408,9 @@ class _Builder:
         if surface.width == width and surface.bytes_per_pixel == bypp:
             raster.write_rect(self.shadow, surface, rect, pixels.translate(_INVERT))
 
-    def _pixels_to_send(self, batch: _Batch, bypp: int, stats: DisplayStats) -> list[tuple[Rect, bytes]]:
+    def _pixels_to_send(
+        self, batch: _Batch, bypp: int, stats: DisplayStats, link_bps: float
+    ) -> list[tuple[Rect, bytes]]:
         if not self.tile_diff:
             return batch.pixels
         mode = batch.mode
@@ -465,22 +420,28 @@ class _Builder:
                 self.shadow = bytearray(mode.width * mode.height * bypp)  # the service starts black too
                 self.shadow_surface = surface
         shadow = self.shadow
-        if self.force_all:
-            self.force_all = False
-            for rect, data in batch.pixels:
-                raster.write_rect(shadow, surface, rect, data)
-            return batch.pixels
         for c in batch.commands:  # the service will do these first: so does the shadow
             if c[0] == "fill":
                 raster.fill(shadow, surface, c[1], c[2])
             else:
                 _, sx, sy, r = c
                 raster.copy(shadow, surface, Rect(sx, sy, r.w, r.h), r.x, r.y)
+        if self.force_all or not self.gate.active():  # everything goes; the shadow only follows
+            self.force_all = False
+            for rect, data in batch.pixels:
+                raster.write_rect(shadow, surface, rect, data)
+            return batch.pixels
         out: list[tuple[Rect, bytes]] = []
+        started, sent = time.perf_counter(), 0
         for rect, data in batch.pixels:
             for run, run_data in _changed_tiles(shadow, surface, rect, data, stats):
                 raster.write_rect(shadow, surface, run, run_data)
                 out.append((run, run_data))
+                sent += len(run_data)
+        total = sum(len(data) for _, data in batch.pixels)
+        rests = self.gate.switched_off
+        self.gate.record(total, total - sent, time.perf_counter() - started, link_bps)
+        stats.tile_diff_rests += self.gate.switched_off - rests
         return out
 
 
@@ -809,6 +770,7 @@ class DisplayLink:
         self.last_presented_ns = 0  # service CLOCK_MONOTONIC of the latest present acknowledged (same host)
         self._seq = itertools.count(1)
         self.slots = [_Slot(self, t, i == 0) for i, t in enumerate(targets)]
+        self._holding: list[_DisplayServiceStream] = []  # the streams hold_writes() held
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -889,6 +851,17 @@ class DisplayLink:
                 passes += 1
             if res.ran or res.effects or res.errors:
                 self._after_pass(res)
+
+    def hold_writes(self) -> None:
+        """`frontend_shim.guest.HoldsWrites`: posted writes wait until release_writes() (SessionStream.hold)."""
+        self._holding = [slot.conn for slot in self.slots if slot.conn is not None]
+        for conn in self._holding:
+            conn.hold()
+
+    def release_writes(self) -> None:
+        held, self._holding = self._holding, []
+        for conn in held:
+            conn.release()
 
     # ------------------------------------------------------------------ FIFO results
     def process_fifo(self) -> FifoResult:

@@ -150,6 +150,7 @@ class ServedDevice:
             "mode": self.opts.mode,
             **self.server.stats.as_dict(),
             "irq": vars(self.irq.stats),
+            "irq_timeline": list(self.irq.timeline),  # (cause, eventfd write) in monotonic ns
             "memory": vars(self.memory.stats),
             "link": self.link.stats.as_dict(),
             "access_log_lines": self.access_log.count if self.access_log else 0,

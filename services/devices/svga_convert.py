@@ -12,6 +12,7 @@ ENCODING_ENUM: dict[str, int] = {
     "lzo": display_pb2.ENCODING_LZO,
     "lz4": display_pb2.ENCODING_LZ4,
     "zstd": display_pb2.ENCODING_ZSTD,
+    "image": display_pb2.ENCODING_IMAGE,
 }
 ENCODING_NAME: dict[int, str] = {v: k for k, v in ENCODING_ENUM.items()}
 VIDEO_CODEC_ENUM: dict[str, int] = {"h264": display_pb2.VIDEO_CODEC_H264, "jpeg": display_pb2.VIDEO_CODEC_JPEG}

@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="X,Y,W,H",
         help="part of the guest desktop this screen shows (default: all of it)",
     )
-    p.add_argument("--headless", action="store_true", help="never open a window (SDL's dummy video driver)")
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="never open a window: no SDL at all (with --presenter sdl: SDL's dummy video driver)",
+    )
     p.add_argument(
         "--presenter",
         choices=["auto", "sdl", "headless"],
@@ -59,13 +63,22 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
         from services.display.input_bridge import make_bridge
 
         on_input = make_bridge(args.input, args.tls_dir)
-    stage = Stage(make_presenter(args.presenter, args.headless), args.viewport, args.refresh_hz, on_input)
+    window = getattr(args, "pairing_window", None)  # set by server.main when this node can pair
+    stage = Stage(
+        make_presenter(args.presenter, args.headless),
+        args.viewport,
+        args.refresh_hz,
+        on_input,
+        on_pair_key=window.open if window is not None else None,
+    )
     stage.start()
+    if window is not None:
+        window.on_change = stage.set_notice  # the PIN over the screen while pairing is open
     v: Viewport = args.viewport
     info = server.service_info(
         "display",
         args.listen,
-        ["svga2", "coherence:backend", "coherence:mirrored", "encodings:raw,lzo,lz4,zstd", "screenshot"],
+        ["svga2", "coherence:backend", "coherence:mirrored", "encodings:raw,lzo,lz4,zstd,image", "screenshot"],
         {
             "viewport": "all" if v.whole else f"{v.x},{v.y},{v.width},{v.height}",
             "presenter": stage.presenter.name,

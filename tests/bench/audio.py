@@ -122,6 +122,6 @@ def _measure_mode(address: str, mode: str, n: int, seconds: float) -> list[dict]
     return [
         record("register_read", mode, reads, PAPER["register_read"][mode]),
         record("register_write", mode, writes, PAPER["register_write"][mode]),
-        record("interrupt", mode, irq_latency, PAPER["interrupt"][mode]),
+        record("interrupt", mode, irq_latency, PAPER["interrupt"][mode], path="link → scripted guest thread"),
         chunk,
     ]
