@@ -45,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {problem}", file=sys.stderr)
         print("error: QEMU was not started (see `rdv-shim vm --config ... --print-qemu-args`)", file=sys.stderr)
         return 2
-    logs.setup(args.log_level or cfg.log_level)
+    logs.setup(cfg.log_level)
     return serve(cfg, qemu, status=not args.no_status, summary=args.json)

@@ -49,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
     if args.libvirt_xml:
         sys.stdout.write(libvirt.domain_xml(cfg))
         return 0
-    logs.setup(args.log_level or cfg.log_level)
+    logs.setup(cfg.log_level)
     return serve(cfg, status=not args.no_status, summary=args.json)

@@ -20,7 +20,7 @@ from rdv.audio.v1 import audio_pb2
 from rdv.common.v1 import common_pb2
 from services.audio.player import ChannelPlayer, PlayerStats
 from services.audio.sinks import SinkConfig, make_sink
-from services.common import logs, register_writes
+from services.common import logs, metrics, register_writes
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.dma import DmaCredit
@@ -92,6 +92,10 @@ class AudioSession:
         # backend = our DMA request -> the data applied here (the round trip this mode needs).
         self.audio_chunk_ns: deque[int] = deque(maxlen=4096)
 
+    def _chunk_latency(self, ns: int) -> None:
+        self.audio_chunk_ns.append(ns)
+        metrics.observe("audio_chunk", ns / 1e9)
+
     # ------------------------------------------------------------------ frontend messages
     def handle(self, msg: audio_pb2.FrontendMessage) -> None:
         kind = msg.WhichOneof("kind")
@@ -159,7 +163,7 @@ class AudioSession:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"PCM chunk of {len(data)} bytes")
         self._play(p.channel, data)
         if p.sent_ns:
-            self.audio_chunk_ns.append(time.monotonic_ns() - p.sent_ns)
+            self._chunk_latency(time.monotonic_ns() - p.sent_ns)
 
     def _dma_data(self, d: audio_pb2.DmaData) -> None:
         pending = next((c for c, p in self._pending.items() if p.request_id == d.request_id), None)
@@ -178,7 +182,7 @@ class AudioSession:
             self.counters["stale_dma"] += 1
         else:
             self._play(pending, d.data)
-            self.audio_chunk_ns.append(time.monotonic_ns() - req.sent_ns)
+            self._chunk_latency(time.monotonic_ns() - req.sent_ns)
         self.pump()
 
     def _play(self, channel: int, data: bytes) -> None:
