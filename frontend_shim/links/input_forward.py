@@ -128,6 +128,7 @@ class InputForwarder:
         self._held_keys: set[str] = set()
         self._held_buttons: set[int] = set()
         self._stop = asyncio.Event()
+        self._closing = False  # the injector's loops end at their next turn
 
     async def run(self) -> None:
         """Run until `stop()`; then release what the guest still holds and deliver what is pending (1 s)."""
@@ -136,15 +137,18 @@ class InputForwarder:
         try:
             await self._stop.wait()
         finally:
-            subscriber.cancel()
-            await asyncio.gather(subscriber, return_exceptions=True)  # queues the releases
+            subscriber.cancel()  # its loop also ends by itself once stopped (a lost cancel, see below)
+            await asyncio.wait({subscriber}, timeout=5.0)  # queues the releases
             if self.qmp_ready.is_set():
                 try:
                     await asyncio.wait_for(self._idle.wait(), 1.0)
                 except TimeoutError:
                     pass
+            self._closing = True  # each loop also ends by itself: a cancel that meets a finishing wait_for is lost
             injector.cancel()
-            await asyncio.gather(injector, return_exceptions=True)
+            _, pending = await asyncio.wait({injector}, timeout=5.0)
+            if pending:
+                log.warning("the QMP side did not stop within 5 s")
 
     def stop(self) -> None:
         self._stop.set()
@@ -166,7 +170,7 @@ class InputForwarder:
 
     async def _subscribe_loop(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stop.is_set():
             options = [("grpc.keepalive_time_ms", 10_000)]
             channel = (
                 grpc.aio.secure_channel(self.target, tls.channel_credentials(self.tls_dir), options)
@@ -216,7 +220,7 @@ class InputForwarder:
     async def _inject_loop(self) -> None:
         backoff = 0.05
         warned = False
-        while True:
+        while not self._closing:
             qmp = QMPClient(self.vm)
             try:
                 await asyncio.wait_for(qmp.connect(self.qmp_path), _QMP_TIMEOUT)
@@ -259,7 +263,7 @@ class InputForwarder:
         self._wake.set()
 
     async def _inject(self, qmp: QMPClient) -> None:
-        while True:
+        while not self._closing:
             if qmp.runstate != Runstate.RUNNING:
                 raise ConnectionError("QEMU closed the QMP socket")
             if not self._pending:

@@ -86,11 +86,10 @@ def test_libvirt_domain_from_libvirt_xml_plays_audio_byte_exact(
     (tmp_path / "run.sh").write_text(RUN_SH)
     initrd = build_initrd(guest_dir, tmp_path, [tmp_path / "run.sh", tmp_path / "tone.wav"])
     out, console = tmp_path / "out.raw", tmp_path / "console.log"
-    audio = start_audio(tmp_path, out)
     cfg_path = tmp_path / "vm.toml"
     cfg_path.write_text(
         f'name = "{DOMAIN}"\nmode = "mirrored"\ninsecure = true\nruntime_dir = "{tmp_path}/run"\n'
-        f'[qemu]\nmemory = "512M"\n[audio]\nendpoint = "{audio.address}"\n'
+        '[qemu]\nmemory = "512M"\n[audio]\nendpoint = "127.0.0.1:50051"\n'
     )
     xml = subprocess.run(
         [sys.executable, "-m", "frontend_shim", "vm", "--config", str(cfg_path), "--libvirt-xml"],
@@ -117,9 +116,10 @@ def test_libvirt_domain_from_libvirt_xml_plays_audio_byte_exact(
     ET.SubElement(label, "label").text = "+0:+0"
     (tmp_path / "domain.xml").write_text(ET.tostring(dom, encoding="unicode"))
 
+    audio = start_audio(tmp_path, out)  # started last: nothing above leaves it running when it fails
     shim = subprocess.Popen(
         [sys.executable, "-m", "frontend_shim", "--log-level", "info", "vm", "--config", str(cfg_path), "--json",
-         "--no-status"],
+         "--no-status", "--audio", audio.address],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=(tmp_path / "shim.log").open("w"), text=True,
     )  # fmt: skip
     defined = False
