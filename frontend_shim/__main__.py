@@ -11,6 +11,7 @@ from services.common import logs
 # Each command lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = (
     "frontend_shim.cmd_play",
+    "frontend_shim.cmd_record",
     "frontend_shim.cmd_demo",
     "frontend_shim.cmd_draw_demo",
     "frontend_shim.cmd_forward_input",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,12 +27,13 @@ from frontend_shim.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
 from frontend_shim.session_stream import SessionStream, Waiter
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
+from services.audio.capture import CaptureQueue, adc_room
 from services.audio.convert import state_to_proto
 from services.audio.dma import DmaCredit
 from services.common import logs
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
-from services.devices.es1370 import AccessError, Es1370, check_access
+from services.devices.es1370 import AccessError, Es1370, PcmFormat, check_access
 
 log = logs.get("shim.audio")
 Mode = Literal["backend", "mirrored"]
@@ -58,6 +60,7 @@ class LinkStats:
     messages_to_backend: int = 0
     messages_from_backend: int = 0
     dma_errors: int = 0
+    capture_bytes: int = 0  # recorded audio written into the guest's ring
     played: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
@@ -116,6 +119,14 @@ class AudioLink:
         self._offline_since: float | None = None
         self.last_interrupt_sent_ns = 0  # backend mode: when the service raised the latest interrupt
         self._dma_failing = False  # guest memory was unreadable at the last DMA attempt
+        self.capture_info = audio_pb2.CaptureSourceInfo()  # what the service records from (set when opened)
+        # Capture latency (ns): the source delivered a chunk at the service -> its first byte is in guest memory.
+        self.capture_latency_ns: deque[int] = deque(maxlen=4096)
+        # Mirrored mode's ADC: the capture jitter buffer, and the format of the capture it is for.
+        self._capture = CaptureQueue(self.clock, latency=0.04)
+        self._adc_credit = DmaCredit(self.clock, lead=0.0)
+        self._adc_fmt: PcmFormat | None = None
+        self._capture_accepting = False  # the service's first chunk of the current capture has arrived
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, connect_timeout: float = 5.0) -> None:
@@ -200,6 +211,8 @@ class AudioLink:
                 conn.post_write(offset, size, value)
             if self.model.irq != self._irq_level:
                 self._update_irq()
+            if offset & ~3 in _DMA_REGISTERS:
+                self._follow_adc()
         if offset in _DMA_REGISTERS:
             self._kick.set()  # the guest may have started a DAC or acknowledged a period
 
@@ -260,12 +273,50 @@ class AudioLink:
                 self.stats.interrupts += 1
             self.irq.set_level(level)
 
+    def _follow_adc(self, restart: bool = False) -> None:
+        """Mirrored mode, under the lock: the guest started, stopped or reformatted its ADC (or the session is
+        new): whatever was queued belongs to the old capture, and chunks still in flight from it are dropped
+        until the service's first chunk of the new one."""
+        model = self.model
+        assert model is not None
+        fmt = model.channel_format(R.ADC) if model.channel_running(R.ADC) else None
+        if fmt == self._adc_fmt and not restart:
+            return
+        self._adc_fmt = fmt
+        self._capture_accepting = False
+        if fmt is None:
+            self._capture.stop()
+        else:
+            self._capture.start(fmt)
+
+    def _captured(self, c: audio_pb2.CaptureData) -> None:
+        """Mirrored mode: recorded audio from the service, into the jitter buffer (reader thread)."""
+        with self._lock:
+            if c.start and self._adc_fmt is not None:
+                self._capture.start(self._adc_fmt)
+                self._capture_accepting = True
+            if self._capture_accepting and c.channel == R.ADC:
+                self._capture.push(c.data, c.captured_ns)
+        self._kick.set()
+
+    def _dma_write(self, w: audio_pb2.DmaWrite) -> None:
+        """Backend mode: the service's ADC writes recorded audio into guest memory (reader thread)."""
+        try:
+            self.memory.write(w.addr, w.data)
+        except GuestMemoryError as exc:
+            self._dma_failed(exc)
+            return
+        self.stats.capture_bytes += len(w.data)
+        if w.captured_ns:
+            self.capture_latency_ns.append(time.monotonic_ns() - w.captured_ns)
+
     def _connect(self, timeout: float) -> bool:
         with self._lock:  # no write may slip between the snapshot and the open
             conn = _Connection(self, self.target, self._credentials)
             opening = audio_pb2.Open(vm=self.vm, mode=MODES[self.mode])
             if self.model is not None:
                 opening.state.CopyFrom(state_to_proto(self.model.state))
+                self._follow_adc(restart=True)  # the new session records afresh
             conn.send(audio_pb2.FrontendMessage(open=opening))
             self._credit = DmaCredit(self.clock, lead=self._credit.lead)
             self._conn = conn
@@ -295,6 +346,10 @@ class AudioLink:
             self.irq.set_level(msg.interrupt.level)
         elif kind == "dma_request":
             self._serve_dma(conn, msg.dma_request)
+        elif kind == "dma_write":
+            self._dma_write(msg.dma_write)
+        elif kind == "capture" and conn is self._conn and self.model is not None:
+            self._captured(msg.capture)
         elif kind == "position" and conn is self._conn:
             p = msg.position
             self._credit.played(p.channel, p.bytes_played)
@@ -304,6 +359,8 @@ class AudioLink:
             conn.session_id = msg.opened.session_id
             if msg.opened.lead_ms:
                 self._credit.lead = msg.opened.lead_ms / 1000
+            self.capture_info = msg.opened.capture
+            self._capture.latency = msg.opened.capture.latency_ms / 1000
             conn.opened.set()
 
     def _serve_dma(self, conn: _Connection, req: audio_pb2.DmaRequest) -> None:
@@ -375,6 +432,7 @@ class AudioLink:
                     self._play_offline(now - last)
                 for channel in (R.DAC1, R.DAC2):
                     self._run_channel(channel)
+                self._run_capture()
             last = now
 
     def _run_channel(self, channel: int) -> None:
@@ -405,6 +463,34 @@ class AudioLink:
         if chunk:
             msg = audio_pb2.PcmChunk(channel=channel, data=bytes(chunk), sent_ns=time.monotonic_ns())
             self._send(audio_pb2.FrontendMessage(pcm=msg))
+
+    def _run_capture(self) -> None:
+        """Mirrored mode's ADC: write what the jitter buffer releases into the guest's ring (caller holds the
+        lock), then tell the service the steps taken, coalesced like playback's chunks."""
+        model = self.model
+        assert model is not None
+        written = 0
+        for _ in range(_MAX_WINDOWS):
+            room = adc_room(self._adc_credit, model, self._capture)
+            addr, length = model.dma_window(R.ADC, room) if room > 0 else (0, 0)
+            if not length:
+                break
+            data, captured_ns = self._capture.take(length)
+            try:
+                self.memory.write(addr, data)
+            except GuestMemoryError as exc:
+                self._dma_failed(exc)  # the audio is lost; the ADC does not move, both copies stay equal
+                break
+            self._dma_failing = False
+            model.dma_commit(R.ADC, length)
+            self._adc_credit.moved(R.ADC, length)
+            self.stats.capture_bytes += length
+            if captured_ns:
+                self.capture_latency_ns.append(time.monotonic_ns() - captured_ns)
+            written += length
+            self._update_irq()
+        if written:
+            self._send(audio_pb2.FrontendMessage(capture_step=audio_pb2.CaptureStep(channel=R.ADC, length=written)))
 
     def _play_offline(self, elapsed: float) -> None:
         """No service: pretend the sink played in real time, so the guest keeps its interrupts and never hangs."""

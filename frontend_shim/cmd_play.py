@@ -9,6 +9,7 @@ import sys
 import threading
 
 from frontend_shim.audio_link import MODES, AudioLink
+from frontend_shim.guest import EventLine, RamMemory
 from frontend_shim.pcm import read_wav
 from frontend_shim.scripted_audio import GuestError, ScriptedEs1370Driver, dac_for, expressible, new_guest
 from services.common import tls
@@ -55,15 +56,7 @@ def play(
     """The scripted guest plays `pcm` through a shim link to `audio`; returns the summary."""
     if not expressible(fmt):
         raise PlayError(f"an ES1370 cannot play {fmt} exactly")
-    memory, irq = new_guest()
-    credentials = tls.channel_credentials(tls_dir) if tls_dir else None
-    link = AudioLink(
-        audio, mode, memory, irq, vm=vm, clock=clock, access_timeout=access_timeout, credentials=credentials
-    )
-    try:
-        link.start()
-    except ConnectionError as exc:
-        raise PlayError(f"{exc} (is `python -m services.audio` running there?)") from exc
+    link, memory, irq = open_link(audio, mode, access_timeout=access_timeout, vm=vm, clock=clock, tls_dir=tls_dir)
     driver = ScriptedEs1370Driver(link, memory, irq, irq_timeout=max(2.0, 4 * period_frames / fmt.rate))
     stop_status = threading.Event()
     reporter = threading.Thread(target=_status, args=(link, len(pcm), stop_status), daemon=True)
@@ -91,6 +84,22 @@ def play(
         **{k: v for k, v in link.stats.as_dict().items() if k != "interrupts"},
         "irq_raised": link.stats.interrupts,  # rising edges the device raised, even after the guest stopped
     }
+
+
+def open_link(
+    audio: str, mode: str, *, access_timeout: float, vm: str, clock: Clock | None, tls_dir: str | None
+) -> tuple[AudioLink, RamMemory, EventLine]:
+    """A scripted guest's RAM and interrupt line, and the shim's ES1370 link to `audio`, connected."""
+    memory, irq = new_guest()
+    credentials = tls.channel_credentials(tls_dir) if tls_dir else None
+    link = AudioLink(
+        audio, mode, memory, irq, vm=vm, clock=clock, access_timeout=access_timeout, credentials=credentials
+    )
+    try:
+        link.start()
+    except ConnectionError as exc:
+        raise PlayError(f"{exc} (is `python -m services.audio` running there?)") from exc
+    return link, memory, irq
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.audio.convert import state_from_proto, state_to_proto
 from services.audio.session import BACKEND, MIRRORED, AudioSession, SessionConfig, SessionError
+from services.audio.sources import SourceConfig
+from services.audio.sources.wav import read_format
 from services.common import logs
 from services.common.server import live_info
 from services.common.sessions import OpenGate
@@ -32,6 +34,7 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
         self.info = info
         self.gate = gate or OpenGate()
         self.sessions: dict[str, AudioSession] = {}
+        self._capture_info = capture_info(config.source)
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------------ the device stream
@@ -56,7 +59,12 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
         )
         self.sessions[session_id] = session
         log.info("session opened", extra={"session": session_id, "vm": session.vm, "peer": session.peer})
-        opened = audio_pb2.Opened(session_id=session_id, info=self.info, lead_ms=round(self.config.lead * 1000))
+        opened = audio_pb2.Opened(
+            session_id=session_id,
+            info=self.info,
+            lead_ms=round(self.config.lead * 1000),
+            capture=self._capture_info,
+        )
         outbox.put(audio_pb2.BackendMessage(opened=opened))  # first in line, before anything the session says
         writer = asyncio.create_task(outbox.run())
         ticker = asyncio.create_task(_tick(session, self.config.clock.real_seconds(PUMP_INTERVAL)))
@@ -112,6 +120,7 @@ class AudioServicer(audio_pb2_grpc.AudioServiceServicer):
                     counters={
                         **s.counters,
                         **s.playback_counters(),
+                        **s.capture.stats(),
                         **_percentiles("audio_chunk_ns", s.audio_chunk_ns),
                     },
                 )
@@ -141,6 +150,7 @@ def device_state(session: AudioSession) -> audio_pb2.DeviceState:
         fmt = model.channel_format(channel)
         stats = session.player_stats(channel)
         ch = model.state.channels[channel]
+        moved = stats.bytes_played if stats else session.counters["capture_bytes"] if channel == R.ADC else 0
         views.append(
             audio_pb2.ChannelView(
                 name=name,
@@ -153,12 +163,21 @@ def device_state(session: AudioSession) -> audio_pb2.DeviceState:
                 buffer_bytes=model.buffer_bytes(channel),
                 position_bytes=model.position_bytes(channel),
                 samples_left=(ch.scount >> 16) + 1,
-                bytes_played=stats.bytes_played if stats else 0,
+                bytes_played=moved,
             )
         )
     return audio_pb2.DeviceState(
         session_id=session.session_id, raw=state_to_proto(model.state), irq=model.irq, channels=views
     )
+
+
+def capture_info(source: SourceConfig) -> audio_pb2.CaptureSourceInfo:
+    """What the shim learns about the capture source when its session opens."""
+    info = audio_pb2.CaptureSourceInfo(kind=source.kind, latency_ms=round(source.latency * 1000))
+    if source.kind == "wav":
+        fmt = read_format(source.path)
+        info.rate, info.channels, info.bits = fmt.rate, fmt.channels, fmt.bits
+    return info
 
 
 def _percentiles(name: str, samples: Iterable[int]) -> dict[str, int]:
