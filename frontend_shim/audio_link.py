@@ -27,7 +27,7 @@ from frontend_shim.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
 from frontend_shim.session_stream import SessionStream, Waiter
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
-from services.audio.capture import CaptureQueue, adc_room
+from services.audio.capture import CaptureQueue, adc_credit, adc_room
 from services.audio.convert import state_to_proto
 from services.audio.dma import DmaCredit
 from services.common import logs
@@ -124,7 +124,7 @@ class AudioLink:
         self.capture_latency_ns: deque[int] = deque(maxlen=4096)
         # Mirrored mode's ADC: the capture jitter buffer, and the format of the capture it is for.
         self._capture = CaptureQueue(self.clock, latency=0.04)
-        self._adc_credit = DmaCredit(self.clock, lead=0.0)
+        self._adc_credit = adc_credit(self.clock)
         self._adc_fmt: PcmFormat | None = None
         self._capture_accepting = False  # the service's first chunk of the current capture has arrived
 

@@ -155,11 +155,11 @@ class ScriptedEs1370Driver:
             self.ctrl = (self.ctrl & ~R.CTRL_PCLKDIV) | (R.dac2_divider(fmt.rate) << R.CTRL_SH_PCLKDIV)
         self.outl(R.CONTROL, self.ctrl)
 
-    def _interrupt(self, channels: tuple[int, ...]) -> tuple[bool, set[int]]:
-        """The driver's interrupt handler: (was it ours, which of `channels` completed a period)."""
+    def _interrupt(self, channels: tuple[int, ...]) -> tuple[bool, dict[int, int]]:
+        """The driver's interrupt handler: (was it ours, {channel that interrupted: its DMA position})."""
         status = self.inl(R.STATUS)
         if not status & R.STAT_INTR:
-            return False, set()
+            return False, {}
         ack = self.sctrl
         for stat, inten in (
             (R.STAT_DAC1, R.SCTRL_P1INTEN),
@@ -170,12 +170,11 @@ class ScriptedEs1370Driver:
                 ack &= ~inten
         self.outl(R.SERIAL_CONTROL, ack)
         self.outl(R.SERIAL_CONTROL, self.sctrl)
-        done = set()
-        for channel in channels:  # the handler's order: DAC2, DAC1, then the ADC (snd_audiopci_interrupt)
+        done = {}
+        for channel in channels:
             if status & _STAT_BIT[channel]:
                 for _ in range(2):  # snd_pcm_period_elapsed asks for the pointer, ALSA asks again to update
-                    self._pointer(channel)
-                done.add(channel)
+                    done[channel] = self._pointer(channel)
         return True, done
 
     def _pointer(self, channel: int) -> int:
@@ -223,8 +222,8 @@ class ScriptedEs1370Driver:
                     continue
                 interrupts += 1
                 for s in streams:
-                    if s.channel in done:
-                        s.period_elapsed()
+                    if s.channel in done and not s.finished:
+                        s.period_elapsed(done[s.channel])
                         if s.finished and self.ctrl & _CTL_EN[s.channel]:
                             self.ctrl &= ~_CTL_EN[s.channel]
                             self.outl(R.CONTROL, self.ctrl)
@@ -290,7 +289,7 @@ class _Stream:
 
     def prepare(self) -> None: ...
 
-    def period_elapsed(self) -> None: ...
+    def period_elapsed(self, position: int) -> None: ...
 
     def result(self, interrupts: int, spurious: int, accesses: int, seconds: float) -> PlayResult | RecordResult: ...
 
@@ -318,7 +317,7 @@ class _PlayStream(_Stream):
             self._fill(slot, slot)
         self.driver._prepare(self.p.dac, self.p.fmt, self.buffer_bytes, self.period_bytes)
 
-    def period_elapsed(self) -> None:
+    def period_elapsed(self, position: int) -> None:
         self._fill(self.done % self.p.periods, self.done + self.p.periods)
         self.done += 1
 
@@ -335,7 +334,9 @@ class _PlayStream(_Stream):
 
 
 class _CaptureStream(_Stream):
-    """arecord: each elapsed period is copied out of the ring (the capture ring lives apart from playback's)."""
+    """arecord: what the hardware pointer says was recorded is copied out of the ring, period by period (as ALSA
+    moves its hw_ptr from the pointer, not from interrupt counts: a stale interrupt brings no data). The capture
+    ring lives apart from playback's."""
 
     channel = R.ADC
 
@@ -344,15 +345,20 @@ class _CaptureStream(_Stream):
         self.period_bytes, self.buffer_bytes = _ring(c.fmt, c.period_frames, c.periods)
         self.total = max(1, math.ceil(c.seconds * c.fmt.rate / c.period_frames))
         self.captured = bytearray()
+        self.hw_ptr = 0  # bytes recorded since start, from the hardware pointer
+        self.position = 0  # the pointer's last value (bytes into the ring)
 
     def prepare(self) -> None:
         self.driver.memory.write(CAPTURE_ADDR, b"\xa5" * self.buffer_bytes)  # stale bytes a DMA bug would show
         self.driver._prepare_capture(self.c.fmt, self.buffer_bytes, self.period_bytes)
 
-    def period_elapsed(self) -> None:
-        slot = self.done % self.c.periods
-        self.captured += self.driver.memory.read(CAPTURE_ADDR + slot * self.period_bytes, self.period_bytes)
-        self.done += 1
+    def period_elapsed(self, position: int) -> None:
+        self.hw_ptr += (position - self.position) % self.buffer_bytes
+        self.position = position
+        while self.hw_ptr - self.done * self.period_bytes >= self.period_bytes and not self.finished:
+            slot = self.done % self.c.periods
+            self.captured += self.driver.memory.read(CAPTURE_ADDR + slot * self.period_bytes, self.period_bytes)
+            self.done += 1
 
     def result(self, interrupts: int, spurious: int, accesses: int, seconds: float) -> RecordResult:
         return RecordResult(self.total, interrupts, spurious, accesses, seconds, bytes(self.captured))

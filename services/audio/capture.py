@@ -13,7 +13,7 @@ reach the ring steadily, `latency` behind the source. When the data runs out (an
 it counts an underrun and fills up again before releasing more; it keeps at most `limit` seconds (older audio
 is dropped and counted, like an ALSA capture overrun). With latency 0, audio is released as it arrives.
 `adc_room` applies DMA pacing's one rule on top: a completed period holds the ADC until the guest acknowledged
-its interrupt, so capture interrupts are never coalesced either.
+its interrupt (for at most CAPTURE_HOLD_LIMIT), so capture interrupts are never coalesced either.
 """
 
 from __future__ import annotations
@@ -213,10 +213,26 @@ class CaptureQueue:
         return bytes(out), first_ns
 
 
+# A completed capture period holds the ADC until the guest acknowledges it, for at most this long (device seconds).
+# Longer than playback's hold: holding costs nothing here (the jitter buffer keeps recording, up to its limit),
+# while running on overwrites periods the guest has not read yet, and a loaded guest reached over a network
+# (backend mode: every acknowledgement is a round trip) easily takes longer than playback's 50 ms.
+CAPTURE_HOLD_LIMIT = 0.5
+
+
+def adc_credit(clock: Clock) -> DmaCredit:
+    """The ADC's DMA credit: lead 0 (nothing moves before it was recorded), the capture hold limit."""
+    return DmaCredit(clock, lead=0.0, hold_limit=CAPTURE_HOLD_LIMIT)
+
+
 def adc_room(credit: DmaCredit, model: Es1370, queue: CaptureQueue) -> int:
     """Bytes the ADC may write into the ring now: what the jitter buffer releases, at most one pacing chunk, and
-    nothing while a completed period waits for the guest's acknowledgement. `credit` is the ADC's own DmaCredit
-    with lead 0, so its room is exactly what has arrived and not yet moved."""
+    nothing while a completed period waits for the guest's acknowledgement. `credit` comes from `adc_credit`
+    (lead 0), so its room is exactly what was released and has not moved yet."""
     moved, _ = credit.totals(R.ADC)
     credit.played(R.ADC, moved + queue.available)
-    return credit.room(model, R.ADC)
+    # Also held while the guest has R1 INT_EN cleared: that is the middle of its acknowledgement (clear, then set
+    # again). A period completed in that gap would raise no interrupt, and the guest would lose it without
+    # knowing. A driver that records without interrupts waits the hold limit once.
+    acking = not model.state.serial_control & R.SCTRL_R1INTEN
+    return credit.room(model, R.ADC, hold=acking or model.interrupt_pending(R.ADC))

@@ -16,8 +16,7 @@ from collections.abc import Callable
 
 from rdv.audio.v1 import audio_pb2
 from rdv.common.v1 import common_pb2
-from services.audio.capture import CaptureQueue, Recorder, adc_room
-from services.audio.dma import DmaCredit
+from services.audio.capture import CaptureQueue, Recorder, adc_credit, adc_room
 from services.audio.sources import SourceConfig
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
@@ -64,7 +63,7 @@ class SessionCapture:
         self._fmt: PcmFormat | None = None
         self._start_next = False
         self._queue = CaptureQueue(clock, source.latency)
-        self._credit = DmaCredit(clock, lead=0.0)
+        self._credit = adc_credit(clock)
         self._closed = False
 
     @property
