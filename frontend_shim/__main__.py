@@ -6,17 +6,18 @@ import argparse
 import importlib
 import sys
 
+from frontend_shim.commands import options
 from services.common import logs
 
 # Each command lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = (
-    "frontend_shim.cmd_play",
-    "frontend_shim.cmd_record",
-    "frontend_shim.cmd_demo",
-    "frontend_shim.cmd_draw_demo",
-    "frontend_shim.cmd_forward_input",
-    "frontend_shim.cmd_vfio_user",
-    "frontend_shim.cmd_replay",
+    "frontend_shim.commands.play",
+    "frontend_shim.commands.record",
+    "frontend_shim.commands.demo",
+    "frontend_shim.commands.draw_demo",
+    "frontend_shim.commands.forward_input",
+    "frontend_shim.commands.serve_vfio_user",
+    "frontend_shim.commands.replay",
 )
 
 
@@ -25,10 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m frontend_shim",
         description="rdv frontend shim: traps a guest's device accesses and serves them from remote rdv services.",
     )
-    p.add_argument("--log-level", default=None, help="debug, info, warning (default $RDV_LOG_LEVEL or warning)")
+    options.log_level(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
+    for command in sub.choices.values():
+        options.log_level(command, top=False)
     return p
 
 

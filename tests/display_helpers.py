@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 
-from frontend_shim.display_link import DisplayLink
-from frontend_shim.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.links.display import DisplayLink
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import raster
+from services.common.png import bgrx_to_rgb, decode
 from services.common.raster import Rect
-from services.display.png import bgrx_to_rgb, decode
 
 W, H = 640, 480
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.display_link import DisplayLink
-from frontend_shim.guest import Device
+from frontend_shim.guests.guest import Device
+from frontend_shim.links.audio import AudioLink
+from frontend_shim.links.display import DisplayLink
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc

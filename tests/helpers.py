@@ -1,11 +1,11 @@
-"""Running the real shim for tests (services start through frontend_shim.processes, as the demo does)."""
+"""Running the real shim for tests (services start through frontend_shim.commands.processes, as the demo does)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from frontend_shim.processes import ROOT, ServiceProcess, start_service, wait_serving
+from frontend_shim.commands.processes import ROOT, ServiceProcess, start_service, wait_serving
 
 __all__ = ["ROOT", "ServiceProcess", "run_shim", "start_service", "wait_serving"]
 

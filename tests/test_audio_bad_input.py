@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.scripted_audio import new_guest
+from frontend_shim.guests.scripted_audio import new_guest
+from frontend_shim.links.audio import AudioLink
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.common.register_writes import MAX_WRITES

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.pcm import melody, write_wav
-from frontend_shim.scripted_audio import (
+from frontend_shim.guests.pcm import melody, write_wav
+from frontend_shim.guests.scripted_audio import (
     BUFFER_ADDR,
     CAPTURE_ADDR,
     Capture,
@@ -28,6 +27,7 @@ from frontend_shim.scripted_audio import (
     ScriptedEs1370Driver,
     new_guest,
 )
+from frontend_shim.links.audio import AudioLink
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat

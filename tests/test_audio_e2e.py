@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.pcm import melody, write_wav
-from frontend_shim.scripted_audio import ScriptedEs1370Driver, new_guest
+from frontend_shim.guests.pcm import melody, write_wav
+from frontend_shim.guests.scripted_audio import ScriptedEs1370Driver, new_guest
+from frontend_shim.links.audio import AudioLink
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.common.clock import Clock

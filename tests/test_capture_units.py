@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from frontend_shim.pcm import melody, write_wav
-from services.audio.capture import CaptureQueue, Recorder, adc_credit, adc_room
+from frontend_shim.guests.pcm import melody, write_wav
+from services.audio.capture import Recorder
 from services.audio.sources import SourceConfig, SourceError, make_source
 from services.audio.sources.tone import ToneSource
 from services.audio.sources.wav import WavSource
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
+from services.devices.capture_pacing import CaptureQueue, adc_credit, adc_room
 from services.devices.es1370 import Es1370, PcmFormat
 from tests.helpers import ROOT
 

@@ -11,7 +11,7 @@ import lz4.block
 import pytest
 import zstandard
 
-from frontend_shim.display_link import DisplayLink
+from frontend_shim.links.display import DisplayLink
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import codec

@@ -10,10 +10,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from frontend_shim.display_link import add_damage
+from frontend_shim.links.display import add_damage
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common.raster import Rect
-from services.display.convert import registers_to_proto
+from services.devices.svga_convert import registers_to_proto
 from tests.display_helpers import first_difference, guest_rgb, screenshot, start_guest
 from tests.helpers import start_service
 

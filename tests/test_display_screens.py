@@ -11,8 +11,8 @@ import pytest
 
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
+from services.common.png import decode
 from services.common.raster import Rect
-from services.display.png import decode
 from services.display.viewport import Viewport
 from tests.display_helpers import H, W, first_difference, guest_rgb, screenshot, start_guest
 from tests.helpers import run_shim
@@ -130,7 +130,7 @@ def test_auto_encoding_follows_content_and_link() -> None:
     import os
     import random
 
-    from frontend_shim.display_link import EncodingPolicy
+    from frontend_shim.links.display import EncodingPolicy
 
     policy = EncodingPolicy("auto")
     rng = random.Random(1)

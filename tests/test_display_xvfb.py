@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from rdv.input.v1 import input_pb2, input_pb2_grpc
+from services.common.png import decode
 from services.common.raster import Rect
-from services.display.png import decode
 from tests.display_helpers import H, W, first_difference, guest_rgb, screenshot, start_guest
 
 pytestmark = pytest.mark.skipif(

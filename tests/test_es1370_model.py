@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.audio.dma import DmaCredit
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
+from services.devices.dma import DmaCredit
 from services.devices.es1370 import AccessError, Es1370, PcmFormat
 
 

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import pytest
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.display_link import DisplayLink
-from frontend_shim.pcm import melody, write_wav
-from frontend_shim.scripted_audio import GuestError, ScriptedEs1370Driver, new_guest
-from frontend_shim.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.guests.pcm import melody, write_wav
+from frontend_shim.guests.scripted_audio import GuestError, ScriptedEs1370Driver, new_guest
+from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.links.audio import AudioLink
+from frontend_shim.links.display import DisplayLink
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat
 from tests.display_helpers import first_difference, guest_rgb, screenshot
@@ -186,7 +186,7 @@ def test_trace_replay_survives_a_restarted_service(services, mode: str) -> None:
     resynced, playback resumes, the recorded reads stay answered. Backend: the recorded driver never re-prepares
     (a trace cannot react), so the card stays silent on the new service; what must hold is that no access hangs
     and the link is back."""
-    from frontend_shim.trace_replay import Replayer, load_trace
+    from frontend_shim.guests.trace_replay import Replayer, load_trace
 
     trace = load_trace(ROOT / "tests" / "data" / "traces" / "p4096_44k_s16_stereo.log.gz")
     listen = f"127.0.0.1:{free_port()}"

@@ -20,9 +20,9 @@ import zstandard
 from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.pcm import melody
-from frontend_shim.scripted_audio import ScriptedEs1370Driver, new_guest
+from frontend_shim.guests.pcm import melody
+from frontend_shim.guests.scripted_audio import ScriptedEs1370Driver, new_guest
+from frontend_shim.links.audio import AudioLink
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc

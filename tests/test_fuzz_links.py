@@ -19,10 +19,10 @@ from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.display_link import DisplayLink
-from frontend_shim.guest import EventLine, RamMemory
-from frontend_shim.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.guests.guest import EventLine, RamMemory
+from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.links.audio import AudioLink
+from frontend_shim.links.display import DisplayLink
 from services.common.clock import Clock
 from services.common.raster import Rect
 from services.devices import es1370_regs as AR
@@ -207,7 +207,7 @@ def test_a_tiny_ring_at_a_high_rate_does_not_flood_the_link(audio: ServiceProces
         while time.monotonic() - started < 0.5:
             timed.io_read(0, AR.STATUS, 4)
             time.sleep(0.001)
-        sent = link.stats.messages_to_backend
+        sent = link.stats.messages_to_service
         ours, theirs = link.compare_mirror(timeout=2.0)
         assert theirs is not None and ours == theirs
         assert link.stats.pcm_bytes > 1000  # the DMA did run

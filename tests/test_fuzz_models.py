@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 
 from rdv.audio.v1 import audio_pb2
 from rdv.display.v1 import display_pb2
-from services.audio.convert import state_from_proto, state_to_proto
 from services.common import codec
 from services.common.raster import Rect
 from services.devices import es1370_regs as AR
 from services.devices import svga_regs as SR
 from services.devices.es1370 import AccessError, Es1370, check_access
+from services.devices.es1370_convert import state_from_proto, state_to_proto
 from services.devices.svga import AccessError as SvgaAccessError
 from services.devices.svga import FifoWriter, SvgaII
 from services.display.desktop import Desktop, FrameError

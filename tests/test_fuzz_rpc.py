@@ -29,16 +29,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.scripted_audio import new_guest
+from frontend_shim.guests.scripted_audio import new_guest
+from frontend_shim.links.audio import AudioLink
 from rdv.audio.v1 import audio_pb2
 from rdv.display.v1 import display_pb2
 from rdv.input.v1 import input_pb2
+from services.common.input_keys import QCODE_TO_EVDEV
 from services.common.register_writes import MAX_WRITES
 from services.devices import svga_regs as SR
 from services.devices.svga import SvgaII
-from services.display.convert import registers_to_proto
-from services.input.keys import QCODE_TO_EVDEV
+from services.devices.svga_convert import registers_to_proto
 from tests.display_helpers import start_guest
 from tests.fault_helpers import list_sessions, service_threads, wait_for
 from tests.fuzz_strategies import EXTRA, FRAME_HINTS, SERVICES, blobs, es1370_values, fuzz_settings, message, u32

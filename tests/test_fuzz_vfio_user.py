@@ -35,7 +35,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from frontend_shim.guest import GuestMemoryError
+from frontend_shim.guests.guest import GuestMemoryError
 from frontend_shim.vfio_user import protocol as P
 from frontend_shim.vfio_user.devices import es1370_function, svga_spec
 from frontend_shim.vfio_user.irq import IrqController

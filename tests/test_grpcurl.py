@@ -82,8 +82,8 @@ def test_input_inject_from_grpcurl(services) -> None:
 
 def test_display_screenshot_from_grpcurl(services) -> None:
     """A person can fetch what a display service shows: the PNG arrives base64 in the JSON `png` field."""
+    from services.common.png import decode
     from services.common.raster import Rect
-    from services.display.png import decode
     from tests.display_helpers import guest_rgb, start_guest
 
     svc = services("display", "--headless", "--viewport", "100,50,200,120")

@@ -14,7 +14,7 @@ import grpc
 
 from rdv.common.v1 import common_pb2
 from rdv.input.v1 import input_pb2, input_pb2_grpc
-from services.input import events as ev
+from services.common import input_events as ev
 from tests.test_input_service import Subscription
 
 RECORD = struct.Struct("@llHHi")  # struct input_event on 64-bit Linux, written the way the kernel does

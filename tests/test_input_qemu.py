@@ -23,9 +23,9 @@ import grpc
 import pytest
 
 from rdv.input.v1 import input_pb2, input_pb2_grpc
-from services.input import events as ev
-from services.input.keys import QCODES
-from services.input.publisher import InputPublisher
+from services.common import input_events as ev
+from services.common.input_keys import QCODES
+from services.common.input_publisher import InputPublisher
 from tests.helpers import ROOT
 
 QEMU = shutil.which("qemu-system-x86_64")

@@ -14,8 +14,8 @@ import pytest
 
 from rdv.common.v1 import common_pb2
 from rdv.input.v1 import input_pb2, input_pb2_grpc
-from services.input import events as ev
-from services.input.publisher import InputPublisher
+from services.common import input_events as ev
+from services.common.input_publisher import InputPublisher
 from tests.helpers import ROOT
 
 

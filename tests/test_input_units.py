@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from frontend_shim.input_forward import qmp_events, scale, split_commands
+from frontend_shim.links.input_forward import qmp_events, scale, split_commands
 from rdv.input.v1 import input_pb2
-from services.input import events as ev
+from services.common import input_events as ev
+from services.common.input_keys import EVDEV_TO_QCODE, HID_TO_QCODE, QCODES
 from services.input.evdev import EV_ABS, EV_KEY, EV_REL, EV_SYN, Desktop, EvdevTranslator
 from services.input.hub import Hub
-from services.input.keys import EVDEV_TO_QCODE, HID_TO_QCODE, QCODES
 
 
 def kinds(events: list[input_pb2.InputEvent]) -> list[str]:

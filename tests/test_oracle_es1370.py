@@ -47,8 +47,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from frontend_shim.pcm import melody, write_wav
-from frontend_shim.scripted_audio import BUFFER_ADDR, Capture, Playback, ScriptedEs1370Driver
+from frontend_shim.guests.pcm import melody, write_wav
+from frontend_shim.guests.scripted_audio import BUFFER_ADDR, Capture, Playback, ScriptedEs1370Driver
 from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370, PcmFormat
 from tests.helpers import run_shim

@@ -13,15 +13,15 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from frontend_shim.audio_link import LinkStats
-from frontend_shim.session_stream import FRAME_OVERHEAD, SessionStream
-from frontend_shim.trace_replay import load_trace
+from frontend_shim.guests.trace_replay import load_trace
+from frontend_shim.links.audio import LinkStats
+from frontend_shim.links.session_stream import FRAME_OVERHEAD, SessionStream
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
-from services.audio.convert import state_to_proto
 from services.common.register_writes import MAX_WRITES, Write, pack, unpack
 from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370
+from services.devices.es1370_convert import state_to_proto
 from tests.helpers import ROOT, ServiceProcess, start_service
 
 # Linux's snd-ens1370 playing: dword writes everywhere, byte writes to the UART.
@@ -84,7 +84,7 @@ def test_queued_writes_leave_as_batches_in_stream_order() -> None:
     assert [w for m in out[2:] for w in unpack(m.writes)] == burst  # split at MAX_WRITES, order kept
     # The wire figures count the messages as sent, each once.
     assert [(m, m.ByteSize() + FRAME_OVERHEAD) for m in out] == sent
-    assert stats.bytes_to_backend == sum(n for _, n in sent) and stats.messages_to_backend == 4
+    assert stats.bytes_to_service == sum(n for _, n in sent) and stats.messages_to_service == 4
 
 
 def test_a_lone_write_waits_for_nothing() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from frontend_shim.session_stream import Waiter
+from frontend_shim.links.session_stream import Waiter
 
 
 def test_a_waiter_hands_over_the_value_set_before_or_during_the_wait() -> None:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from frontend_shim.pcm import melody, write_wav
+from frontend_shim.guests.pcm import melody, write_wav
 from rdv.common.v1 import common_pb2
 from rdv.input.v1 import input_pb2_grpc
 from services.common import certs, tls

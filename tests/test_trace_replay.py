@@ -2,7 +2,7 @@
 
 Every committed trace is replayed in both coherence modes through the real CLI (`python -m frontend_shim
 replay`) against a real service: no read may differ from what QEMU returned beyond the documented tolerance
-(frontend_shim/trace_replay.py), and mirrored mode must put only a fraction of backend mode's register
+(frontend_shim/guests/trace_replay.py), and mirrored mode must put only a fraction of backend mode's register
 traffic on the wire (the paper's remote card 2 against card 1).
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from frontend_shim.processes import ServiceProcess, start_service
-from frontend_shim.trace_replay import TraceError, load_trace, parse_trace, register_name
+from frontend_shim.commands.processes import ServiceProcess, start_service
+from frontend_shim.guests.trace_replay import TraceError, load_trace, parse_trace, register_name
 from services.devices import es1370_regs as R
 from tests.helpers import ROOT, run_shim
 
@@ -140,17 +140,17 @@ def test_replay_in_both_modes(audio_service: ServiceProcess, case: str) -> None:
         # Our card interrupted for every period the guest handled (and maybe once more before it was stopped).
         assert info["interrupts"] <= r["interrupts"] <= info["interrupts"] + 2, mode
         assert r["isr_timeouts"] == 0 and r["read_timeouts"] == 0, mode
-        assert r["pcm_bytes"] > 0 and r["bytes_to_backend"] > r["pcm_bytes"]
+        assert r["pcm_bytes"] > 0 and r["bytes_to_service"] > r["pcm_bytes"]
         assert sum(c.get("reads", 0) + c.get("writes", 0) for c in r["by_register"].values()) == info["accesses"]
         # The meter's split covers every byte the link sent, each message once (a batch of writes as one).
-        assert sum(r["wire_to_backend"].values()) == r["bytes_to_backend"], mode
+        assert sum(r["wire_to_service"].values()) == r["bytes_to_service"], mode
     backend, mirrored = reports["backend"], reports["mirrored"]
     # Mirrored mode answers every read locally and raises interrupts locally: nothing of it comes back ...
-    assert register_bytes(mirrored["wire_from_backend"]) == 0
-    assert register_bytes(backend["wire_from_backend"]) > 0
+    assert register_bytes(mirrored["wire_from_service"]) == 0
+    assert register_bytes(backend["wire_from_service"]) > 0
     # ... and only the writes go out, so its register traffic is a fraction of backend mode's.
     ours, theirs = (
-        register_bytes(r["wire_to_backend"]) + register_bytes(r["wire_from_backend"]) for r in (mirrored, backend)
+        register_bytes(r["wire_to_service"]) + register_bytes(r["wire_from_service"]) for r in (mirrored, backend)
     )
     assert 0 < ours < 0.45 * theirs, (ours, theirs)
-    assert mirrored["wire_to_backend"]["io"] < backend["wire_to_backend"]["io"]
+    assert mirrored["wire_to_service"]["io"] < backend["wire_to_service"]["io"]

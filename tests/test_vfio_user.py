@@ -20,9 +20,9 @@ from typing import TypeVar
 import grpc
 import pytest
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.guest import Device, GuestMemoryError
-from frontend_shim.pcm import melody
+from frontend_shim.guests.guest import Device, GuestMemoryError
+from frontend_shim.guests.pcm import melody
+from frontend_shim.links.audio import AudioLink
 from frontend_shim.vfio_user import protocol as P
 from frontend_shim.vfio_user.devices import es1370_function, es1370_over_link, svga_spec
 from frontend_shim.vfio_user.irq import IrqController

@@ -15,16 +15,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from frontend_shim.display_link import CoherenceMode
+from frontend_shim.links.display import CoherenceMode
 from frontend_shim.vfio_user import protocol as P
 from frontend_shim.vfio_user.devices import svga_over_link
 from frontend_shim.vfio_user.svga import SvgaLink, SvgaMemory, changed_tiles
 from frontend_shim.vfio_user.trace import read_access_log
 from services.common import raster
+from services.common.png import bgrx_to_rgb
 from services.common.raster import Rect, Surface
 from services.devices import svga_regs as R
 from services.devices.svga import FifoWriter
-from services.display.png import bgrx_to_rgb
 from tests.display_helpers import screenshot
 from tests.helpers import ServiceProcess, run_shim, start_service
 from tests.test_vfio_user import Rig, start_rig

@@ -6,8 +6,8 @@ itself does not change.
 
 from __future__ import annotations
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.guest import Device
+from frontend_shim.guests.guest import Device
+from frontend_shim.links.audio import AudioLink
 from frontend_shim.vfio_user.irq import IrqController
 from frontend_shim.vfio_user.pci import (
     STATUS_DEVSEL_MEDIUM,

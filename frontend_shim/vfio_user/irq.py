@@ -51,7 +51,7 @@ class IrqStats:
 
 
 class IrqController:
-    """Implements `frontend_shim.guest.InterruptLine` for pin A; the server feeds it SET_IRQS and accesses."""
+    """Implements `frontend_shim.guests.guest.InterruptLine` for pin A; the server feeds it SET_IRQS and accesses."""
 
     def __init__(
         self,

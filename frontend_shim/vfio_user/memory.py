@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from frontend_shim.guest import GuestMemoryError
+from frontend_shim.guests.guest import GuestMemoryError
 from frontend_shim.vfio_user import protocol as P
 from services.common import logs
 
@@ -61,7 +61,7 @@ class MemoryStats:
 
 
 class DmaMemory:
-    """Implements `frontend_shim.guest.GuestMemory` over the current connection's DMA maps."""
+    """Implements `frontend_shim.guests.guest.GuestMemory` over the current connection's DMA maps."""
 
     def __init__(self, max_maps: int = P.MAX_DMA_MAPS, max_xfer: int = P.MAX_DATA_XFER) -> None:
         self.max_maps = max_maps

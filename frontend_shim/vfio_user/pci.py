@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from frontend_shim.guest import Device
+from frontend_shim.guests.guest import Device
 from frontend_shim.vfio_user import protocol as P
 
 CONFIG_SPACE_SIZE = 256

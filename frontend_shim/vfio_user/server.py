@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from frontend_shim.guest import GuestMemoryError
+from frontend_shim.guests.guest import GuestMemoryError
 from frontend_shim.vfio_user import protocol as P
 from frontend_shim.vfio_user.irq import IrqController
 from frontend_shim.vfio_user.memory import DmaMemory
@@ -82,7 +82,7 @@ class VfioUserServer:
         self.irq.intx_disabled = lambda: function.config.intx_disabled
         self._listener: socket.socket | None = None
         self._path: str | None = None
-        self._active: _Connection | None = None
+        self._active: _QemuClientConnection | None = None
         self._active_lock = threading.Lock()
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -137,14 +137,14 @@ class VfioUserServer:
             raise RuntimeError("a client is already connected")
         self._run(conn)
 
-    def _claim(self, sock: socket.socket) -> _Connection | None:
+    def _claim(self, sock: socket.socket) -> _QemuClientConnection | None:
         with self._active_lock:
             if self._active is not None:
                 return None
-            self._active = _Connection(self, sock)
+            self._active = _QemuClientConnection(self, sock)
             return self._active
 
-    def _run(self, conn: _Connection) -> None:
+    def _run(self, conn: _QemuClientConnection) -> None:
         self.stats.connections += 1
         try:
             conn.run()
@@ -187,8 +187,8 @@ class _Waiter:
         self.aborted = False
 
 
-class _Connection:
-    """One client: reads and handles its messages, and implements DmaTransport for DmaMemory."""
+class _QemuClientConnection:
+    """One vfio-user client (QEMU) on the socket: reads and handles its messages; the DmaTransport of DmaMemory."""
 
     def __init__(self, server: VfioUserServer, sock: socket.socket) -> None:
         self.server = server
@@ -474,7 +474,8 @@ class _Connection:
     def _unsupported(self, msg: P.Message) -> tuple[bytes, list[int], None]:
         raise P.ProtocolError(errno.ENOTSUP, f"{P.command_name(msg.header.command)} is not supported")
 
-    _handlers: dict[int, Callable[[_Connection, P.Message], tuple[bytes, list[int], Callable[[], None] | None]]] = {
+    _Handler = Callable[["_QemuClientConnection", P.Message], tuple[bytes, list[int], Callable[[], None] | None]]
+    _handlers: dict[int, _Handler] = {
         P.Command.DMA_MAP: _dma_map,
         P.Command.DMA_UNMAP: _dma_unmap,
         P.Command.DEVICE_GET_INFO: _device_info,

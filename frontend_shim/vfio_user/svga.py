@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from frontend_shim.display_link import CoherenceMode, DisplayLink
+from frontend_shim.links.display import CoherenceMode, DisplayLink
 from frontend_shim.vfio_user.pci import FdBacking, memfd_backing
 from services.common import logs, raster
 from services.common.raster import Rect, Surface

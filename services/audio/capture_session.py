@@ -16,10 +16,11 @@ from collections.abc import Callable
 
 from rdv.audio.v1 import audio_pb2
 from rdv.common.v1 import common_pb2
-from services.audio.capture import CaptureQueue, Recorder, adc_credit, adc_room
+from services.audio.capture import Recorder
 from services.audio.sources import SourceConfig
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
+from services.devices.capture_pacing import CaptureQueue, adc_credit, adc_room
 from services.devices.es1370 import Es1370, PcmFormat
 
 MIRRORED = common_pb2.COHERENCE_MODE_MIRRORED

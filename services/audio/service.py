@@ -14,7 +14,6 @@ from google.protobuf.message import DecodeError
 
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
-from services.audio.convert import state_from_proto, state_to_proto
 from services.audio.session import BACKEND, MIRRORED, AudioSession, SessionConfig, SessionError
 from services.audio.sources import SourceConfig
 from services.audio.sources.wav import read_format
@@ -22,6 +21,7 @@ from services.common import logs
 from services.common.server import live_info
 from services.common.sessions import OpenGate
 from services.devices import es1370_regs as R
+from services.devices.es1370_convert import state_from_proto, state_to_proto
 
 log = logs.get("audio")
 FLUSH_TIMEOUT = 2.0  # seconds the last messages of a cleanly ended session may take to leave

@@ -19,15 +19,15 @@ import grpc
 from rdv.audio.v1 import audio_pb2
 from rdv.common.v1 import common_pb2
 from services.audio.capture_session import SessionCapture, replay_steps
-from services.audio.convert import state_to_proto
-from services.audio.dma import DmaCredit
 from services.audio.player import ChannelPlayer, PlayerStats
 from services.audio.sinks import SinkConfig, make_sink
 from services.audio.sources import SourceConfig
 from services.common import logs, register_writes
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
+from services.devices.dma import DmaCredit
 from services.devices.es1370 import AccessError, Es1370, Es1370State
+from services.devices.es1370_convert import state_to_proto
 
 log = logs.get("audio.session")
 BACKEND = common_pb2.COHERENCE_MODE_BACKEND

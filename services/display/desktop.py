@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from rdv.display.v1 import display_pb2
 from services.common import codec, raster
+from services.common.png import bgrx_to_rgb, encode_rgb
 from services.common.raster import EMPTY, Rect, Surface
 from services.devices.svga import Cursor
-from services.display.convert import ENCODING_NAME
-from services.display.png import bgrx_to_rgb, encode_rgb
+from services.devices.svga_convert import ENCODING_NAME
 
 MAX_SIDE = 8192  # pixels per side of a desktop
 MAX_DESKTOP_BYTES = 128 * 1024 * 1024

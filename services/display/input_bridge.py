@@ -7,10 +7,11 @@ become rdv input events handed to the input service's InputPublisher.
 
 from __future__ import annotations
 
+from services.common import input_events as events
+from services.common import input_keys as keys
 from services.common import logs, tls
+from services.common.input_publisher import InputPublisher
 from services.display.stage import GuestInput
-from services.input import events, keys
-from services.input.publisher import InputPublisher
 
 log = logs.get("display.input")
 

@@ -23,7 +23,7 @@ from services.common import logs, register_writes
 from services.common.raster import EMPTY
 from services.devices import svga_regs as R
 from services.devices.svga import AccessError, Cursor, FifoResult, SnapshotError, SvgaII
-from services.display.convert import cursor_to_proto, registers_from_proto, registers_to_proto
+from services.devices.svga_convert import cursor_to_proto, registers_from_proto, registers_to_proto
 from services.display.desktop import Desktop, FrameError
 from services.display.presenters import CursorImage
 from services.display.stage import PendingAck, Stage

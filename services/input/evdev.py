@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rdv.input.v1 import input_pb2
+from services.common import input_events as ev
 from services.common import logs
-from services.input import events as ev
-from services.input.keys import EVDEV_TO_QCODE
+from services.common.input_keys import EVDEV_TO_QCODE
 
 log = logs.get("input.evdev")
 

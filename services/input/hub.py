@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from rdv.input.v1 import input_pb2
 from services.common import logs
-from services.input.events import BUTTON_NAMES
+from services.common.input_events import BUTTON_NAMES
 
 log = logs.get("input")
 

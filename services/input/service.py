@@ -14,10 +14,10 @@ from google.protobuf.message import DecodeError
 
 from rdv.common.v1 import common_pb2
 from rdv.input.v1 import input_pb2, input_pb2_grpc
+from services.common import input_events as ev
 from services.common import logs
 from services.common.server import live_info
 from services.common.sessions import DEFAULT_MAX_SESSIONS
-from services.input import events as ev
 from services.input.hub import Hub, NoTarget
 
 log = logs.get("input")

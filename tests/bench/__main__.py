@@ -10,7 +10,7 @@ import os
 import platform
 from pathlib import Path
 
-from frontend_shim.processes import ROOT
+from frontend_shim.commands.processes import ROOT
 from tests.bench import netlinks
 from tests.bench import plots as plots_mod
 
@@ -19,8 +19,8 @@ SUITES = (
     "tests.bench.audio",
     "tests.bench.display",
     "tests.bench.traces",
-    "tests.bench_input",
-    "tests.bench_vfio",
+    "tests.bench.input",
+    "tests.bench.vfio",
     "tests.bench.load",
 )
 def target(r: dict) -> float | None:

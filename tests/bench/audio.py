@@ -20,11 +20,11 @@ from pathlib import Path
 
 import grpc
 
-from frontend_shim.audio_link import AudioLink
-from frontend_shim.guest import EventLine, RamMemory
-from frontend_shim.pcm import melody
-from frontend_shim.processes import start_service
-from frontend_shim.scripted_audio import GUEST_RAM, ScriptedEs1370Driver
+from frontend_shim.commands.processes import start_service
+from frontend_shim.guests.guest import EventLine, RamMemory
+from frontend_shim.guests.pcm import melody
+from frontend_shim.guests.scripted_audio import GUEST_RAM, ScriptedEs1370Driver
+from frontend_shim.links.audio import AudioLink
 from rdv.audio.v1 import audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.devices import es1370_regs as R

@@ -21,9 +21,9 @@ import random
 import time
 from pathlib import Path
 
-from frontend_shim.display_link import DisplayLink
-from frontend_shim.processes import start_service
-from frontend_shim.scripted_svga import CELL_H, CELL_W, ScriptedSvgaDriver, new_memory
+from frontend_shim.commands.processes import start_service
+from frontend_shim.guests.scripted_svga import CELL_H, CELL_W, ScriptedSvgaDriver, new_memory
+from frontend_shim.links.display import DisplayLink
 from services.common import raster
 from services.common.raster import Rect
 from services.devices.svga import SvgaII

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import grpc
 
-from frontend_shim.processes import ROOT, ServiceProcess, start_service
+from frontend_shim.commands.processes import ROOT, ServiceProcess, start_service
 from rdv.display.v1 import display_pb2, display_pb2_grpc
-from services.display.png import decode
+from services.common.png import decode
 from tests.fault_helpers import list_sessions, rss_kib, slope
 
 
@@ -68,10 +68,10 @@ def guest_pcm(spec: VmSpec, seconds: float) -> bytes:
 def vm_main(argv: list[str]) -> None:
     """One VM: plays its PCM from start to end and draws meanwhile; reports, then keeps its sessions open until
     told to quit on stdin (so the load's driver can look at the services' copies)."""
-    from frontend_shim.audio_link import AudioLink
-    from frontend_shim.display_link import DisplayLink
-    from frontend_shim.scripted_audio import ScriptedEs1370Driver, new_guest
-    from frontend_shim.scripted_svga import ScriptedSvgaDriver, new_memory
+    from frontend_shim.guests.scripted_audio import ScriptedEs1370Driver, new_guest
+    from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver, new_memory
+    from frontend_shim.links.audio import AudioLink
+    from frontend_shim.links.display import DisplayLink
     from services.devices import es1370_regs as R
     from services.devices.es1370 import PcmFormat
 
@@ -250,7 +250,7 @@ def _sample_rss(procs: dict[str, ServiceProcess], result: LoadResult, stop: thre
 
 
 def _screen_matches(address: str, session_id: str, fb: Path) -> bool:
-    from services.display.png import bgrx_to_rgb
+    from services.common.png import bgrx_to_rgb
 
     with grpc.insecure_channel(address) as ch:
         reply = display_pb2_grpc.DisplayServiceStub(ch).Screenshot(

@@ -15,13 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from frontend_shim.processes import ROOT, start_service
+from frontend_shim.commands.processes import ROOT, start_service
 from tests.bench.stats import record
 
 TRACES = ROOT / "tests" / "data" / "traces"
 QUICK_TRACES = ("p512_44k_s16_stereo", "p4096_44k_s16_stereo")
 PAPER_SAVED_B_PER_S = 200_000  # Fig. 7: card 2 saves ~200 KB/s in each direction while playing
-DIRECTIONS = ("to_backend", "from_backend")
+DIRECTIONS = ("to_service", "from_service")
 
 
 def _replay(address: str, path: Path, mode: str) -> dict:

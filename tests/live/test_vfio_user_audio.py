@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from frontend_shim.pcm import melody, write_wav
+from frontend_shim.guests.pcm import melody, write_wav
 from frontend_shim.vfio_user.trace import Event, read_access_log
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from frontend_shim.pcm import melody, write_wav
+from frontend_shim.guests.pcm import melody, write_wav
 from services.devices.es1370 import PcmFormat
 from tests.helpers import start_service
 from tests.live.guest import boot, build_initrd, start_shim, tool, wait_sessions_closed

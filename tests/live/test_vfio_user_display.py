@@ -46,9 +46,9 @@ import pytest
 
 from frontend_shim.vfio_user.trace import read_access_log
 from rdv.input.v1 import input_pb2, input_pb2_grpc
+from services.common import input_events as ev
+from services.common.png import bgrx_to_rgb
 from services.devices import svga_regs as R
-from services.display.png import bgrx_to_rgb
-from services.input import events as ev
 from tests.display_helpers import screenshot
 from tests.helpers import ROOT, ServiceProcess, start_service
 from tests.live.guest import MEMORY, Shim, build_initrd, tool
@@ -460,8 +460,8 @@ def test_vmwgfx_fbcon_fb_pattern_and_keys(
         "pixel_rects": link["pixel_rects"],
         "pixel_bytes": link["pixel_bytes"],
         "payload_bytes": link["payload_bytes"],
-        "bytes_to_service": link["bytes_to_backend"],
-        "messages_to_service": link["messages_to_backend"],
+        "bytes_to_service": link["bytes_to_service"],
+        "messages_to_service": link["messages_to_service"],
         "encodings": link["encodings"],
         "vram_scan": s["vram_scan"],
         "keys": presses,

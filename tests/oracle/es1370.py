@@ -1,7 +1,7 @@
 """Two ES1370s with the same guest-facing interface: QEMU's (over qtest) and ours (services.devices.es1370).
 
 Each side is a `Device` (trapped port accesses), guest memory and an interrupt line, so the scripted
-snd-ens1370-like driver (frontend_shim.scripted_audio) runs unchanged against either.
+snd-ens1370-like driver (frontend_shim.guests.scripted_audio) runs unchanged against either.
 
 Time. QEMU's DMA moves only on its audio timer (10 ms of virtual time), and under qtest virtual time moves
 only when we step it; ours moves when its caller runs `dma_window`/`dma_commit`. Both sides therefore advance
@@ -16,8 +16,8 @@ import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frontend_shim.guest import Device, RamMemory
-from frontend_shim.scripted_audio import GUEST_RAM
+from frontend_shim.guests.guest import Device, RamMemory
+from frontend_shim.guests.scripted_audio import GUEST_RAM
 from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370, PcmFormat
 from tests.qtest import PCI_IRQ, Qtest

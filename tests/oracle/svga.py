@@ -194,7 +194,7 @@ class ServiceSvga(_Svga):
     straight into VRAM show there after an UPDATE covering them, as on any SVGA II."""
 
     def __init__(self, address: str, mode: str = "mirrored") -> None:
-        from frontend_shim.display_link import DisplayLink
+        from frontend_shim.links.display import DisplayLink
 
         super().__init__()
         self.address = address
@@ -219,7 +219,7 @@ class ServiceSvga(_Svga):
         import grpc
 
         from rdv.display.v1 import display_pb2, display_pb2_grpc
-        from services.display.png import decode
+        from services.common.png import decode
 
         assert self.link.flush(10.0), "the display service did not take every frame"
         with grpc.insecure_channel(self.address) as ch:

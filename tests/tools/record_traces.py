@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from frontend_shim.pcm import melody, write_wav  # noqa: E402
+from frontend_shim.guests.pcm import melody, write_wav  # noqa: E402
 from services.devices import es1370_regs as R  # noqa: E402
 from services.devices.es1370 import PcmFormat  # noqa: E402
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from services.audio.sources.base import CaptureSource, SourceConfig, SourceError, make_source
+from services.audio.sources.base import CaptureSource, SourceConfig, SourceError
+from services.audio.sources.factory import make_source
 
 __all__ = ["CaptureSource", "SourceConfig", "SourceError", "make_source"]

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import alsaaudio
 
+from services.audio.alsa_pcm import UNPACED_PREFIXES, open_pcm
 from services.audio.sources.base import SourceError
 from services.devices.es1370 import PcmFormat
-
-# PCMs that deliver without waiting for a sound card: the recorder paces them with its clock.
-_UNPACED_PREFIXES = ("null", "file:", "pcm.null")
 
 
 class AlsaSource:
@@ -17,22 +15,14 @@ class AlsaSource:
 
     def __init__(self, device: str) -> None:
         self.device = device
-        self.paces_itself = not device.startswith(_UNPACED_PREFIXES)
+        self.paces_itself = not device.startswith(UNPACED_PREFIXES)
         self._pcm: alsaaudio.PCM | None = None
         self._fmt: PcmFormat | None = None
 
     def open(self, fmt: PcmFormat) -> None:
         self.close()
         try:
-            self._pcm = alsaaudio.PCM(
-                type=alsaaudio.PCM_CAPTURE,
-                mode=alsaaudio.PCM_NORMAL,
-                device=self.device,
-                rate=fmt.rate,
-                channels=fmt.channels,
-                format=alsaaudio.PCM_FORMAT_S16_LE if fmt.bits == 16 else alsaaudio.PCM_FORMAT_U8,
-                periodsize=max(64, fmt.rate // 100),
-            )
+            self._pcm = open_pcm(alsaaudio.PCM_CAPTURE, self.device, fmt)
         except alsaaudio.ALSAAudioError as exc:
             raise SourceError(f"ALSA capture device {self.device!r} refused {fmt}: {exc}") from exc
         got = self._pcm.info()

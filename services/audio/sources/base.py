@@ -1,4 +1,4 @@
-"""The capture source interface and the factory that picks an implementation from the configuration."""
+"""The capture source interface and its configuration (the factory that picks an implementation is `factory.py`)."""
 
 from __future__ import annotations
 
@@ -41,25 +41,3 @@ class SourceConfig:
 def silence(fmt: PcmFormat, nbytes: int) -> bytes:
     """`nbytes` of silence in `fmt` (U8 is mid-scale)."""
     return (b"\x80" if fmt.bits == 8 else b"\x00") * nbytes
-
-
-def make_source(config: SourceConfig) -> CaptureSource:
-    if config.kind == "alsa":
-        from services.audio.sources.alsa import AlsaSource
-
-        source: CaptureSource = AlsaSource(config.alsa_device)
-    elif config.kind == "wav":
-        from services.audio.sources.wav import WavSource
-
-        source = WavSource(config.path)
-    elif config.kind == "tone":
-        from services.audio.sources.tone import ToneSource
-
-        source = ToneSource()
-    else:
-        raise SourceError(f"unknown capture source {config.kind!r} (alsa, wav, tone)")
-    if config.pace == "clock":
-        source.paces_itself = False
-    elif config.pace == "device":
-        source.paces_itself = True
-    return source

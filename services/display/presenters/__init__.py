@@ -8,7 +8,7 @@ from services.display.presenters.base import (
     PresentError,
     RenderJob,
     WindowEvent,
-    make_presenter,
 )
+from services.display.presenters.factory import make_presenter
 
 __all__ = ["CursorImage", "PresentError", "Presenter", "RenderJob", "WindowEvent", "make_presenter"]

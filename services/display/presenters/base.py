@@ -1,4 +1,4 @@
-"""The presenter interface and the factory that picks an implementation.
+"""The presenter interface (the factory that picks an implementation is `factory.py`).
 
 A presenter is driven by exactly one thread (the display's stage thread; SDL wants its window, renderer and
 event pump on one thread): `open`, then any number of `render` and `poll_events`, then `close`. It never
@@ -77,17 +77,3 @@ class Presenter(Protocol):
     def poll_events(self) -> list[WindowEvent]: ...
 
     def close(self) -> None: ...
-
-
-def make_presenter(kind: str, headless: bool) -> Presenter:
-    """kind: "sdl" (a window when DISPLAY is set and not `headless`, SDL's dummy video driver otherwise),
-    "headless" (no SDL at all: frames are acknowledged as shown), or "auto" (sdl, headless if SDL fails)."""
-    if kind == "headless":
-        from services.display.presenters.headless import HeadlessPresenter
-
-        return HeadlessPresenter()
-    if kind not in ("sdl", "auto"):
-        raise PresentError(f"unknown presenter {kind!r} (sdl, headless, auto)")
-    from services.display.presenters.sdl import SdlPresenter
-
-    return SdlPresenter(headless=headless, fallback=kind == "auto")

@@ -9,10 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from frontend_shim import cmd_draw_demo
-from frontend_shim.cmd_play import PlayError, describe, play
-from frontend_shim.pcm import melody, write_wav
-from frontend_shim.processes import ROOT, ServiceProcess, start_service
+from frontend_shim.commands import draw_demo as cmd_draw_demo
+from frontend_shim.commands.play import PlayError, describe, play
+from frontend_shim.commands.processes import ROOT, ServiceProcess, start_service
+from frontend_shim.guests.pcm import melody, write_wav
 from services.devices.es1370 import PcmFormat
 
 DEMO_FORMAT = PcmFormat(44100, 2, 16)
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
             svc.stop()
 
     print("\nper second of audio        mirrored (card 2)   backend (card 1)")
-    rows = (("register reads on the wire", "reads"), ("bytes shim -> service", "bytes_to_backend"),
-            ("bytes service -> shim", "bytes_from_backend"))  # fmt: skip
+    rows = (("register reads on the wire", "reads"), ("bytes shim -> service", "bytes_to_service"),
+            ("bytes service -> shim", "bytes_from_service"))  # fmt: skip
     for label, key in rows:
         m, b = (s[key] / args.seconds for s in summaries)
         shown_m = "0 (answered locally)" if key == "reads" else f"{m:,.0f}"

@@ -5,7 +5,7 @@ figures are the unloaded path: source -> input service -> shim's subscription ->
 Both ends read CLOCK_MONOTONIC on the same host. Real processes: the input service and QEMU 7.2 (TCG, no
 trace) as subprocesses, the shim's forwarder in this process so it can timestamp QEMU's reply.
 
-    .venv/bin/python -m tests.bench_input [--quick]
+    .venv/bin/python -m tests.bench.input [--quick]
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import grpc
 
-from frontend_shim.input_forward import InputForwarder
+from frontend_shim.links.input_forward import InputForwarder
 from rdv.input.v1 import input_pb2, input_pb2_grpc
-from services.input import events as ev
-from services.input.publisher import InputPublisher
+from services.common import input_events as ev
+from services.common.input_publisher import InputPublisher
 from tests.helpers import start_service
 from tests.test_input_qemu import Qemu, wait_subscribed
 
@@ -72,7 +72,7 @@ def _measure(count: int, send: Callable[[input_pb2.InputEvent], None], acks: _Ac
 
 def run(quick: bool, workdir: Path | None = None) -> list[dict]:
     if shutil.which("qemu-system-x86_64") is None:
-        print("bench_input: qemu-system-x86_64 not installed, skipped", file=sys.stderr)
+        print("bench input: qemu-system-x86_64 not installed, skipped", file=sys.stderr)
         return []
     count = 300 if quick else 3000
     with tempfile.TemporaryDirectory(prefix="rdv-bench-input-") as tmp:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from frontend_shim.audio_link import MODES
-from frontend_shim.trace_replay import Replayer, ReplayReport, TraceError, load_trace
+from frontend_shim.commands import options
+from frontend_shim.guests.trace_replay import Replayer, ReplayReport, TraceError, load_trace
 
 EXIT_MISMATCH = 3  # replayed, but some reads differed from QEMU's beyond the documented tolerance
 
@@ -22,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "returned. Exit status: 0 all reads as expected, 1 bad file or no service, 3 unexpected read mismatches.",
     )
     p.add_argument("--qemu-trace", required=True, metavar="FILE", help="QEMU trace log (raw or gzip)")
-    p.add_argument("--audio", default=os.environ.get("RDV_AUDIO", "127.0.0.1:50051"), help="audio service HOST:PORT")
-    p.add_argument("--mode", choices=sorted(MODES), default="mirrored", help="coherence mode (default mirrored)")
+    options.audio(p)
+    options.mode(p)
     p.add_argument(
         "--speed",
         type=float,
@@ -64,15 +63,15 @@ def describe(report: ReplayReport) -> str:
         f"{s['isr_timeouts']} timed out)",
         f"reads unlike QEMU's: {s['unexpected_mismatches']} unexpected, {s['tolerated_mismatches']} position reads "
         f"within tolerance (largest difference {s['max_position_error_periods']} periods)",
-        f"wire: {s['bytes_to_backend']} B to the service ({s['bytes_to_backend_per_s']:.0f} B/s), "
-        f"{s['bytes_from_backend']} B from it ({s['bytes_from_backend_per_s']:.0f} B/s); "
-        f"by kind to {s['wire_to_backend']}, from {s['wire_from_backend']}",
+        f"wire: {s['bytes_to_service']} B to the service ({s['bytes_to_service_per_s']:.0f} B/s), "
+        f"{s['bytes_from_service']} B from it ({s['bytes_from_service_per_s']:.0f} B/s); "
+        f"by kind to {s['wire_to_service']}, from {s['wire_from_service']}",
     ]
     if p := s["playing"]:
         lines.append(
-            f"while playing ({p['seconds']:.2f} s): {p['bytes_to_backend_per_s']:.0f} B/s to the service "
-            f"({p['register_bytes_to_backend_per_s']:.0f} B/s of it register traffic), "
-            f"{p['bytes_from_backend_per_s']:.0f} B/s from it ({p['register_bytes_from_backend_per_s']:.0f} B/s)"
+            f"while playing ({p['seconds']:.2f} s): {p['bytes_to_service_per_s']:.0f} B/s to the service "
+            f"({p['register_bytes_to_service_per_s']:.0f} B/s of it register traffic), "
+            f"{p['bytes_from_service_per_s']:.0f} B/s from it ({p['register_bytes_from_service_per_s']:.0f} B/s)"
         )
     lines.append("accesses by register:")
     for name, counts in s["by_register"].items():  # type: ignore[union-attr]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 
-from frontend_shim.audio_link import MODES, AudioLink
-from frontend_shim.guest import EventLine, RamMemory
-from frontend_shim.pcm import read_wav
-from frontend_shim.scripted_audio import GuestError, ScriptedEs1370Driver, dac_for, expressible, new_guest
+from frontend_shim.commands import options
+from frontend_shim.guests.guest import EventLine, RamMemory
+from frontend_shim.guests.pcm import read_wav
+from frontend_shim.guests.scripted_audio import GuestError, ScriptedEs1370Driver, dac_for, expressible, new_guest
+from frontend_shim.links.audio import AudioLink
 from services.common import tls
 from services.common.clock import Clock
 from services.devices.es1370 import PcmFormat
@@ -20,14 +20,14 @@ from services.devices.es1370 import PcmFormat
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("play", help="play a WAV from a scripted guest through a remote ES1370")
     p.add_argument("--wav", required=True, help="PCM WAV file: 8/16-bit, mono/stereo, a rate the ES1370 can make")
-    p.add_argument("--audio", default=os.environ.get("RDV_AUDIO", "127.0.0.1:50051"), help="audio service HOST:PORT")
-    p.add_argument("--mode", choices=sorted(MODES), default="mirrored", help="coherence mode (default mirrored)")
+    options.audio(p)
+    options.mode(p)
     p.add_argument("--dac", choices=["dac1", "dac2"], default="dac2", help="DAC to play on (DAC1: 4 rates only)")
     p.add_argument("--period-frames", type=int, default=1024)
     p.add_argument("--periods", type=int, default=4)
     p.add_argument("--access-timeout-ms", type=float, default=50.0, help="longest a register read may wait")
     p.add_argument("--vm", default="scripted-guest", help="name shown in the service's session list")
-    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
+    options.tls_dir(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--status", action="store_true", help="print live progress on stderr")
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -130,7 +130,7 @@ def describe(s: dict) -> str:
     return (
         f"played {s['frames']} frames ({s['format']}) in {s['mode']} mode in {s['seconds']:.2f} s: "
         f"{s['interrupts']} interrupts for {s['periods']} periods, {s['accesses']} register accesses, "
-        f"{s['bytes_to_backend']} B to / {s['bytes_from_backend']} B from the audio service"
+        f"{s['bytes_to_service']} B to / {s['bytes_from_service']} B from the audio service"
     )
 
 
@@ -142,8 +142,8 @@ def _status(link: AudioLink, total: int, stop: threading.Event) -> None:
         s = link.stats
         pct = min(100.0, 100 * s.pcm_bytes / total) if total else 100.0
         line = (
-            f"{link.mode:9} {pct:5.1f}%  irq {s.interrupts:5}  to {s.bytes_to_backend / 1024:8.1f} KiB  "
-            f"from {s.bytes_from_backend / 1024:8.1f} KiB  {'up' if link.connected else 'DOWN'}"
+            f"{link.mode:9} {pct:5.1f}%  irq {s.interrupts:5}  to {s.bytes_to_service / 1024:8.1f} KiB  "
+            f"from {s.bytes_from_service / 1024:8.1f} KiB  {'up' if link.connected else 'DOWN'}"
         )
         print(f"\r{line}" if tty else line, end="" if tty and not stopped else "\n", file=sys.stderr, flush=True)
         if stopped:

@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
-from frontend_shim.display_link import ENCODINGS, MODES, DisplayLink
-from frontend_shim.scripted_svga import GuestError, ScriptedSvgaDriver, new_memory
+from frontend_shim.commands import options
+from frontend_shim.guests.scripted_svga import GuestError, ScriptedSvgaDriver, new_memory
+from frontend_shim.links.display import ENCODINGS, DisplayLink
 from services.common import tls
-from services.display.png import bgrx_to_rgb, encode_rgb
+from services.common.png import bgrx_to_rgb, encode_rgb
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("draw-demo", help="draw an animated desktop from a scripted guest on remote display services")
-    p.add_argument(
-        "--display",
-        action="append",
-        default=[],
-        metavar="HOST:PORT",
-        help="display service (repeat for several screens; each shows its own viewport). Default $RDV_DISPLAY",
-    )
+    options.display(p)
     p.add_argument("--seconds", type=float, default=5.0, help="how long to animate")
     p.add_argument("--encoding", choices=ENCODINGS, default="auto", help="pixel encoding (auto: per rectangle)")
     p.add_argument("--tile-diff", action="store_true", help="send only tiles that differ from what the service has")
-    p.add_argument("--mode", choices=sorted(MODES), default="mirrored", help="coherence mode (default mirrored)")
+    options.mode(p)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=768)
     p.add_argument("--fps", type=float, default=30.0, help="animation steps per second (0: as fast as possible)")
@@ -35,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-guest-png", metavar="FILE", help="write the guest's visible framebuffer as PNG at the end")
     p.add_argument("--vm", default="scripted-guest", help="name shown in the services' session lists")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
+    options.tls_dir(p)
     p.set_defaults(run=run)
 
 
@@ -116,7 +110,7 @@ def draw(
 
 
 def run(args: argparse.Namespace) -> int:
-    displays = args.display or [os.environ.get("RDV_DISPLAY", "127.0.0.1:50052")]
+    displays = options.displays(args)
     try:
         summary = draw(
             displays,

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from frontend_shim.guest import Device, EventLine, RamMemory
+from frontend_shim.guests.guest import Device, EventLine, RamMemory
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat
 

@@ -7,7 +7,7 @@ own share. Per coherence mode: backend (the read crosses gRPC to the service) an
 from its copy). ES1370: STATUS read, MEMPAGE write. SVGA II: a VALUE-port read (4 bytes at offset 1, the ID
 register), an INDEX-port write.
 
-    .venv/bin/python -m tests.bench_vfio [--n 2000] [--device es1370|svga|both]
+    .venv/bin/python -m tests.bench.vfio [--n 2000] [--device es1370|svga|both]
 """
 
 from __future__ import annotations

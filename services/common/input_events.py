@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from rdv.input.v1 import input_pb2
-from services.input.keys import check_qcode
+from services.common.input_keys import check_qcode
 
 MAX_DESKTOP = 32768  # pixels per side; QEMU's absolute axis has 32768 steps, more could not be told apart
 MAX_WHEEL = 64  # clicks per event and direction

@@ -22,18 +22,18 @@ from typing import Literal
 
 import grpc
 
-from frontend_shim.guest import GuestMemory, GuestMemoryError, InterruptLine
-from frontend_shim.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
-from frontend_shim.session_stream import SessionStream, Waiter
+from frontend_shim.guests.guest import GuestMemory, GuestMemoryError, InterruptLine
+from frontend_shim.links.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
+from frontend_shim.links.session_stream import SessionStream, Waiter
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
-from services.audio.capture import CaptureQueue, adc_credit, adc_room
-from services.audio.convert import state_to_proto
-from services.audio.dma import DmaCredit
 from services.common import logs
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
+from services.devices.capture_pacing import CaptureQueue, adc_credit, adc_room
+from services.devices.dma import DmaCredit
 from services.devices.es1370 import AccessError, Es1370, PcmFormat, check_access
+from services.devices.es1370_convert import state_to_proto
 
 log = logs.get("shim.audio")
 Mode = Literal["backend", "mirrored"]
@@ -55,10 +55,10 @@ class LinkStats:
     dma_requests: int = 0
     read_timeouts: int = 0
     reconnects: int = 0
-    bytes_to_backend: int = 0
-    bytes_from_backend: int = 0
-    messages_to_backend: int = 0
-    messages_from_backend: int = 0
+    bytes_to_service: int = 0
+    bytes_from_service: int = 0
+    messages_to_service: int = 0
+    messages_from_service: int = 0
     dma_errors: int = 0
     capture_bytes: int = 0  # recorded audio written into the guest's ring
     played: dict[int, int] = field(default_factory=dict)
@@ -69,7 +69,7 @@ class LinkStats:
         return d
 
 
-class _Connection(SessionStream):
+class _AudioServiceStream(SessionStream):
     """The ES1370's session stream."""
 
     def __init__(self, link: AudioLink, target: str, credentials: grpc.ChannelCredentials | None) -> None:
@@ -80,7 +80,7 @@ class _Connection(SessionStream):
 
 
 class AudioLink:
-    """Implements `frontend_shim.guest.Device` for an ES1370 whose back end is a remote audio service."""
+    """Implements `frontend_shim.guests.guest.Device` for an ES1370 whose back end is a remote audio service."""
 
     def __init__(
         self,
@@ -110,7 +110,7 @@ class AudioLink:
         self._credit = DmaCredit(self.clock, lead=0.1)
         self._seq = itertools.count(1)
         self._waiters: dict[int, Waiter] = {}
-        self._conn: _Connection | None = None
+        self._conn: _AudioServiceStream | None = None
         self._irq_level = False
         self._stop = threading.Event()
         self._wake = threading.Event()  # supervisor: the connection needs attention
@@ -312,7 +312,7 @@ class AudioLink:
 
     def _connect(self, timeout: float) -> bool:
         with self._lock:  # no write may slip between the snapshot and the open
-            conn = _Connection(self, self.target, self._credentials)
+            conn = _AudioServiceStream(self, self.target, self._credentials)
             opening = audio_pb2.Open(vm=self.vm, mode=MODES[self.mode])
             if self.model is not None:
                 opening.state.CopyFrom(state_to_proto(self.model.state))
@@ -329,10 +329,10 @@ class AudioLink:
             self._conn = None
         return False
 
-    def _dispatch(self, conn: _Connection, msg: audio_pb2.BackendMessage) -> None:
+    def _dispatch(self, conn: _AudioServiceStream, msg: audio_pb2.BackendMessage) -> None:
         """Runs on the connection's reader thread."""
-        self.stats.bytes_from_backend += msg.ByteSize() + _FRAME_OVERHEAD
-        self.stats.messages_from_backend += 1
+        self.stats.bytes_from_service += msg.ByteSize() + _FRAME_OVERHEAD
+        self.stats.messages_from_service += 1
         kind = msg.WhichOneof("kind")
         if kind == "value" or kind == "barrier_ack":
             body = getattr(msg, kind)
@@ -363,7 +363,7 @@ class AudioLink:
             self._capture.latency = msg.opened.capture.latency_ms / 1000
             conn.opened.set()
 
-    def _serve_dma(self, conn: _Connection, req: audio_pb2.DmaRequest) -> None:
+    def _serve_dma(self, conn: _AudioServiceStream, req: audio_pb2.DmaRequest) -> None:
         self.stats.dma_requests += 1
         data, ok = bytearray(), True
         try:
@@ -390,7 +390,7 @@ class AudioLink:
             self._dma_failing = True
             log.warning("DMA outside guest memory (repeats logged at debug level)", extra={"error": str(exc)})
 
-    def _lost(self, conn: _Connection, error: str) -> None:
+    def _lost(self, conn: _AudioServiceStream, error: str) -> None:
         for seq in list(self._waiters):
             waiter = self._waiters.pop(seq, None)
             if waiter is not None:

@@ -1,7 +1,7 @@
 """The shim's SVGA II: one guest display card, shown by one or more remote display services.
 
 This is the only place in the shim that talks gRPC for the display. `DisplayLink` implements
-`frontend_shim.guest.Device` for BAR0 (the I/O ports). VRAM (BAR1) and FIFO memory (BAR2) are guest memory
+`frontend_shim.guests.guest.Device` for BAR0 (the I/O ports). VRAM (BAR1) and FIFO memory (BAR2) are guest memory
 that the shim reads directly: buffers handed in by the trap source (bytearrays for the scripted guest, an mmap
 from vfio-user later).
 
@@ -48,8 +48,8 @@ from typing import Literal
 
 import grpc
 
-from frontend_shim.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
-from frontend_shim.session_stream import SessionStream, Waiter
+from frontend_shim.links.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
+from frontend_shim.links.session_stream import SessionStream, Waiter
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import codec, logs, raster
@@ -70,7 +70,7 @@ from services.devices.svga import (
     SvgaII,
     Update,
 )
-from services.display.convert import ENCODING_ENUM, cursor_to_proto, registers_to_proto
+from services.devices.svga_convert import ENCODING_ENUM, cursor_to_proto, registers_to_proto
 
 log = logs.get("shim.display")
 CoherenceMode = Literal["backend", "mirrored"]
@@ -107,9 +107,9 @@ class DisplayStats:
     tiles_skipped: int = 0
     pixel_bytes: int = 0  # decoded pixel bytes sent
     payload_bytes: int = 0  # encoded pixel bytes sent
-    bytes_to_backend: int = 0
-    bytes_from_backend: int = 0
-    messages_to_backend: int = 0
+    bytes_to_service: int = 0
+    bytes_from_service: int = 0
+    messages_to_service: int = 0
     reconnects: int = 0
     encodings: Counter[str] = field(default_factory=Counter)
     latency_ns: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))  # oldest damage -> presented
@@ -503,7 +503,7 @@ def _changed_tiles(
 
 
 # ----------------------------------------------------------------------------------------------- connection
-class _Connection(SessionStream):
+class _DisplayServiceStream(SessionStream):
     """One session stream to one display service, with its flow-control window."""
 
     def __init__(self, slot: _Slot, credentials: grpc.ChannelCredentials | None) -> None:
@@ -527,7 +527,7 @@ class _Slot:
         self.primary = primary
         self.builder = _Builder(link.tile_diff)
         self.policy = EncodingPolicy(link.encoding)
-        self.conn: _Connection | None = None
+        self.conn: _DisplayServiceStream | None = None
         self.cond = threading.Condition()  # in-flight window and "the builder has work"
         self.kick = False
         self.offline_since: float | None = None
@@ -544,7 +544,7 @@ class _Slot:
     def connect(self, timeout: float) -> bool:
         link = self.link
         with link.lock:  # no write may slip between the register snapshot and the open
-            conn = _Connection(self, link.credentials)
+            conn = _DisplayServiceStream(self, link.credentials)
             mode = MODES[link.mode] if self.primary else common_pb2.COHERENCE_MODE_MIRRORED
             opening = display_pb2.Open(
                 vm=link.vm,
@@ -568,10 +568,10 @@ class _Slot:
             self.conn = None
         return False
 
-    def dispatch(self, conn: _Connection, msg: display_pb2.BackendMessage) -> None:
+    def dispatch(self, conn: _DisplayServiceStream, msg: display_pb2.BackendMessage) -> None:
         """Runs on the connection's reader thread."""
         link = self.link
-        link.stats.bytes_from_backend += msg.ByteSize() + _FRAME_OVERHEAD
+        link.stats.bytes_from_service += msg.ByteSize() + _FRAME_OVERHEAD
         kind = msg.WhichOneof("kind")
         if kind == "frame_ack":
             self._acked(conn, msg.frame_ack)
@@ -592,7 +592,7 @@ class _Slot:
         elif kind == "notice":
             log.info("service notice", extra={"target": self.target, "notice": msg.notice.message})
 
-    def _acked(self, conn: _Connection, ack: display_pb2.FrameAck) -> None:
+    def _acked(self, conn: _DisplayServiceStream, ack: display_pb2.FrameAck) -> None:
         now = time.perf_counter()
         with self.cond:
             sent = conn.in_flight.pop(ack.frame_id, None)
@@ -610,7 +610,7 @@ class _Slot:
         with self.link.flushed:
             self.link.flushed.notify_all()
 
-    def lost(self, conn: _Connection, error: str) -> None:
+    def lost(self, conn: _DisplayServiceStream, error: str) -> None:
         link = self.link
         if self.primary:
             for seq in list(link.waiters):
@@ -691,7 +691,7 @@ class _Slot:
 
 # ----------------------------------------------------------------------------------------------- the device
 class DisplayLink:
-    """Implements `frontend_shim.guest.Device` for an SVGA II whose screens are remote display services."""
+    """Implements `frontend_shim.guests.guest.Device` for an SVGA II whose screens are remote display services."""
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from frontend_shim.guest import Device
+from frontend_shim.guests.guest import Device
 from services.common import raster
 from services.common.raster import Rect, Surface
 from services.devices import svga_regs as R

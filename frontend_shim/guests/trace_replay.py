@@ -41,8 +41,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frontend_shim.audio_link import _FRAME_OVERHEAD, AudioLink
-from frontend_shim.guest import EventLine
+from frontend_shim.guests.guest import EventLine
+from frontend_shim.links.audio import _FRAME_OVERHEAD, AudioLink
 from rdv.audio.v1 import audio_pb2
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
@@ -176,8 +176,8 @@ def register_name(offset: int, page: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------- wire meter
-_TO_BACKEND = {"access": "io", "writes": "io", "pcm": "audio", "dma_data": "audio"}
-_FROM_BACKEND = {"value": "io", "interrupt": "interrupt", "dma_request": "audio", "position": "audio"}
+_TO_SERVICE = {"access": "io", "writes": "io", "pcm": "audio", "dma_data": "audio"}
+_FROM_SERVICE = {"value": "io", "interrupt": "interrupt", "dma_request": "audio", "position": "audio"}
 
 
 class MeteredLink(AudioLink):
@@ -189,15 +189,15 @@ class MeteredLink(AudioLink):
 
     def __init__(self, *args: object, **kw: object) -> None:
         super().__init__(*args, **kw)  # type: ignore[arg-type]
-        self.to_backend: Counter[str] = Counter()
-        self.from_backend: Counter[str] = Counter()
+        self.to_service: Counter[str] = Counter()
+        self.from_service: Counter[str] = Counter()
 
     def _sent(self, msg: audio_pb2.FrontendMessage, wire_bytes: int) -> None:
-        self.to_backend[_TO_BACKEND.get(msg.WhichOneof("kind") or "", "control")] += wire_bytes  # sending thread
+        self.to_service[_TO_SERVICE.get(msg.WhichOneof("kind") or "", "control")] += wire_bytes  # sending thread
 
     def _dispatch(self, conn: object, msg: audio_pb2.BackendMessage) -> None:
-        what = _FROM_BACKEND.get(msg.WhichOneof("kind") or "", "control")
-        self.from_backend[what] += msg.ByteSize() + _FRAME_OVERHEAD
+        what = _FROM_SERVICE.get(msg.WhichOneof("kind") or "", "control")
+        self.from_service[what] += msg.ByteSize() + _FRAME_OVERHEAD
         super()._dispatch(conn, msg)  # type: ignore[arg-type]
 
 
@@ -250,8 +250,8 @@ class ReplayReport:
     max_position_error: float = 0.0  # largest position difference, in periods
     seconds: float = 0.0
     stats: dict[str, int] = field(default_factory=dict)
-    wire_to_backend: dict[str, int] = field(default_factory=dict)
-    wire_from_backend: dict[str, int] = field(default_factory=dict)
+    wire_to_service: dict[str, int] = field(default_factory=dict)
+    wire_from_service: dict[str, int] = field(default_factory=dict)
     playing: dict[str, float] = field(default_factory=dict)  # wire figures from the first DAC start to the end
 
     def playing_rates(self) -> dict[str, float]:
@@ -267,7 +267,7 @@ class ReplayReport:
         return sum(not m.tolerated for m in self.mismatches)
 
     def as_dict(self) -> dict[str, object]:
-        to, frm = self.stats.get("bytes_to_backend", 0), self.stats.get("bytes_from_backend", 0)
+        to, frm = self.stats.get("bytes_to_service", 0), self.stats.get("bytes_from_service", 0)
         secs = max(self.seconds, 1e-9)
         return {
             "trace": self.trace,
@@ -285,12 +285,12 @@ class ReplayReport:
             "tolerated_mismatches": len(self.mismatches) - self.unexpected_mismatches,
             "max_position_error_periods": round(self.max_position_error, 3),
             "mismatch_examples": [m.as_dict() for m in self.mismatches if not m.tolerated][:10],
-            "bytes_to_backend": to,
-            "bytes_from_backend": frm,
-            "bytes_to_backend_per_s": round(to / secs, 1),
-            "bytes_from_backend_per_s": round(frm / secs, 1),
-            "wire_to_backend": dict(self.wire_to_backend),
-            "wire_from_backend": dict(self.wire_from_backend),
+            "bytes_to_service": to,
+            "bytes_from_service": frm,
+            "bytes_to_service_per_s": round(to / secs, 1),
+            "bytes_from_service_per_s": round(frm / secs, 1),
+            "wire_to_service": dict(self.wire_to_service),
+            "wire_from_service": dict(self.wire_from_service),
             "pcm_bytes": self.stats.get("pcm_bytes", 0),
             "read_timeouts": self.stats.get("read_timeouts", 0),
             "seconds": round(self.seconds, 3),
@@ -360,8 +360,8 @@ class Replayer:
             rep = self.report
             rep.stats = self.link.stats.as_dict()
             rep.interrupts = self.line.raised
-            rep.wire_to_backend = dict(self.link.to_backend)
-            rep.wire_from_backend = dict(self.link.from_backend)
+            rep.wire_to_service = dict(self.link.to_service)
+            rep.wire_from_service = dict(self.link.from_service)
         return self.report
 
     def _replay(self) -> None:
@@ -406,10 +406,10 @@ class Replayer:
             t, to, frm, reg_to, reg_frm = (b - a for a, b in zip(playing, end, strict=True))
             rep.playing = {
                 "seconds": round(t * self.speed, 3),
-                "bytes_to_backend": int(to),
-                "bytes_from_backend": int(frm),
-                "register_bytes_to_backend": int(reg_to),
-                "register_bytes_from_backend": int(reg_frm),
+                "bytes_to_service": int(to),
+                "bytes_from_service": int(frm),
+                "register_bytes_to_service": int(reg_to),
+                "register_bytes_from_service": int(reg_frm),
             }
 
     def _wire_snapshot(self) -> tuple[float, ...]:
@@ -417,10 +417,10 @@ class Replayer:
         link = self.link
         return (
             time.monotonic(),
-            link.stats.bytes_to_backend,
-            link.stats.bytes_from_backend,
-            link.to_backend["io"],
-            link.from_backend["io"] + link.from_backend["interrupt"],
+            link.stats.bytes_to_service,
+            link.stats.bytes_from_service,
+            link.to_service["io"],
+            link.from_service["io"] + link.from_service["interrupt"],
         )
 
     def _tolerated(self, a: TraceAccess, ours: int, view: _GuestView, lead: float) -> bool:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-from frontend_shim.audio_link import MODES, AudioLink
-from frontend_shim.cmd_play import PlayError, open_link
-from frontend_shim.pcm import write_wav
-from frontend_shim.scripted_audio import GuestError, ScriptedEs1370Driver
+from frontend_shim.commands import options
+from frontend_shim.commands.play import PlayError, open_link
+from frontend_shim.guests.pcm import write_wav
+from frontend_shim.guests.scripted_audio import GuestError, ScriptedEs1370Driver
+from frontend_shim.links.audio import AudioLink
 from rdv.audio.v1 import audio_pb2
 from services.common import tls
 from services.common.clock import Clock
@@ -25,8 +25,8 @@ from services.devices.es1370 import PcmFormat
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="record from the remote node's capture source with a scripted guest")
     p.add_argument("--out", required=True, help="WAV file to write: what landed in the guest's capture ring")
-    p.add_argument("--audio", default=os.environ.get("RDV_AUDIO", "127.0.0.1:50051"), help="audio service HOST:PORT")
-    p.add_argument("--mode", choices=sorted(MODES), default="mirrored", help="coherence mode (default mirrored)")
+    options.audio(p)
+    options.mode(p)
     p.add_argument("--rate", type=int, default=44100, help="Hz; the ADC records 1411200/(n+2) Hz (44100, 22050, …)")
     p.add_argument("--channels", type=int, default=2, choices=[1, 2])
     p.add_argument("--bits", type=int, default=16, choices=[8, 16])
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--periods", type=int, default=4)
     p.add_argument("--access-timeout-ms", type=float, default=50.0, help="longest a register read may wait")
     p.add_argument("--vm", default="scripted-guest", help="name shown in the service's session list")
-    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
+    options.tls_dir(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     p.set_defaults(run=run)

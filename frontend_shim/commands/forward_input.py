@@ -15,7 +15,8 @@ import os
 import signal
 import sys
 
-from frontend_shim.input_forward import InputForwarder
+from frontend_shim.commands import options
+from frontend_shim.links.input_forward import InputForwarder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="this VM's name at the input service (focus and SetFocus use it; default $RDV_VM or vm)",
     )
     p.add_argument("--json", action="store_true", help="print the final counters as one JSON object")
-    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
+    options.tls_dir(p)
     p.set_defaults(run=run)
 
 

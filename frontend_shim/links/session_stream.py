@@ -30,8 +30,8 @@ _NOTHING = object()  # no message held back by a batch
 
 
 class WireStats(Protocol):
-    bytes_to_backend: int
-    messages_to_backend: int
+    bytes_to_service: int
+    messages_to_service: int
 
 
 class Waiter:
@@ -112,8 +112,8 @@ class SessionStream:
                 held = self._gather(writes)
                 item = self._make_message(writes=register_writes.pack(writes))
             size = item.ByteSize() + FRAME_OVERHEAD
-            stats.bytes_to_backend += size
-            stats.messages_to_backend += 1
+            stats.bytes_to_service += size
+            stats.messages_to_service += 1
             if on_sent is not None:
                 on_sent(item, size)
             yield item

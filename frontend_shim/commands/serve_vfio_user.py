@@ -21,8 +21,9 @@ import sys
 import threading
 from typing import Any, Protocol
 
-from frontend_shim.audio_link import MODES, AudioLink
-from frontend_shim.display_link import ENCODINGS
+from frontend_shim.commands import options
+from frontend_shim.links.audio import AudioLink
+from frontend_shim.links.display import ENCODINGS
 from frontend_shim.vfio_user.devices import es1370_over_link, svga_over_link
 from frontend_shim.vfio_user.irq import IrqController
 from frontend_shim.vfio_user.memory import DmaMemory
@@ -39,15 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve-vfio-user", help="serve a remote device to QEMU's vfio-user-pci client")
     p.add_argument("--socket", required=True, help="UNIX socket path QEMU connects to")
     p.add_argument("--device", choices=["es1370", "svga"], default="es1370")
-    p.add_argument("--audio", default=os.environ.get("RDV_AUDIO", "127.0.0.1:50051"), help="audio service HOST:PORT")
-    p.add_argument(
-        "--display",
-        action="append",
-        default=[],
-        metavar="HOST:PORT",
-        help="display service for --device svga (repeat for several screens; default $RDV_DISPLAY or 127.0.0.1:50052)",
-    )
-    p.add_argument("--mode", choices=sorted(MODES), default="mirrored", help="coherence mode (default mirrored)")
+    options.audio(p)
+    options.display(p, "display service for --device svga")
+    options.mode(p)
     p.add_argument("--encoding", choices=ENCODINGS, default="auto", help="svga: pixel encoding (auto: per rectangle)")
     p.add_argument("--tile-diff", action="store_true", help="svga: send only tiles that differ from what was sent")
     p.add_argument(
@@ -67,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--irq-recheck-ms", type=float, default=5.0, help="INTx re-check delay after writes and UNMASK")
     p.add_argument("--access-log", default=None, help="write the register traffic here (.gz: gzip)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on exit")
-    p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
+    options.tls_dir(p)
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
 
@@ -104,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         if args.device == "svga":
             svga_memory = SvgaMemory.create()
             link = SvgaLink(
-                args.display or [os.environ.get("RDV_DISPLAY", "127.0.0.1:50052")],
+                options.displays(args),
                 args.mode,
                 svga_memory,
                 vm=vm,

@@ -24,7 +24,7 @@ import grpc
 
 from rdv.input.v1 import input_pb2, input_pb2_grpc
 from services.common import logs, tls
-from services.input.events import BUTTON_NAMES, InvalidEvent, check
+from services.common.input_events import BUTTON_NAMES, InvalidEvent, check
 
 log = logs.get("shim.input")
 ABS_MAX = 0x7FFF  # QEMU's absolute axes run 0..0x7fff whatever the guest's screen size

@@ -4,7 +4,7 @@
     pub.start()
     pub.move(x, y, guest_width, guest_height)   # each call returns at once; never blocks, never raises on I/O
     pub.button("left", True)
-    pub.key("a", True)                          # QEMU qcode names (services/input/keys.py; HID_TO_QCODE for SDL)
+    pub.key("a", True)                          # QEMU qcode names (services/common/input_keys.py; HID_TO_QCODE for SDL)
     pub.wheel(dy=1)
     pub.close()
 
@@ -24,8 +24,8 @@ from collections.abc import Iterator
 import grpc
 
 from rdv.input.v1 import input_pb2, input_pb2_grpc
+from services.common import input_events as ev
 from services.common import logs
-from services.input import events as ev
 
 log = logs.get("input.publisher")
 _BACKOFF_MAX = 2.0
