@@ -25,7 +25,11 @@ from tests.live.guest import boot, build_initrd, start_shim, tool, wait_sessions
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(3600)]
 
-FMT = PcmFormat(22050, 1, 16)
+# Stereo 16-bit: a frame is a dword. snd-ens1370 programs the chip's ring in whole dwords ((bytes >> 2) - 1), and
+# ALSA may pick a buffer of an odd number of 16-bit mono frames (11025 at 22050 Hz was seen here): the chip's
+# ring is then one frame shorter than ALSA's, and the guest reads one stale frame per lap. That is the driver's
+# and the chip's behaviour (the DMA here was checked continuous across the wrap), not what this test is about.
+FMT = PcmFormat(22050, 2, 16)
 SECONDS = 1
 
 RECORD_SH = rf"""#!/bin/sh
