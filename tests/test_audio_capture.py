@@ -248,3 +248,26 @@ def test_service_restarting_mid_capture(services, tmp_path: Path, mode: str) -> 
         assert second > 0 and captured[:second] == mic[:second]
     else:
         assert int(got["restarts"]) >= 1  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("mode", ["mirrored", "backend"])
+def test_a_source_that_cannot_record_the_guests_format_records_silence(services, tmp_path: Path, mode: str) -> None:
+    """A real guest does not ask before recording: the WAV source refuses its format (like a microphone that is
+    gone), the service says so once in its log and records silence, and the guest's capture runs to its end."""
+    source = tmp_path / "mic.wav"
+    write_wav(str(source), PcmFormat(44100, 2, 16), melody(PcmFormat(44100, 2, 16), 0.5))
+    svc = services("audio", "--sink", "null", "--source", "wav", "--source-path", str(source), "--clock-scale", SCALE)
+    memory, irq = new_guest()
+    link = AudioLink(svc.address, mode, memory, irq, clock=Clock(float(SCALE)))
+    link.start()
+    fmt = PcmFormat(22050, 1, 8)
+    try:
+        driver = ScriptedEs1370Driver(link, memory, irq)
+        driver.probe()
+        result = driver.record(fmt, 0.3, period_frames=512)
+    finally:
+        link.close()
+    assert result.periods == -(-int(0.3 * fmt.rate) // 512) and result.spurious == 0
+    assert result.captured == b"\x80" * len(result.captured)  # U8 silence
+    assert wait_for(lambda: "capture source failed: recording silence" in svc.logs(), 5)
+    assert "the guest records 22050 Hz 8-bit mono" in svc.logs()
