@@ -19,18 +19,9 @@ from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.capture_pacing import CaptureQueue, adc_credit, adc_room
 from services.devices.es1370 import Es1370, PcmFormat
-from tests.helpers import ROOT
+from tests.helpers import ROOT, FakeClock
 
 FMT = PcmFormat(8000 * 2, 1, 16)  # 32000 B/s: round numbers
-
-
-class FakeClock(Clock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
 
 
 def test_queue_holds_the_latency_then_releases_at_the_format_rate() -> None:

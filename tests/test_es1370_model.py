@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.dma import DmaCredit
 from services.devices.es1370 import AccessError, Es1370, PcmFormat
+from tests.helpers import FakeClock
 
 
 def started(fmt_bits: int = R.FMT_BIT_16 | R.FMT_BIT_STEREO, frames_per_period: int = 8, dwords: int = 32) -> Es1370:
@@ -185,14 +185,6 @@ def test_codec_input_registers_are_write_only() -> None:
 
 
 def test_credit_holds_at_pending_interrupt_then_gives_up() -> None:
-    class FakeClock(Clock):
-        def __init__(self) -> None:
-            super().__init__()
-            self.t = 0.0
-
-        def now(self) -> float:
-            return self.t
-
     clock = FakeClock()
     credit = DmaCredit(clock, lead=0.1, hold_limit=0.05)
     m = started()

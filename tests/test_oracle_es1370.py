@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -131,6 +131,21 @@ def test_scripted_driver_against_qemu(
     assert played_ours[: len(pcm)] == pcm
 
 
+def on_both(scenario: Callable[[ScriptedEs1370Driver], object]) -> list[tuple[object, list[Access]]]:
+    """Probe, then `scenario`, with the scripted driver on QEMU's ES1370 and on ours: [(result, accesses)] each."""
+    out = []
+    qemu = QemuEs1370()
+    try:
+        for dev in (qemu, ModelEs1370()):
+            log = LoggingDevice(dev)
+            guest = ScriptedEs1370Driver(log, dev.memory, dev.irq)  # type: ignore[arg-type]
+            guest.probe()
+            out.append((scenario(guest), log.log))
+    finally:
+        qemu.close()
+    return out
+
+
 CAPTURE_CASES = [
     (PcmFormat(44100, 2, 16), 1024),
     (PcmFormat(22050, 1, 8), 256),
@@ -145,18 +160,7 @@ def test_scripted_capture_against_qemu(fmt: PcmFormat, period_frames: int) -> No
     stop) against QEMU's ADC: every access and value equal, one interrupt per period, and the ring filled with
     what the ADC recorded (QEMU's `none` audiodev records silence; ours, in this harness, too)."""
     require_qemu()
-    results, logs = [], []
-    qemu = QemuEs1370()
-    try:
-        for dev in (qemu, ModelEs1370()):
-            log = LoggingDevice(dev)
-            guest = ScriptedEs1370Driver(log, dev.memory, dev.irq)  # type: ignore[arg-type]
-            guest.probe()
-            results.append(guest.record(fmt, 0.25, period_frames=period_frames))
-            logs.append(log.log)
-    finally:
-        qemu.close()
-    (theirs, ours), (qemu_log, our_log) = results, logs
+    (theirs, qemu_log), (ours, our_log) = on_both(lambda guest: guest.record(fmt, 0.25, period_frames=period_frames))
     assert our_log == qemu_log, first_difference(our_log, qemu_log)
     periods = -(-int(0.25 * fmt.rate) // period_frames)
     assert ours.periods == theirs.periods == periods
@@ -173,18 +177,13 @@ def test_full_duplex_against_qemu() -> None:
     require_qemu()
     fmt = PcmFormat(22050, 2, 16)
     pcm = melody(fmt, 0.2)
-    results, statuses = [], []
-    qemu = QemuEs1370()
-    try:
-        for dev in (qemu, ModelEs1370()):
-            log = LoggingDevice(dev)
-            guest = ScriptedEs1370Driver(log, dev.memory, dev.irq)  # type: ignore[arg-type]
-            guest.probe()
-            results.append(guest.run(Playback(pcm, fmt, R.DAC2, 512), Capture(fmt, 0.2, 512)))
-            statuses.append([a.value for a in log.log if a.op == "r" and a.offset == R.STATUS and a.value >> 31])
-    finally:
-        qemu.close()
-    (q_play, q_rec), (o_play, o_rec) = results
+    (q_result, q_log), (o_result, o_log) = on_both(
+        lambda guest: guest.run(Playback(pcm, fmt, R.DAC2, 512), Capture(fmt, 0.2, 512))
+    )
+    (q_play, q_rec), (o_play, o_rec) = q_result, o_result
+    statuses = [
+        [a.value for a in log if a.op == "r" and a.offset == R.STATUS and a.value >> 31] for log in (q_log, o_log)
+    ]
     periods = -(-len(pcm) // (512 * fmt.frame_bytes))
     assert o_play.periods == q_play.periods == periods and o_rec.periods == q_rec.periods == periods
     assert o_play.spurious == q_play.spurious == 0

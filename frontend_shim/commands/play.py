@@ -102,22 +102,29 @@ def open_link(
     return link, memory, irq
 
 
+def guest_options(args: argparse.Namespace) -> dict:
+    """The scripted guest's settings `play` and `record` share, from their command lines."""
+    return {
+        "audio": args.audio,
+        "mode": args.mode,
+        "period_frames": args.period_frames,
+        "periods": args.periods,
+        "access_timeout": args.access_timeout_ms / 1000,
+        "vm": args.vm,
+        "clock": Clock(args.clock_scale),
+        "tls_dir": args.tls_dir,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         fmt, pcm = read_wav(args.wav)
         summary = play(
             pcm,
             fmt,
-            audio=args.audio,
-            mode=args.mode,
             dac=args.dac,
-            period_frames=args.period_frames,
-            periods=args.periods,
-            access_timeout=args.access_timeout_ms / 1000,
-            vm=args.vm,
-            clock=Clock(args.clock_scale),
             status=args.status,
-            tls_dir=args.tls_dir,
+            **guest_options(args),
         )
     except (OSError, ValueError, PlayError, tls.TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

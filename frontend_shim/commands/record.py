@@ -11,7 +11,7 @@ import json
 import sys
 
 from frontend_shim.commands import options
-from frontend_shim.commands.play import PlayError, open_link
+from frontend_shim.commands.play import PlayError, guest_options, open_link
 from frontend_shim.guests.pcm import write_wav
 from frontend_shim.guests.scripted_audio import GuestError, ScriptedEs1370Driver
 from frontend_shim.links.audio import AudioLink
@@ -122,18 +122,7 @@ def latency_figures(link: AudioLink) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     fmt = PcmFormat(args.rate, args.channels, args.bits)
     try:
-        captured, summary = record(
-            fmt,
-            args.seconds,
-            audio=args.audio,
-            mode=args.mode,
-            period_frames=args.period_frames,
-            periods=args.periods,
-            access_timeout=args.access_timeout_ms / 1000,
-            vm=args.vm,
-            clock=Clock(args.clock_scale),
-            tls_dir=args.tls_dir,
-        )
+        captured, summary = record(fmt, args.seconds, **guest_options(args))
         write_wav(args.out, fmt, captured)
     except (OSError, ValueError, PlayError, tls.TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,24 +29,12 @@ from frontend_shim.vfio_user.trace import Event, read_access_log
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat
 from tests.helpers import ROOT
-from tests.live.guest import RUN_SH, Boot, boot, build_initrd, start_audio, start_shim, tool, wait_sessions_closed
+from tests.live.guest import RUN_SH, Boot, boot, build_initrd, start_audio, start_shim, wait_sessions_closed
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(3600)]
 
 FMT = PcmFormat(44100, 2, 16)
 DATA = ROOT / "tests" / "data"
-
-
-@pytest.fixture(scope="module")
-def qemu() -> str:
-    """QEMU 10.2.2 with the vfio-user client (built once, ~3 min on 2 cores; cached)."""
-    return tool("build_qemu_vfio_user.sh", timeout=3600)
-
-
-@pytest.fixture(scope="module")
-def guest_dir() -> Path:
-    """Debian's kernel + a busybox initramfs with snd-ens1370 and aplay (built once; cached)."""
-    return Path(tool("build_guest.sh", timeout=3600))
 
 
 @dataclass

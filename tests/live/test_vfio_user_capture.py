@@ -21,7 +21,7 @@ import pytest
 from frontend_shim.guests.pcm import melody, write_wav
 from services.devices.es1370 import PcmFormat
 from tests.helpers import start_service
-from tests.live.guest import boot, build_initrd, start_shim, tool, wait_sessions_closed
+from tests.live.guest import boot, build_initrd, start_shim, wait_sessions_closed
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(3600)]
 
@@ -46,16 +46,6 @@ base64 /tmp/rec.wav
 echo "RDV-REC-END"
 exit $rc
 """
-
-
-@pytest.fixture(scope="module")
-def qemu() -> str:
-    return tool("build_qemu_vfio_user.sh", timeout=3600)
-
-
-@pytest.fixture(scope="module")
-def guest_dir() -> Path:
-    return Path(tool("build_guest.sh", timeout=3600))
 
 
 def recorded_wav(console: str) -> tuple[PcmFormat, bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.audio.sinks.factory import apply_pace
 from services.audio.sources.base import CaptureSource, SourceConfig, SourceError
 
 
@@ -20,8 +21,5 @@ def make_source(config: SourceConfig) -> CaptureSource:
         source = ToneSource()
     else:
         raise SourceError(f"unknown capture source {config.kind!r} (alsa, wav, tone)")
-    if config.pace == "clock":
-        source.paces_itself = False
-    elif config.pace == "device":
-        source.paces_itself = True
+    apply_pace(source, config.pace)
     return source
