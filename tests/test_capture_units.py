@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,52 @@ def test_bad_capture_settings_are_usage_errors(tmp_path: Path) -> None:
     assert res.returncode != 0 and "--source-path" in res.stderr and "Traceback" not in res.stderr
     res = run_service("--capture-latency-ms", "-5")
     assert res.returncode != 0 and "--capture-latency-ms" in res.stderr
+
+
+def test_ordered_dma_holds_the_interrupt_behind_a_write_that_must_wait() -> None:
+    """Backend mode over vfio-user without shared RAM: a DMA_WRITE QEMU cannot serve now is retried, and the
+    interrupt that followed it reaches the guest only after the audio is in memory."""
+    from frontend_shim.guests.guest import GuestMemoryError, RamMemory
+    from frontend_shim.links.ordered_dma import OrderedDma
+
+    memory, events, errors = RamMemory(4096), [], []
+    refusals = iter([True, True, True])
+
+    def write(data: bytes) -> None:
+        if next(refusals, False):
+            raise GuestMemoryError("the client is waiting for our reply")
+        memory.write(0, data)
+        events.append(("write", data))
+
+    ordered = OrderedDma(errors.append, retry=0.001)
+    try:
+        ordered.submit(lambda: write(b"abcd"))
+        ordered.submit(lambda: events.append(("irq", None)))  # queued behind the waiting write
+        deadline = time.monotonic() + 5
+        while len(events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert events == [("write", b"abcd"), ("irq", None)] and memory.read(0, 4) == b"abcd"
+        assert ordered.deferred == 2 and ordered.dropped == 0 and len(errors) == 1
+        ordered.submit(lambda: events.append(("irq", None)))  # nothing waits: at once
+        assert len(events) == 3
+    finally:
+        ordered.close()
+
+
+def test_ordered_dma_gives_up_on_memory_that_is_gone() -> None:
+    from frontend_shim.guests.guest import GuestMemoryError
+    from frontend_shim.links.ordered_dma import OrderedDma
+
+    errors: list[Exception] = []
+
+    def gone() -> None:
+        raise GuestMemoryError("no client connected")
+
+    ordered = OrderedDma(errors.append, give_up=0.05, retry=0.001)
+    try:
+        done = threading.Event()
+        ordered.submit(gone)
+        ordered.submit(done.set)
+        assert done.wait(5) and ordered.dropped == 1
+    finally:
+        ordered.close()

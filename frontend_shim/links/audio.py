@@ -23,6 +23,7 @@ from typing import Literal
 import grpc
 
 from frontend_shim.guests.guest import GuestMemory, GuestMemoryError, InterruptLine
+from frontend_shim.links.ordered_dma import OrderedDma
 from frontend_shim.links.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
 from frontend_shim.links.session_stream import SessionStream, Waiter
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
@@ -127,6 +128,7 @@ class AudioLink:
         self._adc_credit = adc_credit(self.clock)
         self._adc_fmt: PcmFormat | None = None
         self._capture_accepting = False  # the service's first chunk of the current capture has arrived
+        self._ordered = OrderedDma(self._dma_failed)  # backend mode: DMA writes and interrupts, in stream order
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, connect_timeout: float = 5.0) -> None:
@@ -169,6 +171,7 @@ class AudioLink:
                 conn.close()
         for t in self._threads:
             t.join(timeout)
+        self._ordered.close()
 
     @property
     def connected(self) -> bool:
@@ -299,13 +302,18 @@ class AudioLink:
                 self._capture.push(c.data, c.captured_ns)
         self._kick.set()
 
+    def _interrupt(self, i: audio_pb2.Interrupt) -> None:
+        """Backend mode: the service's line, after the writes it announces (through `_ordered`)."""
+        if i.level:
+            self.stats.interrupts += 1
+            self.last_interrupt_sent_ns = i.sent_ns
+        self.irq.set_level(i.level)
+
     def _dma_write(self, w: audio_pb2.DmaWrite) -> None:
-        """Backend mode: the service's ADC writes recorded audio into guest memory (reader thread)."""
-        try:
-            self.memory.write(w.addr, w.data)
-        except GuestMemoryError as exc:
-            self._dma_failed(exc)
-            return
+        """Backend mode: the service's ADC writes recorded audio into guest memory (through `_ordered`; a
+        GuestMemoryError makes it wait and retry, with everything after it)."""
+        self.memory.write(w.addr, w.data)
+        self._dma_failing = False
         self.stats.capture_bytes += len(w.data)
         if w.captured_ns:
             self.capture_latency_ns.append(time.monotonic_ns() - w.captured_ns)
@@ -340,14 +348,11 @@ class AudioLink:
             if waiter is not None:
                 waiter.set(body.value if kind == "value" else body)
         elif kind == "interrupt":
-            if msg.interrupt.level:
-                self.stats.interrupts += 1
-                self.last_interrupt_sent_ns = msg.interrupt.sent_ns
-            self.irq.set_level(msg.interrupt.level)
+            self._ordered.submit(lambda: self._interrupt(msg.interrupt))
         elif kind == "dma_request":
             self._serve_dma(conn, msg.dma_request)
         elif kind == "dma_write":
-            self._dma_write(msg.dma_write)
+            self._ordered.submit(lambda: self._dma_write(msg.dma_write))
         elif kind == "capture" and conn is self._conn and self.model is not None:
             self._captured(msg.capture)
         elif kind == "position" and conn is self._conn:
@@ -479,7 +484,10 @@ class AudioLink:
             try:
                 self.memory.write(addr, data)
             except GuestMemoryError as exc:
-                self._dma_failed(exc)  # the audio is lost; the ADC does not move, both copies stay equal
+                # Not now (e.g. QEMU waits for our reply and serves no DMA_WRITE): the audio goes back to the head
+                # of the jitter buffer and the ADC does not move, so both copies stay equal; the next pass retries.
+                self._capture.unget(data, captured_ns)
+                self._dma_failed(exc)
                 break
             self._dma_failing = False
             model.dma_commit(R.ADC, length)

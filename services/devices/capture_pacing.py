@@ -86,6 +86,13 @@ class CaptureQueue:
         self._released += len(data)
         return data, first_ns
 
+    def unget(self, data: bytes, captured_ns: int) -> None:
+        """Put what `take` returned back at the head (the DMA could not write it now)."""
+        if data:
+            self._chunks.appendleft((data, captured_ns))
+            self._queued += len(data)
+            self._released -= len(data)
+
     def _pop(self, nbytes: int) -> tuple[bytes, int]:
         out, first_ns = bytearray(), 0
         while self._chunks and len(out) < nbytes:
