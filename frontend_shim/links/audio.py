@@ -303,20 +303,24 @@ class AudioLink:
         self._kick.set()
 
     def _interrupt(self, i: audio_pb2.Interrupt) -> None:
-        """Backend mode: the service's line, after the writes it announces (through `_ordered`)."""
+        """Backend mode: the service's line."""
         if i.level:
             self.stats.interrupts += 1
             self.last_interrupt_sent_ns = i.sent_ns
         self.irq.set_level(i.level)
 
-    def _dma_write(self, w: audio_pb2.DmaWrite) -> None:
-        """Backend mode: the service's ADC writes recorded audio into guest memory (through `_ordered`; a
-        GuestMemoryError makes it wait and retry, with everything after it)."""
+    def _dma_write(self, conn: _AudioServiceStream, w: audio_pb2.DmaWrite) -> None:
+        """Backend mode: the service's ADC writes recorded audio into guest memory (through `_ordered`: a
+        GuestMemoryError makes it wait and retry), then hears that it is there."""
         self.memory.write(w.addr, w.data)
         self._dma_failing = False
+        self._dma_written(conn, w, ok=True)
         self.stats.capture_bytes += len(w.data)
         if w.captured_ns:
             self.capture_latency_ns.append(time.monotonic_ns() - w.captured_ns)
+
+    def _dma_written(self, conn: _AudioServiceStream, w: audio_pb2.DmaWrite, ok: bool) -> None:
+        conn.send(audio_pb2.FrontendMessage(dma_written=audio_pb2.DmaWritten(request_id=w.request_id, ok=ok)))
 
     def _connect(self, timeout: float) -> bool:
         with self._lock:  # no write may slip between the snapshot and the open
@@ -348,11 +352,12 @@ class AudioLink:
             if waiter is not None:
                 waiter.set(body.value if kind == "value" else body)
         elif kind == "interrupt":
-            self._ordered.submit(lambda: self._interrupt(msg.interrupt))
+            self._interrupt(msg.interrupt)
         elif kind == "dma_request":
             self._serve_dma(conn, msg.dma_request)
         elif kind == "dma_write":
-            self._ordered.submit(lambda: self._dma_write(msg.dma_write))
+            w = msg.dma_write
+            self._ordered.submit(lambda: self._dma_write(conn, w), lambda: self._dma_written(conn, w, ok=False))
         elif kind == "capture" and conn is self._conn and self.model is not None:
             self._captured(msg.capture)
         elif kind == "position" and conn is self._conn:

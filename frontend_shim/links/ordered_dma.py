@@ -1,11 +1,11 @@
-"""Backend mode's writes into guest memory and the interrupts behind them, applied in stream order.
+"""Backend mode's writes into guest memory, done in order off the stream's reader thread when they must wait.
 
-The audio service's ADC sends `DmaWrite`s and then the interrupt that announces them. A write can fail for a
-moment: over vfio-user without shared guest RAM every write is a DMA_WRITE message, and QEMU serves none while it
-waits for our reply to a register access (which, in backend mode, waits for this very stream). Such a write is
-retried from a thread of its own, and everything that came after it waits behind it, so the guest never takes an
-interrupt before the audio it announces is in its memory. A write that still fails after `give_up` seconds
-(guest memory really gone) is dropped and counted.
+The audio service's ADC asks for one `DmaWrite` at a time and moves only once the shim answers. A write can fail
+for a moment: over vfio-user without shared guest RAM every write is a DMA_WRITE message, and QEMU serves none
+while it waits for our reply to a register access (which, in backend mode, waits for this very stream: retrying
+on the reader thread would deadlock). Such a write is retried from a thread of its own, and whatever is
+submitted after it waits behind it. A write that still fails after `give_up` seconds (guest memory really gone)
+is dropped, counted, and its `dropped` callback runs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from frontend_shim.guests.guest import GuestMemoryError
 
 Action = Callable[[], None]  # raises GuestMemoryError when it cannot be done now
+Dropped = Callable[[], None]
 
 
 class OrderedDma:
@@ -27,7 +28,7 @@ class OrderedDma:
         self._on_error = on_error
         self._give_up = give_up
         self._retry = retry
-        self._queue: deque[tuple[Action, float]] = deque()
+        self._queue: deque[tuple[Action, Dropped | None, float]] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -36,7 +37,7 @@ class OrderedDma:
         self._thread = threading.Thread(target=self._run, name="audio-link-ordered-dma", daemon=True)
         self._thread.start()
 
-    def submit(self, action: Action) -> None:
+    def submit(self, action: Action, dropped: Dropped | None = None) -> None:
         """Run `action` now, or after everything still waiting (caller: the stream's reader thread)."""
         with self._lock:
             if not self._queue:
@@ -45,7 +46,7 @@ class OrderedDma:
                     return
                 except GuestMemoryError as exc:
                     self._on_error(exc)
-            self._queue.append((action, time.monotonic()))
+            self._queue.append((action, dropped, time.monotonic()))
             self.deferred += 1
         self._wake.set()
 
@@ -60,7 +61,7 @@ class OrderedDma:
             self._wake.clear()
             with self._lock:
                 while self._queue and not self._stop.is_set():
-                    action, since = self._queue[0]
+                    action, dropped, since = self._queue[0]
                     try:
                         action()
                     except GuestMemoryError as exc:
@@ -68,4 +69,6 @@ class OrderedDma:
                             break
                         self._on_error(exc)
                         self.dropped += 1
+                        if dropped is not None:
+                            dropped()
                     self._queue.popleft()

@@ -5,7 +5,10 @@ the ADC starting, changing format or stopping starts, restarts or stops a `Recor
 on the event loop thread and go where the ADC's DMA engine runs:
 - mirrored mode: to the shim as `CaptureData` (its model writes them into the ring, paced by its own queue);
   the shim reports each write as a `CaptureStep`, which `step()` replays on this copy;
-- backend mode: into this session's `CaptureQueue`; `pump()` moves them into the ring with `DmaWrite` messages.
+- backend mode: into this session's `CaptureQueue`; `pump()` asks the shim to write them into the ring with a
+  `DmaWrite`, one at a time, and `written()` moves the ADC (position, period interrupt) once the shim says the audio
+  is in guest memory. So a position the guest reads never runs ahead of the audio, even when the shim must wait
+  to write (vfio-user without shared RAM: QEMU serves no DMA_WRITE while it waits for a register read's reply).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from rdv.audio.v1 import audio_pb2
 from rdv.common.v1 import common_pb2
@@ -24,7 +28,6 @@ from services.devices.capture_pacing import CaptureQueue, adc_credit, adc_room
 from services.devices.es1370 import Es1370, PcmFormat
 
 MIRRORED = common_pb2.COHERENCE_MODE_MIRRORED
-_MAX_WRITES = 64  # DMA windows per pump (a sane ring needs one or two)
 
 
 def replay_steps(model: Es1370, channel: int, nbytes: int) -> int:
@@ -39,6 +42,14 @@ def replay_steps(model: Es1370, channel: int, nbytes: int) -> int:
         model.dma_commit(channel, window)
         done += window
     return done
+
+
+@dataclass
+class _PendingWrite:
+    request_id: int
+    addr: int
+    data: bytes
+    captured_ns: int
 
 
 class SessionCapture:
@@ -66,6 +77,8 @@ class SessionCapture:
         self._queue = CaptureQueue(clock, source.latency)
         self._credit = adc_credit(clock)
         self._closed = False
+        self._pending: _PendingWrite | None = None
+        self._next_request = 1
 
     @property
     def recorder(self) -> Recorder | None:
@@ -80,6 +93,7 @@ class SessionCapture:
             return
         self._stop_recorder()
         self._fmt = fmt
+        self._pending = None  # an answer to a write of the old capture is stale now
         if fmt is None:
             self._queue.stop()
             return
@@ -106,22 +120,41 @@ class SessionCapture:
             self._queue.push(data, captured_ns)
             self._on_data()
 
-    def pump(self) -> bool:
-        """Backend mode: write what the ADC may move now into guest memory; True when anything moved."""
-        moved = False
-        for _ in range(_MAX_WRITES):
-            room = adc_room(self._credit, self.model, self._queue)
-            addr, length = self.model.dma_window(R.ADC, room) if room else (0, 0)
-            if not length:
-                break
-            data, captured_ns = self._queue.take(length)
-            self.model.dma_commit(R.ADC, length)
-            self._credit.moved(R.ADC, length)
-            self.counters["dma_writes"] += 1
-            msg = audio_pb2.DmaWrite(channel=R.ADC, addr=addr, data=data, captured_ns=captured_ns)
-            self._send(audio_pb2.BackendMessage(dma_write=msg))
-            moved = True
-        return moved
+    def pump(self) -> None:
+        """Backend mode: ask the shim to write what the ADC may move now (one write in flight at a time)."""
+        if self._pending is not None:
+            return
+        room = adc_room(self._credit, self.model, self._queue)
+        addr, length = self.model.dma_window(R.ADC, room) if room else (0, 0)
+        if not length:
+            return
+        data, captured_ns = self._queue.take(length)
+        self._pending = _PendingWrite(self._next_request, addr, data, captured_ns)
+        self._next_request += 1
+        self.counters["dma_writes"] += 1
+        msg = audio_pb2.DmaWrite(
+            channel=R.ADC, addr=addr, data=data, captured_ns=captured_ns, request_id=self._pending.request_id
+        )
+        self._send(audio_pb2.BackendMessage(dma_write=msg))
+
+    def written(self, ack: audio_pb2.DmaWritten) -> bool:
+        """Backend mode: the shim's answer to our DmaWrite; True when the ADC moved (the caller then raises the
+        interrupt a completed period set, and pumps again)."""
+        p = self._pending
+        if p is None or ack.request_id != p.request_id:
+            self.counters["stale_dma"] += 1
+            return False
+        self._pending = None
+        if not ack.ok:  # guest memory unreachable just now: the audio goes back, the pump tick retries
+            self.counters["dma_failed"] += 1
+            self._queue.unget(p.data, p.captured_ns)
+            return False
+        if self.model.dma_window(R.ADC, len(p.data)) != (p.addr, len(p.data)):
+            self.counters["stale_dma"] += 1  # the guest moved or stopped the ADC meanwhile: that audio is gone
+            return False
+        self.model.dma_commit(R.ADC, len(p.data))
+        self._credit.moved(R.ADC, len(p.data))
+        return True
 
     def step(self, length: int) -> int:
         """Mirrored mode: the shim wrote `length` bytes into the ring; returns the bytes replayed here."""

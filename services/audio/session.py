@@ -110,6 +110,11 @@ class AudioSession:
             self._dma_data(msg.dma_data)
         elif kind == "capture_step":
             self._capture_step(msg.capture_step)
+        elif kind == "dma_written":
+            if self.mode != BACKEND:
+                raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "DMA writes are asked only in backend mode")
+            if self.capture.written(msg.dma_written):
+                self._after_change()
         elif kind == "barrier":
             self.counters["barriers"] += 1
             b = msg.barrier
@@ -246,8 +251,7 @@ class AudioSession:
         ADC recorded into guest memory."""
         if self.mode != BACKEND or self._closed:
             return
-        if self.capture.pump():
-            self._sync_irq()
+        self.capture.pump()
         for channel in (R.DAC1, R.DAC2):
             if channel in self._pending:
                 continue

@@ -79,8 +79,16 @@ class CaptureStep(_message.Message):
     length: int
     def __init__(self, channel: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
+class DmaWritten(_message.Message):
+    __slots__ = ("request_id", "ok")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    ok: bool
+    def __init__(self, request_id: _Optional[int] = ..., ok: _Optional[bool] = ...) -> None: ...
+
 class FrontendMessage(_message.Message):
-    __slots__ = ("open", "access", "pcm", "dma_data", "barrier", "resync", "writes", "capture_step")
+    __slots__ = ("open", "access", "pcm", "dma_data", "barrier", "resync", "writes", "capture_step", "dma_written")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     ACCESS_FIELD_NUMBER: _ClassVar[int]
     PCM_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +97,7 @@ class FrontendMessage(_message.Message):
     RESYNC_FIELD_NUMBER: _ClassVar[int]
     WRITES_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_STEP_FIELD_NUMBER: _ClassVar[int]
+    DMA_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     open: Open
     access: _common_pb2.RegisterAccess
     pcm: PcmChunk
@@ -97,7 +106,8 @@ class FrontendMessage(_message.Message):
     resync: Es1370State
     writes: _common_pb2.RegisterWrites
     capture_step: CaptureStep
-    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., access: _Optional[_Union[_common_pb2.RegisterAccess, _Mapping]] = ..., pcm: _Optional[_Union[PcmChunk, _Mapping]] = ..., dma_data: _Optional[_Union[DmaData, _Mapping]] = ..., barrier: _Optional[_Union[_common_pb2.Barrier, _Mapping]] = ..., resync: _Optional[_Union[Es1370State, _Mapping]] = ..., writes: _Optional[_Union[_common_pb2.RegisterWrites, _Mapping]] = ..., capture_step: _Optional[_Union[CaptureStep, _Mapping]] = ...) -> None: ...
+    dma_written: DmaWritten
+    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., access: _Optional[_Union[_common_pb2.RegisterAccess, _Mapping]] = ..., pcm: _Optional[_Union[PcmChunk, _Mapping]] = ..., dma_data: _Optional[_Union[DmaData, _Mapping]] = ..., barrier: _Optional[_Union[_common_pb2.Barrier, _Mapping]] = ..., resync: _Optional[_Union[Es1370State, _Mapping]] = ..., writes: _Optional[_Union[_common_pb2.RegisterWrites, _Mapping]] = ..., capture_step: _Optional[_Union[CaptureStep, _Mapping]] = ..., dma_written: _Optional[_Union[DmaWritten, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
     __slots__ = ("session_id", "info", "lead_ms", "capture")
@@ -178,16 +188,18 @@ class CaptureData(_message.Message):
     def __init__(self, channel: _Optional[int] = ..., data: _Optional[bytes] = ..., start: _Optional[bool] = ..., captured_ns: _Optional[int] = ...) -> None: ...
 
 class DmaWrite(_message.Message):
-    __slots__ = ("channel", "addr", "data", "captured_ns")
+    __slots__ = ("channel", "addr", "data", "captured_ns", "request_id")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     ADDR_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_NS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     channel: int
     addr: int
     data: bytes
     captured_ns: int
-    def __init__(self, channel: _Optional[int] = ..., addr: _Optional[int] = ..., data: _Optional[bytes] = ..., captured_ns: _Optional[int] = ...) -> None: ...
+    request_id: int
+    def __init__(self, channel: _Optional[int] = ..., addr: _Optional[int] = ..., data: _Optional[bytes] = ..., captured_ns: _Optional[int] = ..., request_id: _Optional[int] = ...) -> None: ...
 
 class BarrierAck(_message.Message):
     __slots__ = ("seq", "sent_ns", "state", "bytes_received")
