@@ -23,15 +23,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     options.audio(p)
     options.mode(p)
     p.add_argument("--dac", choices=["dac1", "dac2"], default="dac2", help="DAC to play on (DAC1: 4 rates only)")
+    add_guest_options(p)
+    p.add_argument("--status", action="store_true", help="print live progress on stderr")
+    p.set_defaults(run=run)
+
+
+def add_guest_options(p: argparse.ArgumentParser) -> None:
+    """The scripted sound card guest's options `play` and `record` share (read back by `guest_options`)."""
     p.add_argument("--period-frames", type=int, default=1024)
     p.add_argument("--periods", type=int, default=4)
     p.add_argument("--access-timeout-ms", type=float, default=50.0, help="longest a register read may wait")
     p.add_argument("--vm", default="scripted-guest", help="name shown in the service's session list")
     options.tls_dir(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--status", action="store_true", help="print live progress on stderr")
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
-    p.set_defaults(run=run)
 
 
 class PlayError(RuntimeError):

@@ -11,7 +11,7 @@ import json
 import sys
 
 from frontend_shim.commands import options
-from frontend_shim.commands.play import PlayError, guest_options, open_link
+from frontend_shim.commands.play import PlayError, add_guest_options, guest_options, open_link
 from frontend_shim.guests.pcm import write_wav
 from frontend_shim.guests.scripted_audio import GuestError, ScriptedEs1370Driver
 from frontend_shim.links.audio import AudioLink
@@ -31,13 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", type=int, default=2, choices=[1, 2])
     p.add_argument("--bits", type=int, default=16, choices=[8, 16])
     p.add_argument("--seconds", type=float, default=3.0, help="how long to record (rounded up to whole periods)")
-    p.add_argument("--period-frames", type=int, default=1024)
-    p.add_argument("--periods", type=int, default=4)
-    p.add_argument("--access-timeout-ms", type=float, default=50.0, help="longest a register read may wait")
-    p.add_argument("--vm", default="scripted-guest", help="name shown in the service's session list")
-    options.tls_dir(p)
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    add_guest_options(p)
     p.set_defaults(run=run)
 
 
