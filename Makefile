@@ -6,12 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rdv-installed
 # Debian packages: ALSA and LZO headers to build pyalsaaudio and python-lzo, ALSA's plugins and tools,
-# QEMU for the tests against real peers.
+# QEMU for the tests against real peers, gcc for the live test's static timing tool.
 APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils \
-	xvfb xdotool imagemagick
+	xvfb xdotool imagemagick gcc libc6-dev
 PYTEST_ARGS ?=
 
-.PHONY: setup proto test test-live run bench fuzz lint clean
+.PHONY: setup proto test test-live run bench profile fuzz lint clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ run: setup
 
 bench: setup
 	$(PY) -m tests.bench
+
+# py-spy flame graphs (build/bench/flame-*.svg) of the shim and the audio service during the vfio-user register
+# access and interrupt benchmarks (tests/bench/profile.py).
+profile: setup
+	$(PY) -m tests.bench.profile
 
 # The fuzz tests at nightly size: RDV_FUZZ_EXAMPLES=100000 make fuzz (each test runs its share of that many
 # inputs, new ones every run); `make test` runs them small and derandomized. Figures go to build/fuzz.

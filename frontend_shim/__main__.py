@@ -18,6 +18,8 @@ COMMANDS = (
     "frontend_shim.commands.forward_input",
     "frontend_shim.commands.serve_vfio_user",
     "frontend_shim.commands.replay",
+    "frontend_shim.commands.pair",
+    "frontend_shim.commands.discover",
 )
 
 

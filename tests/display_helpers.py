@@ -6,6 +6,7 @@ import grpc
 
 from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver, new_memory
 from frontend_shim.links.display import DisplayLink
+from frontend_shim.links.video_streams import VideoSettings
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import raster
 from services.common.png import bgrx_to_rgb, decode
@@ -23,21 +24,24 @@ def start_guest(
     partial_every: int = 0,
     width: int = W,
     height: int = H,
+    video: VideoSettings | None = None,
+    photo: bool = True,
 ) -> tuple[ScriptedSvgaDriver, DisplayLink]:
     """A guest whose desktop is drawn and shown (nothing animated yet)."""
     vram, fifo = new_memory(fifo_size=fifo_size)
-    link = DisplayLink(targets, mode, vram, fifo, encoding=encoding, tile_diff=tile_diff, access_timeout=2.0)
+    link = DisplayLink(targets, mode, vram, fifo, encoding=encoding, tile_diff=tile_diff, access_timeout=2.0,
+                       video=video)  # fmt: skip
     link.start()
     driver = ScriptedSvgaDriver(link, vram, fifo, partial_every=partial_every)
     driver.probe()
     driver.set_mode(width, height)
     driver.init_fifo()
-    driver.desktop()
+    driver.desktop(photo=photo)
     return driver, link
 
 
 def screenshot(address: str, session_id: str = "") -> tuple[int, int, bytes, display_pb2.ScreenshotReply]:
-    with grpc.insecure_channel(address) as ch:
+    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
         reply = display_pb2_grpc.DisplayServiceStub(ch).Screenshot(
             display_pb2.ScreenshotRequest(session_id=session_id), timeout=10
         )

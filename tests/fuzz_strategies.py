@@ -17,6 +17,7 @@ import os
 import random
 from collections.abc import Mapping
 
+import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -58,6 +59,17 @@ _INT_RANGES = {
 }
 MAX_DEPTH = 3
 MAX_REPEATED = 5
+# The statuses an rdv RPC may end with; anything else (UNKNOWN, INTERNAL, UNAVAILABLE) means a bug.
+DOCUMENTED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.ABORTED,  # a Subscribe replaced by a newer one for the same vm
+}
 
 
 # ----------------------------------------------------------------------------------------------- run sizes

@@ -41,19 +41,19 @@ from services.devices.svga import SvgaII
 from services.devices.svga_convert import registers_to_proto
 from tests.display_helpers import start_guest
 from tests.fault_helpers import list_sessions, service_threads, wait_for
-from tests.fuzz_strategies import EXTRA, FRAME_HINTS, SERVICES, blobs, es1370_values, fuzz_settings, message, u32
+from tests.fuzz_strategies import (
+    DOCUMENTED,
+    EXTRA,
+    FRAME_HINTS,
+    SERVICES,
+    blobs,
+    es1370_values,
+    fuzz_settings,
+    message,
+    u32,
+)
 from tests.helpers import ROOT, ServiceProcess, start_service
 
-DOCUMENTED = {
-    grpc.StatusCode.OK,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.ABORTED,  # a Subscribe replaced by a newer one for the same vm
-}
 ENDLESS = {"Subscribe", "Watch"}  # server streams that only end when the client goes: our deadline ends them
 VM = "fuzz-vm"
 

@@ -499,8 +499,9 @@ def test_intx_unmask_only_clears_the_mask_then_rechecks() -> None:
         assert eventfd_count(efd) == 0 and not irq.masked
         irq.set_level(True)  # next period: unmasked, so at once
         assert eventfd_count(efd) == 1
+        irq.lost_delay = 0.1  # longer than a busy host stretches the 10 ms sleeps, shorter than the whole loop
         irq.unmask()  # an unrelated access made with interrupts off: the guest may hold the interrupt ...
-        for _ in range(5):  # ... and be on its way to its handler while it keeps making accesses
+        for _ in range(15):  # ... and be on its way to its handler while it keeps making accesses
             time.sleep(0.01)
             irq.after_access(write=False)
             irq.after_access(write=True)
@@ -508,6 +509,7 @@ def test_intx_unmask_only_clears_the_mask_then_rechecks() -> None:
         irq.set_level(False)
         time.sleep(0.05)
         assert eventfd_count(efd) == 0 and irq.stats.lost == 1  # no second signal for the interrupt it held
+        irq.lost_delay = 0.02
         irq.set_level(True)
         assert eventfd_count(efd) == 1
         irq.set_level(False)  # acked and raised again while QEMU still masks the line: a new edge, owed ...

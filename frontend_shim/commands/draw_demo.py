@@ -9,9 +9,12 @@ import time
 
 from frontend_shim.commands import options
 from frontend_shim.guests.scripted_svga import GuestError, ScriptedSvgaDriver, new_memory
+from frontend_shim.guests.scripted_video import Clip
 from frontend_shim.links.display import ENCODINGS, DisplayLink
+from frontend_shim.links.video_streams import VideoSettings
 from services.common import tls
 from services.common.png import bgrx_to_rgb, encode_rgb
+from services.common.raster import Rect
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoding", choices=ENCODINGS, default="auto", help="pixel encoding (auto: per rectangle)")
     p.add_argument("--tile-diff", action="store_true", help="send only tiles that differ from what the service has")
     options.mode(p)
+    options.video(p)
+    p.add_argument("--clip", action="store_true", help="also play the synthetic video clip in the lower right corner")
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=768)
     p.add_argument("--fps", type=float, default=30.0, help="animation steps per second (0: as fast as possible)")
@@ -52,6 +57,8 @@ def draw(
     vm: str = "scripted-guest",
     save_png: str | None = None,
     tls_dir: str | None = None,
+    video: VideoSettings | None = None,
+    clip: bool = False,
 ) -> dict:
     """The scripted guest draws for `seconds`; returns the summary once every service has presented it all."""
     vram, fifo = new_memory()
@@ -65,6 +72,7 @@ def draw(
         encoding=encoding,  # type: ignore[arg-type]
         tile_diff=tile_diff,
         credentials=credentials,
+        video=video,
     )
     try:
         link.start()
@@ -77,6 +85,11 @@ def draw(
         driver.set_mode(width, height)
         driver.init_fifo()
         driver.desktop()
+        if clip:
+            cw = width // 2 & ~1
+            ch = cw * 9 // 16 & ~1
+            movie = Clip(cw, ch)
+            driver.video = (Rect(width - cw - 16, height - 28 - ch - 16, cw, ch), movie.frame)
         ticks = driver.run(seconds, fps)
         driver.sync()
     except GuestError as exc:
@@ -94,6 +107,7 @@ def draw(
         "mode": mode,
         "encoding": encoding,
         "tile_diff": tile_diff,
+        "video": link.video_state(),
         "displays": len(displays),
         "desktop": f"{width}x{height}",
         "seconds": round(elapsed, 3),
@@ -126,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
             vm=args.vm,
             save_png=args.save_guest_png,
             tls_dir=args.tls_dir,
+            video=options.video_settings(args),
+            clip=args.clip,
         )
     except (OSError, ValueError, DrawError, tls.TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

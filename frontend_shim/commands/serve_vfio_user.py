@@ -45,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     options.mode(p)
     p.add_argument("--encoding", choices=ENCODINGS, default="auto", help="svga: pixel encoding (auto: per rectangle)")
     p.add_argument("--tile-diff", action="store_true", help="svga: send only tiles that differ from what was sent")
+    options.video(p)
     p.add_argument(
         "--vram-scan-ms",
         type=float,
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
                 access_timeout=args.access_timeout_ms / 1000,
                 credentials=credentials,
                 vram_scan_period=args.vram_scan_ms / 1000,
+                video=options.video_settings(args),
             )
             link.start()
             function = svga_over_link(link)
@@ -175,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
             "mode": args.mode,
             **server.stats.as_dict(),
             "irq": vars(irq.stats),
+            "irq_timeline": list(irq.timeline),  # (cause, eventfd write) in monotonic ns
             "memory": vars(memory.stats),
             "link": link.stats.as_dict(),
             "access_log_lines": access_log.count if access_log else 0,

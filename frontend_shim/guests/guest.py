@@ -18,6 +18,15 @@ class Device(Protocol):
     def io_write(self, bar: int, offset: int, size: int, value: int) -> None: ...
 
 
+class HoldsWrites(Protocol):
+    """Optional for a Device whose writes travel on: a trap source that answers a guest write before the write
+    travels on calls hold_writes() before delivering it and release_writes() once the guest has its answer."""
+
+    def hold_writes(self) -> None: ...
+
+    def release_writes(self) -> None: ...
+
+
 class GuestMemory(Protocol):
     """Guest-physical memory, as bus-master DMA sees it. Raises GuestMemoryError outside guest RAM."""
 

@@ -20,6 +20,7 @@ import math
 import random
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from frontend_shim.guests.guest import Device
@@ -90,6 +91,7 @@ class ScriptedSvgaDriver:
         self.windows: list[Window] = []
         self._glyphs = _make_glyphs(self.rng)
         self._photo = b""
+        self.video: tuple[Rect, Callable[[int], bytes]] | None = None  # a clip playing there: frame(i) -> pixels
 
     # ------------------------------------------------------------------ port helpers
     def write_reg(self, index: int, value: int) -> None:
@@ -341,6 +343,10 @@ class ScriptedSvgaDriver:
         cx = int(self.width / 2 + self.width / 3 * math.sin(t * 0.9))
         cy = int(self.height / 2 + self.height / 3 * math.sin(t * 1.3 + 1))
         self.move_cursor(cx, cy)
+        if self.video is not None:  # a video player: a new picture every tick
+            rect, picture = self.video
+            self.put_pixels(rect, picture(frame))
+            self.update(rect)
         self.sync()
 
     def run(self, seconds: float, fps: float = 30.0, max_ticks: int | None = None) -> int:

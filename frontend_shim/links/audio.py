@@ -112,6 +112,7 @@ class AudioLink:
         self._seq = itertools.count(1)
         self._waiters: dict[int, Waiter] = {}
         self._conn: _AudioServiceStream | None = None
+        self._holding: _AudioServiceStream | None = None  # hold_writes() was called on it
         self._irq_level = False
         self._stop = threading.Event()
         self._wake = threading.Event()  # supervisor: the connection needs attention
@@ -218,6 +219,17 @@ class AudioLink:
                 self._follow_adc()
         if offset in _DMA_REGISTERS:
             self._kick.set()  # the guest may have started a DAC or acknowledged a period
+
+    def hold_writes(self) -> None:
+        """`frontend_shim.guest.HoldsWrites`: posted writes wait until release_writes() (SessionStream.hold)."""
+        conn = self._holding = self._conn
+        if conn is not None:
+            conn.hold()
+
+    def release_writes(self) -> None:
+        conn, self._holding = self._holding, None
+        if conn is not None:
+            conn.release()
 
     # ------------------------------------------------------------------ measurements and checks
     def barrier(self, timeout: float = 5.0) -> audio_pb2.BarrierAck | None:

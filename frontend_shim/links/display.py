@@ -50,10 +50,12 @@ import grpc
 
 from frontend_shim.links.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
 from frontend_shim.links.session_stream import SessionStream, Waiter
+from frontend_shim.links.video_streams import VIDEO_IN_FLIGHT, VideoCut, VideoSettings, VideoStreams
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import codec, logs, raster
 from services.common.raster import Rect, Surface
+from services.common.video_codec import VIDEO_VERSION
 from services.devices import svga_regs as R
 from services.devices.svga import (
     AccessError,
@@ -70,7 +72,13 @@ from services.devices.svga import (
     SvgaII,
     Update,
 )
-from services.devices.svga_convert import ENCODING_ENUM, cursor_to_proto, registers_to_proto
+from services.devices.svga_convert import (
+    ENCODING_ENUM,
+    VIDEO_CODEC_ENUM,
+    VIDEO_CODEC_NAME,
+    cursor_to_proto,
+    registers_to_proto,
+)
 
 log = logs.get("shim.display")
 CoherenceMode = Literal["backend", "mirrored"]
@@ -98,6 +106,7 @@ class DisplayStats:
     fifo_errors: int = 0
     frames: int = 0
     frames_acked: int = 0
+    pictures_presented: int = 0  # batches (all damage of one take, maybe split in frames) wholly acknowledged
     pixel_rects: int = 0
     fills: int = 0
     copies: int = 0
@@ -107,6 +116,8 @@ class DisplayStats:
     tiles_skipped: int = 0
     pixel_bytes: int = 0  # decoded pixel bytes sent
     payload_bytes: int = 0  # encoded pixel bytes sent
+    video_frames: int = 0  # lossy video pictures sent (frontend_shim/links/video_streams.py)
+    video_bytes: int = 0
     bytes_to_service: int = 0
     bytes_from_service: int = 0
     messages_to_service: int = 0
@@ -221,14 +232,17 @@ class _Batch:
     cursor_move: tuple[int, int, bool] | None
     full: bool
     sent_ns: int
+    video: list[VideoCut] = field(default_factory=list)  # video streams' pictures, encoded outside the lock
+    video_ends: list[int] = field(default_factory=list)
 
 
 class _Builder:
     """One service's frame under construction. `add` and `take` run under the link's device lock."""
 
-    def __init__(self, tile_diff: bool) -> None:
+    def __init__(self, tile_diff: bool, video: VideoSettings) -> None:
         self.tile_diff = tile_diff
         self.viewport: Rect | None = None  # None: the whole desktop
+        self.video = VideoStreams(video)
         self.reset()
 
     def reset(self) -> None:
@@ -245,10 +259,18 @@ class _Builder:
         self.shadow = bytearray()
         self.shadow_surface = Surface(0, 0, 0, 4)
         self.force_all = False  # the shadow cannot be trusted: send everything once and rebuild it
+        self.video.reset()
 
     @property
     def dirty(self) -> bool:
-        return bool(self.full or self.commands or self.pending or self.cursor_dirty or self.cursor_move is not None)
+        return bool(
+            self.full
+            or self.commands
+            or self.pending
+            or self.cursor_dirty
+            or self.cursor_move is not None
+            or self.video.dirty
+        )
 
     def _view(self, mode: Mode) -> Rect:
         desktop = Rect(0, 0, mode.width, mode.height)
@@ -263,7 +285,8 @@ class _Builder:
         for e in effects:
             if isinstance(e, Update):
                 if not self.full:
-                    add_damage(self.pending, e.rect.intersection(view))
+                    for piece in self.video.observe(e.rect.intersection(view), time.monotonic()):  # video hook
+                        add_damage(self.pending, piece)
             elif isinstance(e, Fill):
                 if self.full or e.rect.intersection(view).empty:
                     continue
@@ -276,7 +299,7 @@ class _Builder:
                 if self.full or dst.empty:
                     continue
                 src = Rect(e.src_x, e.src_y, e.rect.w, e.rect.h)
-                if not view.contains(src) or _overlaps_any(self.pending, src):
+                if not view.contains(src) or _overlaps_any(self.pending, src) or self.video.shadows(src):
                     add_damage(self.pending, dst)  # the service cannot copy what it does not have right
                     stats.copies_as_pixels += 1
                 else:
@@ -294,7 +317,7 @@ class _Builder:
             self.pending.clear()
             self.verify.clear()
 
-    def take(self, model: SvgaII) -> _Batch | None:
+    def take(self, model: SvgaII, link_bps: float = 125e6) -> _Batch | None:
         mode, surface = model.mode, model.surface
         if surface is None or not mode.enabled:
             # Nothing to show; what is pending will be part of the full frame once there is.
@@ -314,8 +337,12 @@ class _Builder:
             cursor = model.cursor
             pos = model.cursor_position
             cursor_move = (pos.x, pos.y, pos.visible)
+            self.video.reset()
+            cuts: list[VideoCut] = []
         else:
-            rects, commands = self.pending + self.verify, self.commands
+            # video hook: streams' damage leaves the lossless path, ended streams' regions come back to it
+            pending, cuts = self.video.claim(self.pending, model.vram, surface, time.monotonic(), link_bps)
+            rects, commands = pending + self.verify, self.commands
         pixels = [(r, raster.read_rect(model.vram, surface, r)) for r in rects if not r.empty]
         batch = _Batch(
             mode=mode,
@@ -325,6 +352,8 @@ class _Builder:
             cursor_move=cursor_move,
             full=self.full,
             sent_ns=self.first_ns or time.monotonic_ns(),
+            video=cuts,
+            video_ends=self.video.take_ends(),
         )
         self.full = False
         self.commands, self.pending, self.verify = [], [], []
@@ -368,6 +397,24 @@ class _Builder:
                 _set_rect(u.copy.dst, r)
                 stats.copies += 1
         payload = decoded = 0
+        for sid in batch.video_ends:  # video hook: ended streams, then this frame's pictures
+            frame.updates.add().video_end.stream_id = sid
+        for v in self.video.encode(batch.video):
+            if len(frame.updates) and payload + len(v.payload) > _FRAME_PAYLOAD_BUDGET:
+                out[-1] = (out[-1][0], payload)
+                frame = new_frame()
+                payload = decoded = 0
+            vf = frame.updates.add().video
+            vf.version, vf.stream_id, vf.keyframe = VIDEO_VERSION, v.stream_id, v.keyframe
+            vf.codec = VIDEO_CODEC_ENUM[v.codec]  # type: ignore[assignment]
+            _set_rect(vf.rect, v.rect)
+            vf.payload = v.payload
+            payload += len(v.payload)
+            decoded += v.rect.area * bypp
+            stats.video_frames += 1
+            stats.video_bytes += len(v.payload)
+            if self.tile_diff:
+                self._unknown_to_shadow(v.rect, v.pixels, mode.width, bypp)
         for rect, data in self._pixels_to_send(batch, bypp, stats):
             for band, chunk in _bands(rect, data, rect.w * bypp):
                 enc = policy.choose(chunk)
@@ -401,6 +448,13 @@ class _Builder:
             stats.cursor_updates += 1
         return out
 
+    def _unknown_to_shadow(self, rect: Rect, pixels: bytes, width: int, bypp: int) -> None:
+        """The service shows lossy pixels here: make the shadow differ from every byte VRAM has now (its
+        inverse), so the lossless refresh after the stream is sent whole rather than skipped as known."""
+        surface = self.shadow_surface
+        if surface.width == width and surface.bytes_per_pixel == bypp:
+            raster.write_rect(self.shadow, surface, rect, pixels.translate(_INVERT))
+
     def _pixels_to_send(self, batch: _Batch, bypp: int, stats: DisplayStats) -> list[tuple[Rect, bytes]]:
         if not self.tile_diff:
             return batch.pixels
@@ -428,6 +482,9 @@ class _Builder:
                 raster.write_rect(shadow, surface, run, run_data)
                 out.append((run, run_data))
         return out
+
+
+_INVERT = bytes(255 - i for i in range(256))
 
 
 def _set_rect(msg: display_pb2.Rect, r: Rect) -> None:
@@ -513,6 +570,8 @@ class _DisplayServiceStream(SessionStream):
         self.max_in_flight = 4
         self.max_frame_bytes = 64 * 1024 * 1024
         self.in_flight: dict[int, tuple[float, int]] = {}  # frame id -> (perf_counter at send, payload bytes)
+        self.video_codecs: list[str] | None = None  # what the service decodes; None: no video there
+        self.batch_ends: set[int] = set()  # ids of frames that end a batch
         self.frame_ids = itertools.count(1)
         stub = display_pb2_grpc.DisplayServiceStub(self.channel)
         self.start(stub.Session, slot.dispatch, slot.lost, f"display-rx-{slot.target}")  # type: ignore[arg-type]
@@ -525,7 +584,7 @@ class _Slot:
         self.link = link
         self.target = target
         self.primary = primary
-        self.builder = _Builder(link.tile_diff)
+        self.builder = _Builder(link.tile_diff, link.video)
         self.policy = EncodingPolicy(link.encoding)
         self.conn: _DisplayServiceStream | None = None
         self.cond = threading.Condition()  # in-flight window and "the builder has work"
@@ -559,6 +618,7 @@ class _Slot:
             with link.lock:
                 self.builder.reset()
                 self.builder.viewport = conn.viewport
+                self.builder.video.configure(conn.video_codecs)
             self.offline_since = None
             log.info("session open", extra={"target": self.target, "session": conn.session_id, "mode": link.mode})
             self.wake()
@@ -588,9 +648,15 @@ class _Slot:
             conn.max_in_flight = max(1, o.max_frames_in_flight or 1)
             if o.max_frame_bytes:
                 conn.max_frame_bytes = o.max_frame_bytes
+            if o.HasField("video") and o.video.version == VIDEO_VERSION:
+                conn.video_codecs = [VIDEO_CODEC_NAME[c] for c in o.video.codecs if c in VIDEO_CODEC_NAME]
             conn.opened.set()
         elif kind == "notice":
             log.info("service notice", extra={"target": self.target, "notice": msg.notice.message})
+            if msg.notice.video_stream_id:  # a dropped video stream: its region is refreshed losslessly
+                with link.lock:
+                    self.builder.video.dropped(msg.notice.video_stream_id)
+                self.wake()
 
     def _acked(self, conn: _DisplayServiceStream, ack: display_pb2.FrameAck) -> None:
         now = time.perf_counter()
@@ -599,6 +665,9 @@ class _Slot:
             self.cond.notify_all()
         stats = self.link.stats
         stats.frames_acked += 1
+        if ack.frame_id in conn.batch_ends:
+            conn.batch_ends.discard(ack.frame_id)
+            stats.pictures_presented += 1
         if sent is not None:
             sent_at, nbytes = sent
             service_s = max(0, ack.presented_ns - ack.received_ns) / 1e9
@@ -646,13 +715,18 @@ class _Slot:
             return conn is None or not conn.alive
         return conn is None or not conn.alive or not conn.in_flight
 
+    def _window(self, conn: _DisplayServiceStream) -> int:
+        """Frames allowed in flight: the service's bound, tighter while video plays (a queue of pictures is
+        latency; the damage coalesces instead and the next picture is the newest)."""
+        return min(conn.max_in_flight, VIDEO_IN_FLIGHT) if self.builder.video.streams else conn.max_in_flight
+
     def run_sender(self) -> None:
         link = self.link
         while not link.stopping.is_set():
             with self.cond:
                 while not link.stopping.is_set():
                     conn = self.conn
-                    if self.kick and conn is not None and conn.alive and len(conn.in_flight) < conn.max_in_flight:
+                    if self.kick and conn is not None and conn.alive and len(conn.in_flight) < self._window(conn):
                         break
                     self.cond.wait(0.05)
                 self.kick = False
@@ -661,7 +735,7 @@ class _Slot:
             with link.lock:
                 if not self.builder.dirty:
                     continue
-                batch = self.builder.take(link.model)
+                batch = self.builder.take(link.model, self.policy.link_bps)
                 self.sending = batch is not None
             if batch is None:
                 continue
@@ -674,11 +748,13 @@ class _Slot:
                 continue
             for msg, payload in frames:
                 with self.cond:
-                    while conn.alive and len(conn.in_flight) >= conn.max_in_flight and not link.stopping.is_set():
+                    while conn.alive and len(conn.in_flight) >= self._window(conn) and not link.stopping.is_set():
                         self.cond.wait(0.05)
                     if not conn.alive:
                         break
                     conn.in_flight[msg.frame.frame_id] = (time.perf_counter(), payload)
+                    if msg is frames[-1][0]:
+                        conn.batch_ends.add(msg.frame.frame_id)
                 conn.send(msg)
                 link.stats.frames += 1
             with link.lock:
@@ -706,6 +782,7 @@ class DisplayLink:
         access_timeout: float = 0.25,
         refresh_period: float = _REFRESH_PERIOD,
         credentials: grpc.ChannelCredentials | None = None,
+        video: VideoSettings | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {sorted(MODES)}")
@@ -720,6 +797,7 @@ class DisplayLink:
         self.access_timeout = access_timeout
         self.refresh_period = refresh_period
         self.credentials = credentials
+        self.video = video or VideoSettings(mode="off")  # lossy video streams (frontend_shim/links/video_streams.py)
         self.stats = DisplayStats()
         # The FIFO engine over guest memory; in mirrored mode also the register file that answers reads.
         self.model = SvgaII(vram=vram, fifo=fifo)
@@ -731,6 +809,7 @@ class DisplayLink:
         self.last_presented_ns = 0  # service CLOCK_MONOTONIC of the latest present acknowledged (same host)
         self._seq = itertools.count(1)
         self.slots = [_Slot(self, t, i == 0) for i, t in enumerate(targets)]
+        self._holding: list[_DisplayServiceStream] = []  # the streams hold_writes() held
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -745,6 +824,8 @@ class DisplayLink:
         self._spawn(self._supervise, "display-supervisor")
         if self.refresh_period > 0:
             self._spawn(self._refresh, "display-refresh")
+        if self.video.mode != "off":
+            self._spawn(self._video_timer, "display-video")
 
     def _spawn(self, target: object, name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -805,6 +886,17 @@ class DisplayLink:
                 passes += 1
             if res.ran or res.effects or res.errors:
                 self._after_pass(res)
+
+    def hold_writes(self) -> None:
+        """`frontend_shim.guest.HoldsWrites`: posted writes wait until release_writes() (SessionStream.hold)."""
+        self._holding = [slot.conn for slot in self.slots if slot.conn is not None]
+        for conn in self._holding:
+            conn.hold()
+
+    def release_writes(self) -> None:
+        held, self._holding = self._holding, []
+        for conn in held:
+            conn.release()
 
     # ------------------------------------------------------------------ FIFO results
     def process_fifo(self) -> FifoResult:
@@ -935,3 +1027,18 @@ class DisplayLink:
     def _refresh(self) -> None:
         while not self.stopping.wait(self.refresh_period):
             self.process_fifo()
+
+    def _video_timer(self) -> None:
+        """Video streams that stopped changing end, and their regions get the lossless refresh."""
+        while not self.stopping.wait(0.05):
+            now = time.monotonic()
+            for slot in self.slots:
+                with self.lock:
+                    ended = slot.builder.video.expire(now)
+                if ended:
+                    slot.wake()
+
+    def video_state(self) -> list[dict[str, object]]:
+        """Per service: codec, live streams, frames and bytes encoded."""
+        with self.lock:
+            return [slot.builder.video.as_dict() for slot in self.slots]

@@ -29,6 +29,15 @@ MAX_MESSAGE = 8 * 1024 * 1024
 _NOTHING = object()  # no message held back by a batch
 
 
+def channel_options(max_message: int = MAX_MESSAGE) -> list[tuple[str, int]]:
+    """The links' gRPC channel options (also the benchmark's bare gRPC echo floor, tests/bench/floors.py)."""
+    return [
+        ("grpc.max_receive_message_length", max_message),
+        ("grpc.max_send_message_length", max_message),
+        ("grpc.keepalive_time_ms", 10_000),
+    ]
+
+
 class WireStats(Protocol):
     bytes_to_service: int
     messages_to_service: int
@@ -67,11 +76,7 @@ class SessionStream:
         max_message: int = MAX_MESSAGE,
         on_sent: Callable[[Any, int], None] | None = None,  # (message, wire bytes) as each one leaves
     ) -> None:
-        options = [
-            ("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message),
-            ("grpc.keepalive_time_ms", 10_000),
-        ]
+        options = channel_options(max_message)
         self.channel = (
             grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
         )
@@ -82,6 +87,8 @@ class SessionStream:
         self._make_message = make_message
         self._on_sent = on_sent
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._held: list[Any] | None = None  # hold(): posted writes kept back until release()
+        self._held_lock = threading.Lock()
         self._call: Any = None
         self._thread: threading.Thread | None = None
 
@@ -134,11 +141,42 @@ class SessionStream:
 
     def send(self, msg: Any) -> None:
         if self.alive:
+            if self._held is not None and self._flush_held(msg):
+                return
             self._queue.put(msg)
 
     def post_write(self, offset: int, size: int, value: int) -> None:
         if self.alive:
+            if self._held is not None:
+                with self._held_lock:
+                    if self._held is not None:
+                        self._held.append((offset, size, value))
+                        return
             self._queue.put((offset, size, value))
+
+    def hold(self) -> None:
+        """Keep posted writes here until release(): the vfio-user server answers the guest's write first, then
+        hands the write to gRPC's sending thread (whose wake-up would otherwise compete with the reply for the
+        GIL). Anything sent meanwhile goes after the held writes, so the stream keeps the device's order."""
+        self._held = []
+
+    def release(self) -> None:
+        with self._held_lock:
+            held, self._held = self._held, None
+            for item in held or ():
+                self._queue.put(item)
+
+    def _flush_held(self, msg: Any) -> bool:
+        """(holding) Queue the held writes and then `msg`; False if the hold ended meanwhile."""
+        with self._held_lock:
+            held = self._held
+            if held is None:
+                return False
+            self._held = []
+            for item in held:
+                self._queue.put(item)
+            self._queue.put(msg)
+            return True
 
     def _read(
         self, on_message: Callable[[SessionStream, Any], None], on_lost: Callable[[SessionStream, str], None]

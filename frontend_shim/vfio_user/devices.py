@@ -74,6 +74,7 @@ def es1370_over_link(link: AudioLink, irq: IrqController) -> PciFunction:
     INTx re-check (see irq.py)."""
     if link.mode == "backend":
         irq.settle = lambda: link.barrier(timeout=1.0)
+        irq.cause_ns = lambda: link.last_interrupt_sent_ns  # the service's stamp on its interrupt message
     return es1370_function(link)
 
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common import logs
@@ -67,6 +67,11 @@ class IrqController:
         self.on_event = on_event  # "signal" / "msi" / "unmask", for the access log
         self.settle = settle  # brings a remote device's level up to date (None: the level is always current)
         self.stats = IrqStats()
+        # When the line's latest rise was caused (monotonic ns): the device's own clock by default; a remote
+        # device's link tells when the service raised it. `timeline` pairs each cause with its eventfd write.
+        self.cause_ns: Callable[[], int] = time.monotonic_ns
+        self.timeline: deque[tuple[int, int]] = deque(maxlen=4096)
+        self._raised_ns = 0
         self.intx_disabled: Callable[[], bool] = lambda: False  # the command register's INTx Disable bit
         self._cond = threading.Condition()
         self._level = False
@@ -80,6 +85,7 @@ class IrqController:
         self._msi_fds: list[int | None] = []
         self._recheck_at: float | None = None
         self._closed = False
+        self._write_access = _WriteAccess(self)
         self._thread = threading.Thread(target=self._timer, name="vfio-user-irq-timer", daemon=True)
         self._thread.start()
 
@@ -92,6 +98,7 @@ class IrqController:
                 self._signalled, self._lost_at = False, None
             if rising:
                 self.stats.raised += 1
+                self._raised_ns = self.cause_ns()
                 if self._msi_active():
                     self._signal_msi(0)
                     return
@@ -106,17 +113,10 @@ class IrqController:
         return self._masked
 
     # ------------------------------------------------------------------ server side
-    @contextmanager
-    def write_access(self) -> Iterator[None]:
-        """Around the delivery of a guest write to the device: a settle it overlaps proves no level."""
-        with self._cond:
-            self._writes += 1
-            self._writes_under_way += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writes_under_way -= 1
+    def write_access(self) -> _WriteAccess:
+        """Around the delivery of a guest write to the device (`with irq.write_access(): ...`): a settle it
+        overlaps proves no level."""
+        return self._write_access
 
     def after_access(self, write: bool) -> None:
         with self._cond:
@@ -224,7 +224,9 @@ class IrqController:
             return
         if self.on_event:  # before the write: QEMU may run the guest's handler (and its accesses) at once
             self.on_event("signal")
+        writing = time.monotonic_ns()  # (after the write, the GIL may go to another thread for a while first)
         if _write(self._intx_fd):
+            self.timeline.append((self._raised_ns, writing))
             self._masked, self._signalled, self._seen, self._lost_at = True, True, False, None
             self.stats.signals += 1
 
@@ -234,7 +236,9 @@ class IrqController:
             return
         if self.on_event:
             self.on_event("msi")
+        writing = time.monotonic_ns()
         if _write(fd):
+            self.timeline.append((self._raised_ns, writing))
             self.stats.msi_signals += 1
 
     def _schedule(self, delay: float) -> None:
@@ -275,6 +279,27 @@ class IrqController:
         finally:
             self._cond.acquire()
         return self._writes == writes
+
+
+class _WriteAccess:
+    """`IrqController.write_access()`: counts the write in and out (a class, not a generator: it is on every
+    trapped write's path)."""
+
+    __slots__ = ("_irq",)
+
+    def __init__(self, irq: IrqController) -> None:
+        self._irq = irq
+
+    def __enter__(self) -> None:
+        irq = self._irq
+        with irq._cond:
+            irq._writes += 1
+            irq._writes_under_way += 1
+
+    def __exit__(self, *exc: object) -> None:
+        irq = self._irq
+        with irq._cond:
+            irq._writes_under_way -= 1
 
 
 def _write(fd: int) -> bool:

@@ -201,6 +201,10 @@ class PciFunction:
         self._reset_device = reset
         self._maps: dict[int, mmap.mmap] = {}
         self._maps_lock = threading.Lock()
+        # Trapped BARs by index, for the register accesses of the hot path (see `read`).
+        self._trapped = {b.index: b.size for b in spec.bars if b.backing is None}
+        status = spec.interrupt_status
+        self._status_word = (status[0], status[1], status[2]) if status is not None else (-1, -1, 0)
 
     # ------------------------------------------------------------------ description
     def region_info(self, index: int) -> RegionInfo:
@@ -219,6 +223,11 @@ class PciFunction:
     # ------------------------------------------------------------------ accesses
     def read(self, index: int, offset: int, count: int) -> tuple[bytes, list[tuple[int, int, int]]]:
         """Bytes read, and the (offset, size, value) pieces the Device saw."""
+        size = self._trapped.get(index)
+        if size is not None and count in _NATURAL and not offset % count and 0 <= offset <= size - count:
+            # A naturally aligned 1/2/4-byte register access (what a CPU makes): one piece, as _pieces would cut it.
+            value = self.device.io_read(index, offset, count) & _MASKS[count]  # type: ignore[union-attr]
+            return value.to_bytes(count, "little"), [(offset, count, value)]
         if index == P.PCI_CONFIG_REGION:
             return self._config_read(offset, count), []
         bar = self._bar(index, offset, count)
@@ -234,10 +243,11 @@ class PciFunction:
 
     def shows_interrupt(self, index: int, pieces: list[tuple[int, int, int]]) -> bool:
         """Whether a read (as the Device saw it) showed the guest a pending interrupt."""
-        status = self.spec.interrupt_status
-        if status is None or index != status[0]:
+        bar, offset, mask = self._status_word
+        if index != bar:
             return False
-        _, offset, mask = status
+        if len(pieces) == 1 and pieces[0][0] == offset and pieces[0][1] == 4:
+            return bool(pieces[0][2] & mask)  # the whole status register at once
         for off, size, value in pieces:
             for i in range(size):  # byte by byte: the guest may read the status register in pieces
                 pos = off + i - offset
@@ -246,6 +256,11 @@ class PciFunction:
         return False
 
     def write(self, index: int, offset: int, data: bytes) -> list[tuple[int, int, int]]:
+        size, count = self._trapped.get(index), len(data)
+        if size is not None and count in _NATURAL and not offset % count and 0 <= offset <= size - count:
+            value = int.from_bytes(data, "little")  # one piece, as in `read`
+            self.device.io_write(index, offset, count, value)  # type: ignore[union-attr]
+            return [(offset, count, value)]
         if index == P.PCI_CONFIG_REGION:
             self._config_write(offset, data)
             return []
@@ -307,6 +322,10 @@ class PciFunction:
                 mm = mmap.mmap(bar.backing.fd, bar.size, mmap.MAP_SHARED, offset=bar.backing.offset)
                 self._maps[bar.index] = mm
             return mm
+
+
+_NATURAL = (1, 2, 4)
+_MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
 
 def _pieces(offset: int, count: int, split: bool) -> list[tuple[int, int]]:

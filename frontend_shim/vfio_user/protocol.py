@@ -180,23 +180,8 @@ def _close(fd: int) -> None:
 # ---------------------------------------------------------------------------------------------- framing
 def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> tuple[bytes, bool]:
     """Read exactly n bytes, collecting any fds that come with them."""
-    buf = bytearray()
-    truncated = False
-    while len(buf) < n:
-        data, ancdata, msg_flags, _ = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(_CMSG_FDS * 4))
-        for level, kind, cdata in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                got = array.array("i")
-                got.frombytes(cdata[: len(cdata) - len(cdata) % got.itemsize])
-                fds.extend(got)
-        if msg_flags & socket.MSG_CTRUNC:
-            truncated = True
-        if not data:
-            for fd in fds:
-                _close(fd)
-            fds.clear()
-            raise ConnectionDropped("peer closed the socket" if not buf else "peer closed the socket mid-message")
-        buf += data
+    buf = bytearray(n)
+    truncated = recv_into_exact(sock, memoryview(buf), fds)
     return bytes(buf), truncated
 
 
@@ -205,7 +190,13 @@ def recv_message(sock: socket.socket, max_size: int = MAX_MESSAGE) -> Message:
     caller can refuse it with E2BIG and the stream stays in step; a bigger one drops the connection."""
     fds: list[int] = []
     raw, truncated = _recv_exact(sock, HEADER_SIZE, fds)
-    header = Header(*HEADER.unpack(raw))
+    return recv_body(sock, Header(*HEADER.unpack(raw)), fds, truncated, max_size)
+
+
+def recv_body(
+    sock: socket.socket, header: Header, fds: list[int], truncated: bool, max_size: int = MAX_MESSAGE
+) -> Message:
+    """The rest of a message whose header was read (with the fds that came with it so far)."""
     body = max(0, header.size - HEADER_SIZE)
     if header.size > max_size:
         if header.size > MAX_DISCARD:
@@ -220,6 +211,33 @@ def recv_message(sock: socket.socket, max_size: int = MAX_MESSAGE) -> Message:
         return Message(header, b"", fds, truncated)
     payload, t = _recv_exact(sock, body, fds) if body else (b"", False)
     return Message(header, payload, fds, truncated or t)
+
+
+_ANCILLARY = socket.CMSG_SPACE(_CMSG_FDS * 4)
+
+
+def recv_into_exact(sock: socket.socket, view: memoryview, fds: list[int]) -> bool:
+    """Fill `view` (a preallocated buffer) from the socket, collecting any fds that come with the bytes; returns
+    whether the kernel truncated the fds. The hot path's framing: no allocation but the kernel's ancillary data."""
+    got, n, truncated = 0, len(view), False
+    recvmsg_into = sock.recvmsg_into
+    while got < n:
+        k, ancdata, msg_flags, _ = recvmsg_into([view[got:]], _ANCILLARY)
+        if ancdata:
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    got_fds = array.array("i")
+                    got_fds.frombytes(cdata[: len(cdata) - len(cdata) % got_fds.itemsize])
+                    fds.extend(got_fds)
+        if msg_flags & socket.MSG_CTRUNC:
+            truncated = True
+        if not k:
+            for fd in fds:
+                _close(fd)
+            fds.clear()
+            raise ConnectionDropped("peer closed the socket" if not got else "peer closed the socket mid-message")
+        got += k
+    return truncated
 
 
 def send_message(sock: socket.socket, header: Header, payload: bytes = b"", fds: list[int] | None = None) -> None:

@@ -34,6 +34,13 @@ log = logs.get("shim.vfio_user")
 _RAM_HINT = 64 << 20  # a DMA map without fd at least this big is guest RAM QEMU did not share
 NUM_IRQS = 3  # INTx, MSI, MSI-X: the minimum QEMU accepts; ERR/REQ queries get EINVAL, which QEMU takes quietly
 
+_INLINE = 64 * 1024  # payloads up to this are read into the connection's buffer; bigger ones take the general path
+_REGION_WRITE = P.Command.REGION_WRITE.value
+_ACCESSES = frozenset((P.Command.REGION_READ.value, _REGION_WRITE))
+_PACK_HEADER = P.HEADER.pack
+_RW_SIZE, _UNPACK_RW, _PACK_RW = P.REGION_RW.size, P.REGION_RW.unpack, P.REGION_RW.pack
+_REPLY_FLAGS = (P.TYPE_REPLY, P.TYPE_REPLY | P.FLAG_ERROR)
+
 # on_access(kind, region, offset, size, value): kind is "R" or "W" for trapped BAR accesses.
 AccessHook = Callable[[str, int, int, int, int], None]
 
@@ -206,6 +213,9 @@ class _QemuClientConnection:
         self._busy = False  # a client request is being handled: the client cannot answer DMA now
         self._warned_unshared = False
         self._closed = False
+        device = self.function.device  # a HoldsWrites device gets its writes' traffic released after the reply
+        self._hold_writes = getattr(device, "hold_writes", None)
+        self._release_writes = getattr(device, "release_writes", None)
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> None:
@@ -213,12 +223,7 @@ class _QemuClientConnection:
         started = time.monotonic()
         reason = "disconnected"
         try:
-            while True:
-                msg = P.recv_message(self.sock)
-                if msg.header.is_reply:
-                    self._route_reply(msg)
-                else:
-                    self._handle(msg)
+            self._serve()
         except P.ConnectionDropped as exc:
             reason = str(exc)
         except OSError as exc:
@@ -235,6 +240,38 @@ class _QemuClientConnection:
                     "irq_signals": self.irq.stats.signals,
                 },
             )
+
+    def _serve(self) -> None:
+        """Read the client's messages in order on this thread. Header and payload are read into buffers made
+        once; a region access without fds after VERSION (every trapped guest access) goes straight to its handler
+        and its reply out in one sendmsg; anything else becomes a `Message` for the general path."""
+        sock = self.sock
+        head = bytearray(P.HEADER_SIZE)
+        head_view = memoryview(head)
+        body_buf = bytearray(_INLINE)
+        body_view = memoryview(body_buf)
+        unpack = P.HEADER.unpack_from
+        while True:
+            fds: list[int] = []
+            truncated = P.recv_into_exact(sock, head_view, fds)
+            mid, command, size, flags, error = unpack(head)
+            body = size - P.HEADER_SIZE
+            if not 0 <= body <= _INLINE:
+                self._general(P.recv_body(sock, P.Header(mid, command, size, flags, error), fds, truncated))
+                continue
+            payload = body_view[:body]
+            if body:
+                truncated |= P.recv_into_exact(sock, payload, fds)
+            if command in _ACCESSES and (flags == 0 or flags == P.FLAG_NO_REPLY) and not fds and self.negotiated:
+                self._access(mid, command, flags, bytes(payload))
+            else:
+                self._general(P.Message(P.Header(mid, command, size, flags, error), bytes(payload), fds, truncated))
+
+    def _general(self, msg: P.Message) -> None:
+        if msg.header.is_reply:
+            self._route_reply(msg)
+        else:
+            self._handle(msg)
 
     def shutdown(self) -> None:
         try:
@@ -282,6 +319,49 @@ class _QemuClientConnection:
             log.debug("no reply wanted for a refused request", extra={"id": h.id})
         if after is not None:
             after()
+
+    def _access(self, mid: int, command: int, flags: int, payload: bytes) -> None:
+        """REGION_READ / REGION_WRITE, the guest's trapped accesses: what `_handle` does for them, minus the
+        general dispatch (the checks it makes hold here by construction). The reply goes out before a write's
+        follow-up (the interrupt re-check), and a mirrored or posted write is applied or queued before it."""
+        self.stats.requests[command] += 1
+        with self._dma_lock:
+            self._busy = True
+            if self._waiters:
+                self._abort_waiters()
+        write = command == _REGION_WRITE
+        held = write and self._hold_writes is not None
+        if held:
+            self._hold_writes()  # type: ignore[misc]
+        try:
+            reply = self._region_write_now(payload) if write else self._region_read_now(payload)
+            error = 0
+        except P.ProtocolError as exc:
+            reply, error = b"", exc.errno
+            h = P.Header(mid, command, P.HEADER_SIZE + len(payload), flags)
+            self._refused(h, exc.errno, str(exc), exc.expected)
+        except Exception:  # a bug or a device failure must not end the connection
+            reply, error = b"", errno.EIO
+            log.exception("request failed", extra={"command": P.command_name(command), "id": mid})
+            self.stats.errors[errno.errorcode[errno.EIO]] += 1
+        finally:
+            with self._dma_lock:
+                self._busy = False
+        if not flags & P.FLAG_NO_REPLY:
+            head = _PACK_HEADER(mid, command, P.HEADER_SIZE + len(reply), _REPLY_FLAGS[bool(error)], error)
+            with self._send_lock:
+                try:
+                    sent = self.sock.sendmsg([head, reply])
+                    if sent < len(head) + len(reply):
+                        self.sock.sendall((head + reply)[sent:])
+                except OSError as exc:
+                    log.debug("send failed", extra={"error": str(exc)})
+        elif error:
+            log.debug("no reply wanted for a refused request", extra={"id": mid})
+        if held:
+            self._release_writes()  # type: ignore[misc]
+        if not error:
+            self.irq.after_access(write)
 
     def _refused(self, h: P.Header, err: int, reason: str, expected: bool = False) -> None:
         name = errno.errorcode.get(err, str(err))
@@ -432,19 +512,31 @@ class _QemuClientConnection:
         return b"", [], None
 
     def _region_read(self, msg: P.Message) -> tuple[bytes, list[int], Callable[[], None]]:
-        a = P.decode_region_access(msg.payload, write=False)
-        data, pieces = self.function.read(a.region, a.offset, a.count)
-        self._account(a.region, "R", pieces)
-        if self.function.shows_interrupt(a.region, pieces):
-            self.irq.note_seen()
-        return P.REGION_RW.pack(a.offset, a.region, len(data)) + data, [], lambda: self.irq.after_access(False)
+        return self._region_read_now(msg.payload), [], lambda: self.irq.after_access(False)
 
     def _region_write(self, msg: P.Message) -> tuple[bytes, list[int], Callable[[], None]]:
-        a = P.decode_region_access(msg.payload, write=True)
+        return self._region_write_now(msg.payload), [], lambda: self.irq.after_access(True)
+
+    def _region_read_now(self, payload: bytes) -> bytes:
+        if len(payload) == _RW_SIZE:  # a well-formed read (anything else: decode_region_access says what is wrong)
+            offset, region, count = _UNPACK_RW(payload)
+            if not 0 < count <= P.MAX_DATA_XFER:
+                P.decode_region_access(payload, write=False)  # raises
+        else:
+            a = P.decode_region_access(payload, write=False)
+            offset, region, count = a.offset, a.region, a.count
+        data, pieces = self.function.read(region, offset, count)
+        self._account(region, "R", pieces)
+        if self.function.shows_interrupt(region, pieces):
+            self.irq.note_seen()
+        return _PACK_RW(offset, region, len(data)) + data
+
+    def _region_write_now(self, payload: bytes) -> bytes:
+        a = P.decode_region_access(payload, write=True)
         with self.irq.write_access():
             pieces = self.function.write(a.region, a.offset, a.data)
         self._account(a.region, "W", pieces)
-        return P.REGION_RW.pack(a.offset, a.region, a.count), [], lambda: self.irq.after_access(True)
+        return P.REGION_RW.pack(a.offset, a.region, a.count)
 
     def _account(self, region: int, kind: str, pieces: list[tuple[int, int, int]]) -> None:
         if region == P.PCI_CONFIG_REGION:

@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -51,7 +52,9 @@ def parser(service: str, default_port: int, description: str) -> argparse.Argume
         epilog=(
             "Environment defaults: RDV_LISTEN, RDV_LOG_LEVEL (warning), RDV_TLS_DIR, RDV_INSECURE=1, "
             f"RDV_MAX_MESSAGE_BYTES ({DEFAULT_MAX_MESSAGE_BYTES}), RDV_KEEPALIVE ({DEFAULT_KEEPALIVE:g}), "
-            f"RDV_OPEN_TIMEOUT ({sessions.DEFAULT_OPEN_TIMEOUT:g}), RDV_MAX_SESSIONS ({sessions.DEFAULT_MAX_SESSIONS})."
+            f"RDV_OPEN_TIMEOUT ({sessions.DEFAULT_OPEN_TIMEOUT:g}), "
+            f"RDV_MAX_SESSIONS ({sessions.DEFAULT_MAX_SESSIONS}), RDV_PAIRING=1, RDV_ADVERTISE (auto), "
+            "RDV_NODE_NAME (the host name), RDV_TLS_HOSTS (comma-separated)."
         ),
     )
     p.add_argument(
@@ -97,7 +100,38 @@ def parser(service: str, default_port: int, description: str) -> argparse.Argume
         default=int(os.environ.get("RDV_MAX_SESSIONS", sessions.DEFAULT_MAX_SESSIONS)),
         help="open sessions (streams) this service accepts at once; more are refused with RESOURCE_EXHAUSTED",
     )
+    p.add_argument(
+        "--pairing",
+        action="store_true",
+        default=os.environ.get("RDV_PAIRING") == "1",
+        help="open PIN pairing for 2 minutes at start (needs --tls-dir, where the node's CA is made on first start); "
+        "the PIN is logged and shown in the display's window",
+    )
+    p.add_argument(
+        "--tls-host",
+        action="append",
+        default=[h for h in os.environ.get("RDV_TLS_HOSTS", "").split(",") if h],
+        metavar="NAME",
+        help="a name or address shims use for this node, for the certificate made on first start (repeatable)",
+    )
+    p.add_argument(
+        "--advertise",
+        action=argparse.BooleanOptionalAction,
+        default=_advertise_default(os.environ.get("RDV_ADVERTISE", "auto")),
+        help="announce this service on the local network with mDNS/DNS-SD (default: when listening beyond loopback)",
+    )
+    p.add_argument(
+        "--node-name", default=os.environ.get("RDV_NODE_NAME", ""), help="this node's name in discovery (host name)"
+    )
     return p
+
+
+def _advertise_default(text: str) -> bool | None:
+    choices = {"auto": None, "1": True, "yes": True, "on": True, "0": False, "no": False, "off": False}
+    value = choices.get(text.lower(), "")
+    if value == "":
+        raise SystemExit(f"RDV_ADVERTISE must be auto, 1 or 0, not {text!r}")
+    return value
 
 
 def service_info(service: str, listen: str, features: Iterable[str], config: dict[str, str]) -> common_pb2.ServiceInfo:
@@ -120,40 +154,54 @@ def open_gate(args: argparse.Namespace) -> sessions.OpenGate:
     return sessions.OpenGate(args.open_timeout, max_sessions=args.max_sessions)
 
 
+def server_options(limit: int, keepalive_ms: int) -> list[tuple[str, int]]:
+    """The services' gRPC server options (also the benchmark's bare gRPC echo floor, tests/bench/floors.py)."""
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_ms),
+        # Any unanswered ping ends the connection, not just keepalive's: a bandwidth probe sent just before the
+        # peer froze is never answered, and gRPC delays the keepalive ping behind it forever otherwise.
+        ("grpc.http2.ping_timeout_ms", keepalive_ms),
+        # An idle session (a guest not playing, a still desktop) carries no data: keep pinging it anyway.
+        ("grpc.http2.max_pings_without_data", 0),
+        # Shims ping every 10 s (their side of keepalive): accept that, refuse floods.
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ]
+
+
 async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> None:
     """Run until SIGINT/SIGTERM; report SERVING only once everything is registered and bound."""
     log = logs.get(service)
     limit = args.max_message_bytes
     keepalive_ms = max(100, int(args.keepalive * 1000))
-    interceptors: list[grpc.aio.ServerInterceptor] = [tls.PairingInterceptor(service)] if args.tls_dir else []
+    window = getattr(args, "pairing_window", None)
+    interceptors: list[grpc.aio.ServerInterceptor] = (
+        [tls.PairingInterceptor(service, args.tls_dir)] if args.tls_dir else []
+    )
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0),
-            ("grpc.keepalive_time_ms", keepalive_ms),
-            ("grpc.keepalive_timeout_ms", keepalive_ms),
-            # Any unanswered ping ends the connection, not just keepalive's: a bandwidth probe sent just before the
-            # peer froze is never answered, and gRPC delays the keepalive ping behind it forever otherwise.
-            ("grpc.http2.ping_timeout_ms", keepalive_ms),
-            # An idle session (a guest not playing, a still desktop) carries no data: keep pinging it anyway.
-            ("grpc.http2.max_pings_without_data", 0),
-            # Shims ping every 10 s (their side of keepalive): accept that, refuse floods.
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-        ],
+        options=server_options(limit, keepalive_ms),
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         interceptors=[*interceptors, DecodeGuard()],  # pairing first: nothing of an unpaired peer is parsed
     )
     parts.register(server)
+    names = list(parts.names)
+    if window is not None:
+        from services.common import pairing
+
+        pairing.add_to_server(server, window, args.node_ca)
+        names.append(pairing.SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*parts.names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
     host, _, port = args.listen.rpartition(":")
     if args.tls_dir:
-        bound = server.add_secure_port(args.listen, tls.server_credentials(args.tls_dir))
+        bound = server.add_secure_port(args.listen, tls.server_credentials(args.tls_dir, window is not None))
     else:
         bound = server.add_insecure_port(args.listen)
     if not bound:
@@ -166,6 +214,15 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"rdv {service} listening on {args.listen}", flush=True)
     log.info("serving", extra={"listen": args.listen})
+    if window is not None and args.pairing:
+        window.open()
+    advertiser = None
+    if args.advertise or (args.advertise is None and not tls.is_loopback(args.listen)):
+        from services.common import discovery
+
+        advertiser = await discovery.advertise(
+            service, args.listen, args.node_name, tls_on=bool(args.tls_dir), pairing=window is not None
+        )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -174,6 +231,8 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
     await stop.wait()
     log.info("stopping")
     await health_servicer.enter_graceful_shutdown()
+    if advertiser is not None:
+        await advertiser.close()
     await server.stop(grace=1.0)
     if parts.on_stop:
         await parts.on_stop()
@@ -255,12 +314,27 @@ def check_exposure(service: str, args: argparse.Namespace) -> None:
     )
 
 
+def _pairing(service: str, args: argparse.Namespace) -> tuple[object, object]:
+    """A node that holds its CA (made now on first start) can pair: its window (closed) and its CA. The window
+    rides on `args` so `build` can show its PIN (the display's window) and open it (a key)."""
+    from services.common.node_ca import NodeCa, default_hosts
+    from services.common.pairing import PairingWindow
+
+    ca = NodeCa.ensure(Path(args.tls_dir), [*default_hosts(args.listen), *args.tls_host])
+    return PairingWindow(service=service), ca
+
+
 def main(service: str, args: argparse.Namespace, build: Callable[[argparse.Namespace], ServiceParts]) -> None:
     """Entry point of `python -m services.<service>`; `build` runs inside the event loop."""
     logs.setup(args.log_level)
     check_exposure(service, args)
+    args.pairing_window = args.node_ca = None
+    if args.pairing and not args.tls_dir:
+        raise SystemExit(f"rdv {service}: --pairing needs --tls-dir DIR, a folder where the node keeps its CA")
     if args.tls_dir:
         try:
+            if args.pairing or (Path(args.tls_dir) / "ca-key.pem").exists():
+                args.pairing_window, args.node_ca = _pairing(service, args)
             tls.server_credentials(args.tls_dir)  # fail now, with the file's name, not deep inside gRPC
         except tls.TlsError as exc:
             raise SystemExit(f"rdv {service}: {exc}") from exc

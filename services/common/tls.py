@@ -5,20 +5,36 @@ user created (`python -m services.common.certs`). A shim's certificate names the
 URI SANs `rdv:device:<name>` (or `rdv:device:*`); a service opens device RPCs only to a peer paired for its
 device. Health and reflection only need a valid certificate, so monitoring works with any paired node.
 
-A TLS folder holds `ca.pem` (the CA certificate), `cert.pem` and `key.pem` (this node's).
+A TLS folder holds `ca.pem` (the CA certificate), `cert.pem` and `key.pem` (this node's). A node that pairs
+shims by PIN also holds `ca-key.pem`, `pairings.json` and `revoked.txt` (serials every service refuses).
+
+Who a peer is, is decided here once for every RPC: a certificate the node's CA signed directly (and not
+revoked) is paired for the devices it names; anything else that got through TLS is an anonymous pairing peer
+(services/common/pake.py), which may call only the two pairing steps.
 """
 
 from __future__ import annotations
 
 import inspect
 import ipaddress
+import os
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from services.common import logs
 
 DEVICE_URI_PREFIX = "rdv:device:"
+VM_URI_PREFIX = "rdv:vm:"
+REVOKED_FILE = "revoked.txt"
 _OPEN_SERVICES = ("grpc.health.v1.", "grpc.reflection.")
+ANONYMOUS_METHODS = ("/rdv.pairing.v1.PairingService/Begin", "/rdv.pairing.v1.PairingService/Finish")
+_log = logs.get("tls")
 
 
 class TlsError(RuntimeError):
@@ -33,12 +49,19 @@ def _read(tls_dir: str, name: str) -> bytes:
         raise TlsError(f"cannot read {path}: {exc.strerror}; create it with `python -m services.common.certs`") from exc
 
 
-def server_credentials(tls_dir: str) -> grpc.ServerCredentials:
-    return grpc.ssl_server_credentials(
-        [(_read(tls_dir, "key.pem"), _read(tls_dir, "cert.pem"))],
-        root_certificates=_read(tls_dir, "ca.pem"),
-        require_client_auth=True,
-    )
+def server_credentials(tls_dir: str, pairing: bool = False) -> grpc.ServerCredentials:
+    """mTLS that requires a client certificate. A node that pairs (`pairing`) also accepts the anonymous pairing
+    credential at the handshake and sends the cross-certificate of its CA after its own, so a shim that is not
+    paired yet reaches Begin and Finish; the interceptor lets such a peer call nothing else, and Begin refuses
+    (FAILED_PRECONDITION) while pairing is closed."""
+    key, cert, ca = _read(tls_dir, "key.pem"), _read(tls_dir, "cert.pem"), _read(tls_dir, "ca.pem")
+    if not pairing:
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+    from services.common import pake  # only nodes that pair need SPAKE2's dependencies
+
+    chain = cert + pake.pem(pake.cross_certificate(x509.load_pem_x509_certificate(ca)))
+    roots = ca + pake.pem(pake.anonymous_ca()[1])
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=roots, require_client_auth=True)
 
 
 def channel_credentials(tls_dir: str) -> grpc.ChannelCredentials:
@@ -66,17 +89,110 @@ def is_loopback(listen: str) -> bool:
         return False  # a name or "0.0.0.0"/"::": reachable from the network
 
 
+@dataclass(frozen=True)
+class Peer:
+    """Who is calling, by its certificate: paired (signed by this node's CA) or an anonymous pairing peer."""
+
+    paired: bool
+    devices: frozenset[str]
+    vm: str = ""
+    serial: str = ""
+
+
+ANONYMOUS = Peer(False, frozenset())
+
+
+class RevocationList:
+    """`revoked.txt` in a TLS folder: one hex serial a line, re-read when it changes."""
+
+    def __init__(self, tls_dir: str) -> None:
+        self.path = Path(tls_dir) / REVOKED_FILE
+        self._stamp: tuple[int, int] | None = None
+        self._serials: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+
+    def serials(self) -> frozenset[str]:
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return frozenset()
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    text = self.path.read_text()
+                except OSError as exc:
+                    _log.warning("cannot read revocation list", extra={"path": str(self.path), "error": exc.strerror})
+                    return self._serials
+                self._serials = frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+                self._stamp = stamp
+            return self._serials
+
+
+class PeerCheck:
+    """Decides who a TLS peer is: the certificate must be signed directly by the node's CA (a chain through any
+    other CA the handshake accepted, the anonymous one included, proves nothing) and not revoked."""
+
+    def __init__(self, tls_dir: str) -> None:
+        self.ca = x509.load_pem_x509_certificate(_read(tls_dir, "ca.pem"))
+        self.revoked = RevocationList(tls_dir)
+        self._known: dict[bytes, Peer] = {}
+
+    def peer(self, context: grpc.aio.ServicerContext) -> Peer:
+        pems = context.auth_context().get("x509_pem_cert", [])
+        if not pems:
+            return ANONYMOUS
+        peer = self._known.get(pems[0])
+        if peer is None:
+            peer = self._identify(pems[0])
+            if len(self._known) > 1024:
+                self._known.clear()
+            self._known[pems[0]] = peer
+        if peer.paired and peer.serial in self.revoked.serials():
+            return Peer(False, frozenset(), peer.vm, peer.serial)
+        return peer
+
+    def _identify(self, pem: bytes) -> Peer:
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+            cert.verify_directly_issued_by(self.ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return ANONYMOUS
+        try:
+            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        devices = frozenset(u[len(DEVICE_URI_PREFIX) :] for u in uris if u.startswith(DEVICE_URI_PREFIX))
+        vms = [u[len(VM_URI_PREFIX) :] for u in uris if u.startswith(VM_URI_PREFIX)]
+        return Peer(True, devices, vms[0] if vms else "", f"{cert.serial_number:x}")
+
+
 def peer_devices(context: grpc.aio.ServicerContext) -> set[str]:
-    """Devices the peer's certificate was paired for (empty without TLS)."""
+    """Devices the peer's certificate names (empty without TLS); what it may use is PeerCheck's answer."""
     sans = context.auth_context().get("x509_subject_alternative_name", [])
     return {san.decode()[len(DEVICE_URI_PREFIX) :] for san in sans if san.decode().startswith(DEVICE_URI_PREFIX)}
 
 
-class PairingInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses device RPCs from certificates not paired for `device` (PERMISSION_DENIED)."""
+def is_loopback_peer(context: grpc.aio.ServicerContext) -> bool:
+    """The caller runs on this machine (gRPC's peer string: ipv4:127.0.0.1:PORT, ipv6:[::1]:PORT, unix:...)."""
+    peer = context.peer()
+    if peer.startswith("unix:"):
+        return True
+    host = peer.partition(":")[2].rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, device: str) -> None:
+
+class PairingInterceptor(grpc.aio.ServerInterceptor):
+    """Every RPC over TLS: an anonymous pairing peer may call only Begin and Finish; a revoked certificate
+    nothing; a device RPC needs a certificate paired for `device` (PERMISSION_DENIED otherwise)."""
+
+    def __init__(self, device: str, tls_dir: str) -> None:
         self.device = device
+        self.check = PeerCheck(tls_dir)
 
     async def intercept_service(
         self,
@@ -84,9 +200,13 @@ class PairingInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.lstrip("/").startswith(_OPEN_SERVICES):
+        if handler is None:
             return handler
-        return _guarded(handler, self.device)
+        method = handler_call_details.method
+        if method in ANONYMOUS_METHODS:
+            return handler
+        device = None if method.lstrip("/").startswith((*_OPEN_SERVICES, "rdv.pairing.")) else self.device
+        return _guarded(handler, self.check, device)
 
 
 _KINDS = (
@@ -97,14 +217,21 @@ _KINDS = (
 )
 
 
-def _guarded(handler: grpc.RpcMethodHandler, device: str) -> grpc.RpcMethodHandler:
+def _guarded(handler: grpc.RpcMethodHandler, peers: PeerCheck, device: str | None) -> grpc.RpcMethodHandler:
     async def check(context: grpc.aio.ServicerContext) -> None:
-        allowed = peer_devices(context)
-        if device not in allowed and "*" not in allowed:
-            paired = ", ".join(sorted(allowed)) or "nothing"
+        peer = peers.peer(context)
+        if not peer.paired:
+            why = "this certificate was revoked" if peer.serial else "this peer is not paired with this node"
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"this certificate is paired for {paired}, not for {device}; issue one with "
+                f"{why}; pair it with `rdv-shim pair` (or `python -m services.common.certs shim`)",
+            )
+        if device is not None and device not in peer.devices and "*" not in peer.devices:
+            paired = ", ".join(sorted(peer.devices)) or "nothing"
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this certificate is paired for {paired}, not for {device}; pair again with "
+                f"`rdv-shim pair --devices {device}` or issue one with "
                 f"`python -m services.common.certs shim --devices {device}`",
             )
 

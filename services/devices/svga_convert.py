@@ -14,6 +14,8 @@ ENCODING_ENUM: dict[str, int] = {
     "zstd": display_pb2.ENCODING_ZSTD,
 }
 ENCODING_NAME: dict[int, str] = {v: k for k, v in ENCODING_ENUM.items()}
+VIDEO_CODEC_ENUM: dict[str, int] = {"h264": display_pb2.VIDEO_CODEC_H264, "jpeg": display_pb2.VIDEO_CODEC_JPEG}
+VIDEO_CODEC_NAME: dict[int, str] = {v: k for k, v in VIDEO_CODEC_ENUM.items()}
 
 _SCALARS = (
     "index", "svga_id", "enable", "width", "height", "bpp", "pitchlock", "config_done", "guest_id",

@@ -59,8 +59,17 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
         from services.display.input_bridge import make_bridge
 
         on_input = make_bridge(args.input, args.tls_dir)
-    stage = Stage(make_presenter(args.presenter, args.headless), args.viewport, args.refresh_hz, on_input)
+    window = getattr(args, "pairing_window", None)  # set by server.main when this node can pair
+    stage = Stage(
+        make_presenter(args.presenter, args.headless),
+        args.viewport,
+        args.refresh_hz,
+        on_input,
+        on_pair_key=window.open if window is not None else None,
+    )
     stage.start()
+    if window is not None:
+        window.on_change = stage.set_notice  # the PIN over the screen while pairing is open
     v: Viewport = args.viewport
     info = server.service_info(
         "display",

@@ -18,6 +18,7 @@ from services.common.png import bgrx_to_rgb, encode_rgb
 from services.common.raster import EMPTY, Rect, Surface
 from services.devices.svga import Cursor
 from services.devices.svga_convert import ENCODING_NAME
+from services.display.video import VideoStreams
 
 MAX_SIDE = 8192  # pixels per side of a desktop
 MAX_DESKTOP_BYTES = 128 * 1024 * 1024
@@ -66,6 +67,7 @@ class Prepared:
     fills: int = 0
     copies: int = 0
     pixel_rects: int = 0
+    video_frames: int = 0
 
 
 def _rect(msg: display_pb2.Rect) -> Rect:
@@ -98,8 +100,9 @@ class Desktop:
         self.max_frame_bytes = max_frame_bytes
 
     # ------------------------------------------------------------------ checking
-    def prepare(self, frame: display_pb2.Frame) -> Prepared:
-        """Check and decode a frame (no lock needed: only `apply` touches the pixels)."""
+    def prepare(self, frame: display_pb2.Frame, video: VideoStreams | None = None) -> Prepared:
+        """Check and decode a frame (no lock needed: only `apply` touches the pixels). Video frames go through
+        `video` (a bad one is dropped there with a notice, not refused with the frame)."""
         if not frame.HasField("mode"):
             raise FrameError(f"frame {frame.frame_id}: no mode")
         mode = mode_from_proto(frame.mode)
@@ -146,8 +149,10 @@ class Desktop:
                         f"{where}: frame decodes to more than {self.max_frame_bytes} bytes; split it into frames"
                     )
                 try:
-                    data = payload if encoding == "raw" and len(payload) == expected else codec.decode(
-                        encoding, payload, expected
+                    data = (
+                        payload
+                        if encoding == "raw" and len(payload) == expected
+                        else codec.decode(encoding, payload, expected)
                     )
                 except codec.CodecError as exc:
                     raise FrameError(f"{where} {rect.w}x{rect.h}+{rect.x}+{rect.y}: {exc}") from None
@@ -155,6 +160,23 @@ class Desktop:
                 prep.pixel_rects += 1
                 prep.payload_bytes += len(payload)
                 prep.decoded_bytes += expected
+            elif kind == "video" or kind == "video_end":
+                if video is None:
+                    raise FrameError(f"{where}: this service takes no video streams")
+                if kind == "video_end":
+                    video.end(update.video_end.stream_id)
+                    continue
+                got = video.decode(update.video, bounds, where)
+                if got is None:
+                    continue
+                rect, data = got
+                total += len(data)
+                if total > self.max_frame_bytes:
+                    raise FrameError(
+                        f"{where}: frame decodes to more than {self.max_frame_bytes} bytes; split it into frames"
+                    )
+                prep.ops.append(_Op("pixels", rect, data=data))
+                prep.video_frames += 1
             elif kind == "cursor_define":
                 prep.cursor = cursor_from_proto(update.cursor_define, where)
             elif kind == "cursor_move":

@@ -14,6 +14,7 @@ from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import logs
 from services.common.server import live_info
 from services.common.sessions import OpenGate
+from services.display import video
 from services.display.session import BACKEND, MIRRORED, DisplaySession, SessionError
 from services.display.stage import Stage
 
@@ -57,6 +58,7 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
             max_frames_in_flight=MAX_FRAMES_IN_FLIGHT,
             refresh_hz=round(self.stage.refresh_hz),
             max_frame_bytes=self.max_frame_bytes,
+            video=video.support(),
         )
         outbox.put_nowait(display_pb2.BackendMessage(opened=opened))  # first in line, before any acknowledgement
         self.stage.attach(session)
@@ -118,8 +120,9 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
         if session is None:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"no session {session_id!r}" if session_id else "no session is on screen"
-                + f"; open sessions: {sorted(self.sessions)}",
+                f"no session {session_id!r}"
+                if session_id
+                else "no session is on screen" + f"; open sessions: {sorted(self.sessions)}",
             )
         return session
 
@@ -158,6 +161,9 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
             updates_per_second=c["updates"] / age,
             register_reads=c["register_reads"],
             register_writes=c["register_writes"],
+            video_frames=c["video_frames"],
+            video_bytes=c["video_bytes"],
+            video_dropped=c["video_dropped"],
         )
         return display_pb2.DisplayState(
             session_id=session.session_id,
@@ -175,6 +181,7 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
             cursor=session.cursor_move(),
             on_screen=self.stage.on_screen(session),
             refresh_hz=round(self.stage.refresh_hz),
+            video_streams=session.video.state(),
         )
 
 

@@ -27,6 +27,7 @@ from services.devices.svga_convert import cursor_to_proto, registers_from_proto,
 from services.display.desktop import Desktop, FrameError
 from services.display.presenters import CursorImage
 from services.display.stage import PendingAck, Stage
+from services.display.video import VideoStreams
 
 log = logs.get("display.session")
 BACKEND = common_pb2.COHERENCE_MODE_BACKEND
@@ -87,6 +88,7 @@ class DisplaySession:
         self.started = time.monotonic()
         self.counters: Counter[str] = Counter()
         self.desktop = Desktop(max_frame_bytes)
+        self.video = VideoStreams()
         self.last_frame_id = 0
         self._stage = stage
         self._send = send
@@ -182,10 +184,14 @@ class DisplaySession:
                 f"frame id {frame.frame_id} after {self.last_frame_id}: frame ids must increase",
             )
         try:
-            prep = self.desktop.prepare(frame)
+            if self._mode_differs_proto(frame):
+                self.video.reset()  # the streams' pictures go with the old desktop
+            prep = self.desktop.prepare(frame, self.video)
         except FrameError as exc:
             self.counters["refused_frames"] += 1
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        for notice in self.video.take_notices():  # dropped video streams: the session goes on
+            self._send(display_pb2.BackendMessage(notice=notice))
         damage, mode_changed = self.desktop.apply(prep) if prep.ops or self._mode_differs(prep) else (EMPTY, False)
         self.last_frame_id = frame.frame_id
         cursor = False
@@ -204,9 +210,19 @@ class DisplaySession:
         c["pixel_rects"] += prep.pixel_rects
         c["bytes_in"] += prep.payload_bytes
         c["decoded_bytes"] += prep.decoded_bytes
+        if prep.video_frames or self.video.frames:
+            c["video_frames"], c["video_bytes"], c["video_dropped"] = (
+                self.video.frames,
+                self.video.bytes,
+                self.video.dropped,
+            )
         applied = time.monotonic_ns()
         ack = PendingAck(frame.frame_id, received, applied, frame.sent_ns)
         self._stage.damaged(self, damage, ack, cursor, mode_changed or frame.full)
+
+    def _mode_differs_proto(self, frame: display_pb2.Frame) -> bool:
+        m, pm = self.desktop.mode, frame.mode
+        return m is not None and (m.width, m.height, m.bpp) != (pm.width, pm.height, pm.bpp)
 
     def _mode_differs(self, prep: object) -> bool:
         m = self.desktop.mode

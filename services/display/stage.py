@@ -24,6 +24,10 @@ from services.display.viewport import Viewport
 
 log = logs.get("display.stage")
 _EVENT_POLL = 0.01  # seconds between window event polls while idle
+# Ctrl+Alt+P in the window opens pairing (USB HID usages): the P is not passed to the guest.
+_CTRL = frozenset({0xE0, 0xE4})
+_ALT = frozenset({0xE2, 0xE6})
+KEY_P = 0x13
 
 
 @dataclass(slots=True)
@@ -75,8 +79,12 @@ class Stage:
         viewport: Viewport,
         refresh_hz: float = 60.0,
         on_input: Callable[[GuestInput], None] | None = None,
+        on_pair_key: Callable[[], None] | None = None,
     ) -> None:
         self.presenter = presenter
+        self.on_pair_key = on_pair_key
+        self._held: set[int] = set()
+        self._notice: tuple[str | None] | None = None  # a notice the stage thread has still to hand over
         self.viewport = viewport
         self.refresh_hz = refresh_hz
         self.on_input = on_input
@@ -124,6 +132,13 @@ class Stage:
             if was_on_screen:
                 self._pending.full = True
                 self._cond.notify_all()
+
+    def set_notice(self, text: str | None) -> None:
+        """Show `text` over the screen (None: stop); thread-safe, shown by the stage thread."""
+        with self._cond:
+            self._notice = (text,)
+            self._pending.full = True
+            self._cond.notify_all()
 
     def on_screen(self, source: Source) -> bool:
         return self.current() is source
@@ -186,6 +201,9 @@ class Stage:
                     if dirty:
                         self._pending = _Pending()
                         source = self._stack[-1] if self._stack else None
+                    notice, self._notice = self._notice, None
+                if notice is not None:
+                    self._show_notice(notice[0])
                 self._events()  # SDL windows need their events pumped even when nobody listens
                 if not dirty:
                     continue
@@ -221,8 +239,34 @@ class Stage:
         except Exception:  # a presenter bug must not stop acknowledgements (the shim would stall)
             log.exception("present failed")
 
+    def _show_notice(self, text: str | None) -> None:
+        show = getattr(self.presenter, "show_notice", None)
+        if show is None:
+            return
+        try:
+            show(text)
+        except Exception:
+            log.exception("showing the notice failed")
+
+    def _pair_key(self, ev: WindowEvent) -> bool:
+        """Track held modifiers; True for the Ctrl+Alt+P press (and its release), which the guest never sees."""
+        if ev.kind != "key":
+            return False
+        if ev.pressed:
+            self._held.add(ev.scancode)
+        else:
+            self._held.discard(ev.scancode)
+        if ev.scancode != KEY_P or not (self._held & _CTRL and self._held & _ALT):
+            return False
+        if ev.pressed and self.on_pair_key is not None:
+            try:
+                self.on_pair_key()
+            except Exception:
+                log.exception("opening pairing failed")
+        return True
+
     def _events(self) -> None:
-        events = self.presenter.poll_events()
+        events = [ev for ev in self.presenter.poll_events() if not self._pair_key(ev)]
         if not events or self.on_input is None:
             return
         source = self.current()

@@ -134,7 +134,7 @@ def _measure_mode(address: str, mode: str, n: int, seconds: float) -> list[dict]
     return [
         record("register_read", mode, reads, PAPER["register_read"][mode]),
         record("register_write", mode, writes, PAPER["register_write"][mode]),
-        record("interrupt", mode, irq_latency_playback, PAPER["interrupt"][mode]),
+        record("interrupt", mode, irq_latency_playback, PAPER["interrupt"][mode], path="link → scripted guest thread"),
         chunk,
         record("capture_latency", mode, capture, None, workload=f"jitter buffer {CAPTURE_LATENCY_MS} ms"),
         record("capture_transport", mode, [max(0, c - jitter) for c in capture], None, workload="minus the buffer"),

@@ -77,3 +77,36 @@ def audio_latencies(results: list[dict], out: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def video(results: list[dict], out: Path) -> Path | None:
+    """#17: fps, Mbit/s, PSNR and added latency per clip, link and --video codec (off = the lossless path)."""
+    metrics = (("video_fps", "fps"), ("video_mbps", "Mbit/s"), ("video_psnr_db", "dB"), ("video_added_latency", "ms"))
+    rows = [r for r in results if r["metric"].startswith("video_")]
+    if not rows:
+        return None
+    keys = list(dict.fromkeys((r["link"], r["resolution"]) for r in rows))
+    keys.sort(key=lambda k: (_LINK_ORDER.index(k[0]) if k[0] in _LINK_ORDER else 9, k[1]))
+    codecs = list(dict.fromkeys(r["video"] for r in rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.2), squeeze=False)
+    for ax, (metric, unit) in zip(axes[0], metrics, strict=True):
+        for i, codec in enumerate(codecs):
+            values = [
+                next((r["p50"] for r in rows if r["metric"] == metric and r["video"] == codec
+                      and (r["link"], r["resolution"]) == k), 0) for k in keys
+            ]  # fmt: skip
+            width = 0.8 / len(codecs)
+            ax.bar([x + (i - (len(codecs) - 1) / 2) * width for x in range(len(keys))], values, width=width,
+                   label=codec)  # fmt: skip
+        ax.set_xticks(range(len(keys)), [f"{link}\n{res}" for link, res in keys], fontsize=6)
+        ax.set_ylabel(f"{unit} (p50)")
+        ax.set_title(metric)
+        if metric == "video_mbps":
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.suptitle("Video streams: the synthetic clip, --video off (lossless) vs h264 / jpeg")
+    fig.tight_layout()
+    path = out / "video.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -14,106 +14,213 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
-import socket
+import select
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from services.devices import es1370_regs as R
 from services.devices import svga_regs as S
+from tests.bench.floors import time_calls
+from tests.bench.profile import flame_graphs
+from tests.bench.stats import _cpu_seconds, percentile, record
+from tests.bench.vfio_client import IRQ_DATA_EVENTFD, IRQ_DATA_NONE, IRQ_TRIGGER, IRQ_UNMASK, SyncVfioUserClient
 from tests.helpers import ROOT, start_service
-from tests.test_vfio_user_harness import CONFIG_REGION, VfioUserClient
+from tests.test_vfio_user_harness import sealed_memfd
+
+CONFIG_REGION = 7
+GUEST_RAM_IOVA, GUEST_RAM_SIZE = 0x100000, 1 << 20
 
 
 def _percentiles(samples_ns: list[int]) -> dict[str, float]:
-    s = sorted(samples_ns)
     return {
-        "p50_us": round(s[len(s) // 2] / 1000, 1),
-        "p99_us": round(s[min(len(s) - 1, len(s) * 99 // 100)] / 1000, 1),
-        "mean_us": round(sum(s) / len(s) / 1000, 1),
+        "p50_us": round(percentile(samples_ns, 0.5) / 1000, 1),
+        "p99_us": round(percentile(samples_ns, 0.99) / 1000, 1),
+        "mean_us": round(sum(samples_ns) / len(samples_ns) / 1000, 1),
     }
 
 
-def measure_round_trips(mode: str, n: int = 2000, workdir: Path | None = None, device: str = "es1370") -> dict:
-    """p50/p99 of a BAR0 register read, a BAR0 register write and a config-space read, `n` of each."""
-    with tempfile.TemporaryDirectory() as tmp:
-        work = workdir or Path(tmp)
-        if device == "svga":
-            service = start_service("display", work, "--presenter", "headless")
-            device_args = ["--device", "svga", "--display", service.address, "--vram-scan-ms", "0"]
+class ShimRun:
+    """A real `serve-vfio-user` (and its service) in their own processes; `summary` is its --json at exit."""
+
+    def __init__(self, shim: subprocess.Popen, socket_path: str, service_pid: int) -> None:
+        self.proc, self.socket, self.service_pid = shim, socket_path, service_pid
+        self.summary: dict = {}
+
+
+@contextmanager
+def serve_vfio_user(
+    device: str, mode: str, work: Path, *extra: str, profile: str | None = None
+) -> Iterator[ShimRun]:
+    """The shim and its service; with `profile`, py-spy flame graphs of both go to build/bench/flame-*.svg."""
+    if device == "svga":
+        service = start_service("display", work, "--presenter", "headless")
+        device_args = ["--device", "svga", "--display", service.address, "--vram-scan-ms", "0"]
+    else:
+        service = start_service("audio", work, "--sink", "null")
+        device_args = ["--audio", service.address]
+    sock_path = str(work / f"bench-{device}-{mode}-{time.monotonic_ns()}.sock")
+    shim = subprocess.Popen(
+        [sys.executable, "-m", "frontend_shim", "serve-vfio-user", "--socket", sock_path,
+         *device_args, "--mode", mode, "--json", *extra],  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "RDV_LOG_LEVEL": "warning"},
+    )
+    run = ShimRun(shim, sock_path, service.proc.pid)
+    try:
+        line = shim.stdout.readline() if shim.stdout else ""
+        if not line.startswith("listening on"):
+            raise RuntimeError(f"serve-vfio-user did not start: {line!r}")
+        if profile:
+            pids = {"shim": shim.pid, f"{'display' if device == 'svga' else 'audio'}-service": service.proc.pid}
+            with flame_graphs(f"{profile}-{device}-{mode}", pids):
+                yield run
         else:
-            service = start_service("audio", work, "--sink", "null")
-            device_args = ["--audio", service.address]
-        sock_path = str(work / f"bench-{device}-{mode}.sock")
-        shim = subprocess.Popen(
-            [sys.executable, "-m", "frontend_shim", "serve-vfio-user", "--socket", sock_path,
-             *device_args, "--mode", mode],  # fmt: skip
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, "RDV_LOG_LEVEL": "warning"},
-        )
-        try:
-            line = shim.stdout.readline() if shim.stdout else ""
-            if not line.startswith("listening on"):
-                raise RuntimeError(f"serve-vfio-user did not start: {line!r}")
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(sock_path)
-            client = VfioUserClient(s)
-            client.version()
-            results = {}
-            if device == "svga":
-                client.write32(0, S.INDEX_PORT, S.REG_ID)
-                ops = {
-                    "bar_read": lambda: client.read(0, S.VALUE_PORT, 4),
-                    "bar_write": lambda: client.write32(0, S.INDEX_PORT, S.REG_ID),
-                    "config_read": lambda: client.read32(CONFIG_REGION, 0),
-                }
-            else:
-                ops = {
-                    "bar_read": lambda: client.read32(0, R.STATUS),
-                    "bar_write": lambda: client.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC),
-                    "config_read": lambda: client.read32(CONFIG_REGION, 0),
-                }
-            for name, op in ops.items():
-                for _ in range(min(200, n)):  # warm up: connections, caches, the service's session
-                    op()
-                samples = []
-                for _ in range(n):
-                    t = time.perf_counter_ns()
-                    op()
-                    samples.append(time.perf_counter_ns() - t)
-                results[name] = _percentiles(samples)
-            client.close()
-            return {"device": device, "mode": mode, "n": n, **results}
-        finally:
-            shim.terminate()
+            yield run
+        shim.send_signal(signal.SIGTERM)
+        out, _ = shim.communicate(timeout=30)
+        run.summary = json.loads(out.strip().splitlines()[-1])
+    finally:
+        if shim.poll() is None:
+            shim.kill()
             shim.wait(10)
-            service.stop()
+        service.stop()
+
+
+def measure_round_trips(
+    mode: str, n: int = 2000, workdir: Path | None = None, device: str = "es1370", profile: bool = False
+) -> dict:
+    """p50/p99 of a BAR0 register read, a BAR0 register write and a config-space read, `n` of each."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        serve_vfio_user(device, mode, workdir or Path(tmp), profile="accesses" if profile else None) as shim,
+    ):
+        client = SyncVfioUserClient(shim.socket)
+        client.version()
+        if device == "svga":
+            client.write32(0, S.INDEX_PORT, S.REG_ID)
+            ops = {
+                "bar_read": lambda: client.read32(0, S.VALUE_PORT),
+                "bar_write": lambda: client.write32(0, S.INDEX_PORT, S.REG_ID),
+                "config_read": lambda: client.read32(CONFIG_REGION, 0),
+            }
+        else:
+            ops = {
+                "bar_read": lambda: client.read32(0, R.STATUS),
+                "bar_write": lambda: client.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC),
+                "config_read": lambda: client.read32(CONFIG_REGION, 0),
+            }
+        samples = {name: time_calls(op, n) for name, op in ops.items()}  # each warmed up first
+        client.close()
+    return {"device": device, "mode": mode, "n": n, "samples": samples,
+            **{name: _percentiles(s) for name, s in samples.items()}}  # fmt: skip
+
+
+def measure_interrupts(
+    mode: str, seconds: float, workdir: Path, period_frames: int = 256, profile: bool = False
+) -> dict[str, list[int]]:
+    """The ES1370 plays a looping ring of short periods through `serve-vfio-user`; the client is QEMU's INTx side
+    (eventfd, then the handler's STATUS read, UNMASK after that access, the ack). Per interrupt: cause (mirrored:
+    the shim's model raising the line; backend: the service's stamp on its interrupt message) to the shim's
+    eventfd write, and to the client waking on the eventfd."""
+    fmt_bytes, periods = 4, 8  # 16-bit stereo
+    ring = period_frames * periods * fmt_bytes
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    ram = sealed_memfd("bench-guest-ram", GUEST_RAM_SIZE)  # shared like QEMU's memory-backend-memfd
+    with mmap.mmap(ram, GUEST_RAM_SIZE) as m:
+        m[: ring] = bytes(range(256)) * (ring // 256)  # something audible
+    seen: list[int] = []  # the client woke on the eventfd
+    idle: list[int] = []  # the client began to wait (its previous handler done)
+    try:
+        with serve_vfio_user("es1370", mode, workdir, profile="interrupts" if profile else None) as shim:
+            c = SyncVfioUserClient(shim.socket)
+            c.version()
+            c.dma_map(GUEST_RAM_IOVA, GUEST_RAM_SIZE, ram)
+            c.set_irqs(IRQ_DATA_EVENTFD | IRQ_TRIGGER, 0, 0, 1, (efd,))
+            stereo16 = (R.FMT_BIT_16 | R.FMT_BIT_STEREO) << R.SCTRL_SH_P2FMT
+            c.write32(0, R.CONTROL, R.CTRL_CDC_EN)
+            c.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC)
+            c.write32(0, R.DAC2_FRAMEADR & 0xFF, GUEST_RAM_IOVA)
+            c.write32(0, R.DAC2_FRAMECNT & 0xFF, ring // 4 - 1)
+            c.write32(0, R.SERIAL_CONTROL, stereo16 | R.SCTRL_P2INTEN)
+            c.write32(0, R.DAC2_SCOUNT, period_frames - 1)
+            c.write32(0, R.CONTROL, R.CTRL_CDC_EN | R.dac2_divider(44100) << R.CTRL_SH_PCLKDIV | R.CTRL_DAC2_EN)
+            pids = {"shim": shim.proc.pid, "service": shim.service_pid}
+            start, cpu = time.monotonic(), {who: _cpu_seconds(pid) for who, pid in pids.items()}
+            end = start + seconds
+            while time.monotonic() < end:
+                idle.append(time.monotonic_ns())
+                if not select.select([efd], [], [], 2.0)[0]:
+                    raise RuntimeError(f"no interrupt within 2 s ({len(seen)} so far)")
+                seen.append(time.monotonic_ns())
+                os.eventfd_read(efd)
+                status = c.read32(0, R.STATUS)  # the handler's first access: QEMU deasserts and unmasks after it
+                c.set_irqs(IRQ_DATA_NONE | IRQ_UNMASK, 0, 0, 1)
+                if status & R.STAT_DAC2:
+                    c.write32(0, R.SERIAL_CONTROL, stereo16)  # ack: INT_EN off, then on again
+                    c.write32(0, R.SERIAL_CONTROL, stereo16 | R.SCTRL_P2INTEN)
+            played = time.monotonic() - start
+            cpu = {who: _cpu_seconds(pid) - cpu[who] for who, pid in pids.items()}
+            c.write32(0, R.SERIAL_CONTROL, stereo16)
+            c.write32(0, R.CONTROL, R.CTRL_CDC_EN)
+            c.close()
+    finally:
+        os.close(efd)
+        os.close(ram)
+    # Only interrupts caused while the client was waiting: mirrored mode's DMA runs ahead of playback, so a
+    # period often ends during the previous handler, and its signal then waits for the guest's UNMASK by design.
+    to_eventfd, to_client = [], []
+    k = 0
+    for cause, written in shim.summary.get("irq_timeline", []):
+        while k < len(seen) and seen[k] < written:
+            k += 1
+        if k < len(seen) and cause >= idle[k]:
+            to_eventfd.append(written - cause)
+            to_client.append(seen[k] - cause)
+    return {
+        "cause_to_eventfd": to_eventfd,
+        "cause_to_client": to_client,
+        "cpu_per_audio_second": {who: seconds_used / played for who, seconds_used in cpu.items()},  # type: ignore[dict-item]
+    }
 
 
 PAPER_NS = {  # the paper's Table 2 for the same access, per card
     ("bar_read", "backend"): 209_000, ("bar_read", "mirrored"): 1_000,
     ("bar_write", "backend"): 4_000, ("bar_write", "mirrored"): 1_000,
 }  # fmt: skip
+PAPER_IRQ_NS = {"backend": 17_000, "mirrored": 16_000}
 
 
 def run(quick: bool, workdir: Path) -> list[dict]:
-    """`make bench` records: the vfio-user round trip per access kind and mode (loopback, in ns)."""
+    """`make bench` records: the vfio-user round trip per access kind and mode, and the interrupt path (loopback,
+    in ns). `vfio_user_read` is the trapped BAR read."""
     records = []
+    names = {"bar_read": "vfio_user_read", "bar_write": "vfio_user_write", "config_read": "vfio_user_config_read"}
     for device in ("es1370", "svga"):
         for mode in ("mirrored", "backend"):
-            measured = measure_round_trips(mode, 300 if quick else 3000, workdir, device)
-            for op in ("bar_read", "bar_write", "config_read"):
-                records.append({
-                    "metric": f"vfio_user_{op}", "mode": mode, "link": "loopback", "content": device,
-                    "p50": measured[op]["p50_us"] * 1000, "p99": measured[op]["p99_us"] * 1000, "unit": "ns",
-                    "paper": PAPER_NS.get((op, mode)), "samples": measured["n"],
-                })  # fmt: skip
+            measured = measure_round_trips(mode, 500 if quick else 3000, workdir, device)
+            for op, metric in names.items():
+                records.append(
+                    record(metric, mode, measured["samples"][op], PAPER_NS.get((op, mode)), content=device)
+                )
+    for mode in ("mirrored", "backend"):
+        irq = measure_interrupts(mode, 1.5 if quick else 5.0, workdir)
+        for path in ("cause_to_eventfd", "cause_to_client"):
+            records.append(record("interrupt", mode, irq[path], PAPER_IRQ_NS[mode], path=f"vfio-user {path}"))
+        for who, cpu in irq["cpu_per_audio_second"].items():  # 44.1 kHz stereo, 256-frame periods
+            records.append({"metric": "cpu_per_audio_second", "mode": who, "link": "loopback", "p50": round(cpu, 3),
+                            "p99": round(cpu, 3), "unit": "s", "paper": None,
+                            "workload": f"vfio-user ES1370 {mode}"})  # fmt: skip
     return records
 
 
@@ -121,10 +228,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--device", choices=["es1370", "svga", "both"], default="both")
+    p.add_argument("--interrupts", type=float, default=0.0, metavar="SECONDS", help="measure interrupts instead")
     args = p.parse_args()
+    if args.interrupts:
+        with tempfile.TemporaryDirectory() as tmp:
+            for mode in ("mirrored", "backend"):
+                irq = measure_interrupts(mode, args.interrupts, Path(tmp))
+                cpu = irq.pop("cpu_per_audio_second")
+                print(json.dumps({"mode": mode, **{k: _percentiles(v) for k, v in irq.items()}, "cpu_per_s": cpu}))
+        return
     for device in ("es1370", "svga") if args.device == "both" else (args.device,):
         for mode in ("mirrored", "backend"):
-            print(json.dumps(measure_round_trips(mode, args.n, device=device)))
+            measured = measure_round_trips(mode, args.n, device=device)
+            print(json.dumps({k: v for k, v in measured.items() if k != "samples"}))
 
 
 if __name__ == "__main__":

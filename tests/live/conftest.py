@@ -1,5 +1,4 @@
-"""Fixtures every live test shares: QEMU 10.2.2 with the vfio-user client and the test guest (both built once
-by tests/tools and cached under ~/.cache/rdv)."""
+"""Fixtures the live tests share: the QEMU and the guest image tests/tools builds once (cached)."""
 
 from __future__ import annotations
 

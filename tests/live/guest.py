@@ -132,9 +132,20 @@ class Boot:
         return int(after.group(1)) - int(before.group(1)) if before and after else None
 
 
-def boot(qemu: str, guest_dir: Path, initrd: Path, sock: str, work: Path, shared_ram: bool = True) -> Boot:
+def boot(
+    qemu: str,
+    guest_dir: Path,
+    initrd: Path,
+    sock: str,
+    work: Path,
+    shared_ram: bool = True,
+    devices: list[dict] | None = None,
+    append: str = "",
+) -> Boot:
     """Boot the guest under TCG with the vfio-user ES1370 and wait for its script to finish. With shared_ram
-    guest RAM is a shared memfd the server maps; without, the server reaches it with DMA_READ/DMA_WRITE."""
+    guest RAM is a shared memfd the server maps; without, the server reaches it with DMA_READ/DMA_WRITE.
+    `devices` (QEMU -device JSON objects) replaces the one vfio-user device at `sock`; `append` goes on the
+    kernel command line."""
     work.mkdir(parents=True, exist_ok=True)
     console = work / "console.log"
     console.unlink(missing_ok=True)
@@ -143,9 +154,12 @@ def boot(qemu: str, guest_dir: Path, initrd: Path, sock: str, work: Path, shared
         qemu, *(memory if shared_ram else ["-machine", "pc"]), "-accel", "tcg", "-m", MEMORY,
         "-display", "none", "-monitor", "none", "-serial", f"file:{console}", "-nic", "none", "-no-reboot",
         "-kernel", str(guest_dir / "vmlinuz"), "-initrd", str(initrd),
-        "-append", "console=ttyS0 quiet panic=-1",
-        "-device", json.dumps({"driver": "vfio-user-pci", "socket": {"type": "unix", "path": sock}}),
+        "-append", f"console=ttyS0 quiet panic=-1 {append}".strip(),
     ]  # fmt: skip
+    for device in devices or [{"driver": "vfio-user-pci", "socket": {"type": "unix", "path": sock}}]:
+        cmd += ["-device", json.dumps(device)]
+        if device["driver"] == "ES1370" and "audiodev" in device:
+            cmd += ["-audiodev", f"none,id={device['audiodev']}"]
     started = time.monotonic()
     qerr = work / "qemu.stderr"
     with qerr.open("w") as err:

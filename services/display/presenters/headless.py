@@ -10,12 +10,16 @@ class HeadlessPresenter:
 
     def __init__(self) -> None:
         self.renders = 0
+        self.notice: str | None = None
 
     def open(self) -> None:
         pass
 
     def render(self, job: RenderJob) -> None:
         self.renders += 1
+
+    def show_notice(self, text: str | None) -> None:
+        self.notice = text
 
     def poll_events(self) -> list[WindowEvent]:
         return []

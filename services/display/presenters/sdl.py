@@ -15,6 +15,7 @@ import warnings
 from services.common import logs, raster
 from services.common.raster import Rect
 from services.display.desktop import to_rgb
+from services.display.presenters import notice
 from services.display.presenters.base import CursorImage, PresentError, RenderJob, WindowEvent
 
 log = logs.get("display.sdl")
@@ -34,6 +35,8 @@ class SdlPresenter:
         self._cursor_tex = None
         self._cursor_serial = -1
         self._null = False  # SDL failed and fallback was allowed: behave like the headless presenter
+        self._notice: str | None = None
+        self._notice_only = False  # the window was made for the notice alone (no guest desktop shown yet)
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -92,6 +95,10 @@ class SdlPresenter:
             if not self._renderer:
                 raise PresentError(f"SDL_CreateRenderer: {sdl2.SDL_GetError().decode(errors='replace')}")
             made = True
+        if self._notice_only:  # the notice's own window now shows the guest desktop
+            self._notice_only = False
+            sdl2.SDL_SetWindowSize(self._window, w, h)
+            sdl2.SDL_SetWindowTitle(self._window, job.title.encode())
         key = (w, h, bpp)
         if key != self._texture_key:
             if self._texture_key is not None and self._texture_key[:2] != (w, h):
@@ -137,7 +144,46 @@ class SdlPresenter:
                     del ptr, base  # release the buffer export so the desktop may be reallocated
         sdl2.SDL_RenderCopy(self._renderer, self._texture, None, None)
         self._draw_cursor(job)
+        self._draw_notice()
         sdl2.SDL_RenderPresent(self._renderer)
+
+    def show_notice(self, text: str | None) -> None:
+        """Draw `text` (the pairing PIN) over the screen until it is None; with no guest desktop shown yet, in a
+        window of its own. The stage renders again afterwards when a desktop is shown."""
+        self._notice = text
+        sdl2 = self._sdl
+        if self._null or sdl2 is None:
+            return
+        if self._window is None and text:
+            anywhere = sdl2.SDL_WINDOWPOS_UNDEFINED
+            self._window = sdl2.SDL_CreateWindow(f"rdv: pairing PIN {text}".encode(), anywhere, anywhere, 640, 240, 0)
+            if not self._window:
+                error = sdl2.SDL_GetError().decode(errors="replace")
+                log.warning("cannot show the pairing PIN", extra={"error": error})
+                return
+            flags = sdl2.SDL_RENDERER_SOFTWARE if self.name == "sdl:dummy" else 0
+            self._renderer = sdl2.SDL_CreateRenderer(self._window, -1, flags)
+            self._notice_only = True
+        if self._notice_only and self._renderer:
+            title = f"rdv: pairing PIN {text}" if text else "rdv: pairing closed"
+            sdl2.SDL_SetWindowTitle(self._window, title.encode())
+            sdl2.SDL_SetRenderDrawColor(self._renderer, 0, 0, 0, 255)
+            sdl2.SDL_RenderClear(self._renderer)
+            self._draw_notice()
+            sdl2.SDL_RenderPresent(self._renderer)
+
+    def _draw_notice(self) -> None:
+        if not self._notice:
+            return
+        sdl2 = self._sdl
+        w, h = ctypes.c_int(0), ctypes.c_int(0)
+        sdl2.SDL_GetRendererOutputSize(self._renderer, ctypes.byref(w), ctypes.byref(h))
+        box, digits = notice.layout(self._notice, w.value, h.value)
+        sdl2.SDL_SetRenderDrawColor(self._renderer, 16, 16, 48, 255)
+        sdl2.SDL_RenderFillRect(self._renderer, sdl2.SDL_Rect(box.x, box.y, box.w, box.h))
+        sdl2.SDL_SetRenderDrawColor(self._renderer, 255, 255, 255, 255)
+        for r in digits:
+            sdl2.SDL_RenderFillRect(self._renderer, sdl2.SDL_Rect(r.x, r.y, r.w, r.h))
 
     def _draw_cursor(self, job: RenderJob) -> None:
         cursor: CursorImage | None = job.cursor

@@ -15,11 +15,20 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_LZO: _ClassVar[Encoding]
     ENCODING_LZ4: _ClassVar[Encoding]
     ENCODING_ZSTD: _ClassVar[Encoding]
+
+class VideoCodec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VIDEO_CODEC_UNSPECIFIED: _ClassVar[VideoCodec]
+    VIDEO_CODEC_H264: _ClassVar[VideoCodec]
+    VIDEO_CODEC_JPEG: _ClassVar[VideoCodec]
 ENCODING_UNSPECIFIED: Encoding
 ENCODING_RAW: Encoding
 ENCODING_LZO: Encoding
 ENCODING_LZ4: Encoding
 ENCODING_ZSTD: Encoding
+VIDEO_CODEC_UNSPECIFIED: VideoCodec
+VIDEO_CODEC_H264: VideoCodec
+VIDEO_CODEC_JPEG: VideoCodec
 
 class Rect(_message.Message):
     __slots__ = ("x", "y", "width", "height")
@@ -175,19 +184,55 @@ class CursorMove(_message.Message):
     visible: bool
     def __init__(self, x: _Optional[int] = ..., y: _Optional[int] = ..., visible: _Optional[bool] = ...) -> None: ...
 
+class VideoFrame(_message.Message):
+    __slots__ = ("version", "stream_id", "rect", "codec", "keyframe", "payload")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    RECT_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    KEYFRAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    stream_id: int
+    rect: Rect
+    codec: VideoCodec
+    keyframe: bool
+    payload: bytes
+    def __init__(self, version: _Optional[int] = ..., stream_id: _Optional[int] = ..., rect: _Optional[_Union[Rect, _Mapping]] = ..., codec: _Optional[_Union[VideoCodec, str]] = ..., keyframe: _Optional[bool] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class VideoEnd(_message.Message):
+    __slots__ = ("stream_id",)
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    def __init__(self, stream_id: _Optional[int] = ...) -> None: ...
+
+class VideoSupport(_message.Message):
+    __slots__ = ("version", "codecs", "max_streams")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CODECS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    codecs: _containers.RepeatedScalarFieldContainer[VideoCodec]
+    max_streams: int
+    def __init__(self, version: _Optional[int] = ..., codecs: _Optional[_Iterable[_Union[VideoCodec, str]]] = ..., max_streams: _Optional[int] = ...) -> None: ...
+
 class DisplayUpdate(_message.Message):
-    __slots__ = ("fill", "copy", "pixels", "cursor_define", "cursor_move")
+    __slots__ = ("fill", "copy", "pixels", "cursor_define", "cursor_move", "video", "video_end")
     FILL_FIELD_NUMBER: _ClassVar[int]
     COPY_FIELD_NUMBER: _ClassVar[int]
     PIXELS_FIELD_NUMBER: _ClassVar[int]
     CURSOR_DEFINE_FIELD_NUMBER: _ClassVar[int]
     CURSOR_MOVE_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_END_FIELD_NUMBER: _ClassVar[int]
     fill: Fill
     copy: Copy
     pixels: PixelRect
     cursor_define: CursorDefine
     cursor_move: CursorMove
-    def __init__(self, fill: _Optional[_Union[Fill, _Mapping]] = ..., copy: _Optional[_Union[Copy, _Mapping]] = ..., pixels: _Optional[_Union[PixelRect, _Mapping]] = ..., cursor_define: _Optional[_Union[CursorDefine, _Mapping]] = ..., cursor_move: _Optional[_Union[CursorMove, _Mapping]] = ...) -> None: ...
+    video: VideoFrame
+    video_end: VideoEnd
+    def __init__(self, fill: _Optional[_Union[Fill, _Mapping]] = ..., copy: _Optional[_Union[Copy, _Mapping]] = ..., pixels: _Optional[_Union[PixelRect, _Mapping]] = ..., cursor_define: _Optional[_Union[CursorDefine, _Mapping]] = ..., cursor_move: _Optional[_Union[CursorMove, _Mapping]] = ..., video: _Optional[_Union[VideoFrame, _Mapping]] = ..., video_end: _Optional[_Union[VideoEnd, _Mapping]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("frame_id", "mode", "updates", "sent_ns", "full")
@@ -230,20 +275,22 @@ class FrontendMessage(_message.Message):
     def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., access: _Optional[_Union[_common_pb2.RegisterAccess, _Mapping]] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ..., barrier: _Optional[_Union[_common_pb2.Barrier, _Mapping]] = ..., fifo_done: _Optional[_Union[FifoDone, _Mapping]] = ..., writes: _Optional[_Union[_common_pb2.RegisterWrites, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
-    __slots__ = ("session_id", "info", "viewport", "max_frames_in_flight", "refresh_hz", "max_frame_bytes")
+    __slots__ = ("session_id", "info", "viewport", "max_frames_in_flight", "refresh_hz", "max_frame_bytes", "video")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     VIEWPORT_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAMES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     REFRESH_HZ_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     info: _common_pb2.ServiceInfo
     viewport: Viewport
     max_frames_in_flight: int
     refresh_hz: int
     max_frame_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., info: _Optional[_Union[_common_pb2.ServiceInfo, _Mapping]] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., max_frames_in_flight: _Optional[int] = ..., refresh_hz: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ...) -> None: ...
+    video: VideoSupport
+    def __init__(self, session_id: _Optional[str] = ..., info: _Optional[_Union[_common_pb2.ServiceInfo, _Mapping]] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., max_frames_in_flight: _Optional[int] = ..., refresh_hz: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., video: _Optional[_Union[VideoSupport, _Mapping]] = ...) -> None: ...
 
 class FrameAck(_message.Message):
     __slots__ = ("frame_id", "received_ns", "applied_ns", "presented_ns", "presented", "sent_ns")
@@ -276,10 +323,12 @@ class BarrierAck(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., sent_ns: _Optional[int] = ..., registers: _Optional[_Union[SvgaRegisters, _Mapping]] = ..., frames_applied: _Optional[int] = ..., last_frame_id: _Optional[int] = ...) -> None: ...
 
 class Notice(_message.Message):
-    __slots__ = ("message",)
+    __slots__ = ("message", "video_stream_id")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     message: str
-    def __init__(self, message: _Optional[str] = ...) -> None: ...
+    video_stream_id: int
+    def __init__(self, message: _Optional[str] = ..., video_stream_id: _Optional[int] = ...) -> None: ...
 
 class BackendMessage(_message.Message):
     __slots__ = ("opened", "value", "frame_ack", "barrier_ack", "notice")
@@ -324,7 +373,7 @@ class GetDisplayStateRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class DisplayStats(_message.Message):
-    __slots__ = ("frames", "frames_presented", "presents", "updates", "fills", "copies", "pixel_rects", "bytes_in", "decoded_bytes", "compression_ratio", "updates_per_second", "register_reads", "register_writes")
+    __slots__ = ("frames", "frames_presented", "presents", "updates", "fills", "copies", "pixel_rects", "bytes_in", "decoded_bytes", "compression_ratio", "updates_per_second", "register_reads", "register_writes", "video_frames", "video_bytes", "video_dropped")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     FRAMES_PRESENTED_FIELD_NUMBER: _ClassVar[int]
     PRESENTS_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +387,9 @@ class DisplayStats(_message.Message):
     UPDATES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     REGISTER_READS_FIELD_NUMBER: _ClassVar[int]
     REGISTER_WRITES_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_DROPPED_FIELD_NUMBER: _ClassVar[int]
     frames: int
     frames_presented: int
     presents: int
@@ -351,10 +403,33 @@ class DisplayStats(_message.Message):
     updates_per_second: float
     register_reads: int
     register_writes: int
-    def __init__(self, frames: _Optional[int] = ..., frames_presented: _Optional[int] = ..., presents: _Optional[int] = ..., updates: _Optional[int] = ..., fills: _Optional[int] = ..., copies: _Optional[int] = ..., pixel_rects: _Optional[int] = ..., bytes_in: _Optional[int] = ..., decoded_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., updates_per_second: _Optional[float] = ..., register_reads: _Optional[int] = ..., register_writes: _Optional[int] = ...) -> None: ...
+    video_frames: int
+    video_bytes: int
+    video_dropped: int
+    def __init__(self, frames: _Optional[int] = ..., frames_presented: _Optional[int] = ..., presents: _Optional[int] = ..., updates: _Optional[int] = ..., fills: _Optional[int] = ..., copies: _Optional[int] = ..., pixel_rects: _Optional[int] = ..., bytes_in: _Optional[int] = ..., decoded_bytes: _Optional[int] = ..., compression_ratio: _Optional[float] = ..., updates_per_second: _Optional[float] = ..., register_reads: _Optional[int] = ..., register_writes: _Optional[int] = ..., video_frames: _Optional[int] = ..., video_bytes: _Optional[int] = ..., video_dropped: _Optional[int] = ...) -> None: ...
+
+class VideoStreamState(_message.Message):
+    __slots__ = ("stream_id", "rect", "codec", "frames", "bytes", "fps", "bitrate_mbps", "dropped")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    RECT_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    BITRATE_MBPS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    rect: Rect
+    codec: VideoCodec
+    frames: int
+    bytes: int
+    fps: float
+    bitrate_mbps: float
+    dropped: int
+    def __init__(self, stream_id: _Optional[int] = ..., rect: _Optional[_Union[Rect, _Mapping]] = ..., codec: _Optional[_Union[VideoCodec, str]] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., fps: _Optional[float] = ..., bitrate_mbps: _Optional[float] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class DisplayState(_message.Message):
-    __slots__ = ("session_id", "vm", "coherence", "mode", "viewport", "presenter", "stats", "registers", "cursor", "on_screen", "refresh_hz")
+    __slots__ = ("session_id", "vm", "coherence", "mode", "viewport", "presenter", "stats", "registers", "cursor", "on_screen", "refresh_hz", "video_streams")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VM_FIELD_NUMBER: _ClassVar[int]
     COHERENCE_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +441,7 @@ class DisplayState(_message.Message):
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     ON_SCREEN_FIELD_NUMBER: _ClassVar[int]
     REFRESH_HZ_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_STREAMS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     vm: str
     coherence: _common_pb2.CoherenceMode
@@ -377,4 +453,5 @@ class DisplayState(_message.Message):
     cursor: CursorMove
     on_screen: bool
     refresh_hz: int
-    def __init__(self, session_id: _Optional[str] = ..., vm: _Optional[str] = ..., coherence: _Optional[_Union[_common_pb2.CoherenceMode, str]] = ..., mode: _Optional[_Union[FrameMode, _Mapping]] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., presenter: _Optional[str] = ..., stats: _Optional[_Union[DisplayStats, _Mapping]] = ..., registers: _Optional[_Union[SvgaRegisters, _Mapping]] = ..., cursor: _Optional[_Union[CursorMove, _Mapping]] = ..., on_screen: _Optional[bool] = ..., refresh_hz: _Optional[int] = ...) -> None: ...
+    video_streams: _containers.RepeatedCompositeFieldContainer[VideoStreamState]
+    def __init__(self, session_id: _Optional[str] = ..., vm: _Optional[str] = ..., coherence: _Optional[_Union[_common_pb2.CoherenceMode, str]] = ..., mode: _Optional[_Union[FrameMode, _Mapping]] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., presenter: _Optional[str] = ..., stats: _Optional[_Union[DisplayStats, _Mapping]] = ..., registers: _Optional[_Union[SvgaRegisters, _Mapping]] = ..., cursor: _Optional[_Union[CursorMove, _Mapping]] = ..., on_screen: _Optional[bool] = ..., refresh_hz: _Optional[int] = ..., video_streams: _Optional[_Iterable[_Union[VideoStreamState, _Mapping]]] = ...) -> None: ...

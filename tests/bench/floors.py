@@ -1,0 +1,287 @@
+"""The floors rdv's hot paths are built on, measured in the same `make bench` run as the paths themselves.
+
+On a shared 2-core machine an absolute figure says little (the backend read measured 403 µs p50 in one quick run
+and 215 µs in another); its ratio to the floor under it, measured minutes apart, says what rdv itself costs.
+Each echo server is a Python process of its own, as rdv's servers are, on loopback:
+
+- floor_socket_echo: a bare UNIX-socket echo of a 32-byte message (blocking recv_into/sendall on both ends);
+- floor_vfio_user_echo: a vfio-user REGION_READ round trip against a do-nothing server (reads the header and
+  payload into preallocated buffers, answers zeros with one sendmsg), from the benchmarks' synchronous client;
+- floor_grpc_echo: a bare gRPC bidi-stream echo of a 20-byte message: a grpc.aio server with the services'
+  options (services.common.server.server_options), a sync client with the links' channel options
+  (frontend_shim.session_stream.channel_options), requests from a queue, replies read in the caller's thread.
+
+`grpc_echo_pattern` records compare the client patterns grpcio offers for a session stream (why rdv's links use
+the sync stream with a reader thread: see README, "Benchmarks").
+
+    .venv/bin/python -m tests.bench.floors [--n 3000]        # prints the records
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from frontend_shim.commands.processes import ROOT
+from frontend_shim.links.session_stream import Waiter, channel_options
+from services.common.server import DEFAULT_KEEPALIVE, DEFAULT_MAX_MESSAGE_BYTES, server_options
+from tests.bench.stats import record
+from tests.bench.vfio_client import HDR, REPLY, RW, SyncVfioUserClient
+
+ECHO_METHOD = "/rdv.bench.Echo/Echo"
+SOCKET_MSG = bytes(range(32))
+GRPC_MSG = bytes(range(20))  # about a RegisterAccess request on the session stream
+
+
+# ---------------------------------------------------------------------------------------------- servers
+def _accept_one(path: str) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    print(f"listening on {path}", flush=True)
+    return listener.accept()[0]
+
+
+def _serve_socket_echo(path: str) -> None:
+    conn = _accept_one(path)
+    buf = bytearray(len(SOCKET_MSG))
+    view = memoryview(buf)
+    while True:
+        got = 0
+        while got < len(buf):
+            k = conn.recv_into(view[got:])
+            if not k:
+                return
+            got += k
+        conn.sendall(buf)
+
+
+def _serve_vfio_user_echo(path: str) -> None:
+    """A vfio-user server that does nothing: every request is answered at once, reads with zeros."""
+    conn = _accept_one(path)
+    buf = bytearray(1 << 16)
+    view = memoryview(buf)
+    out = bytearray(HDR.size + RW.size + 8)
+    while True:
+        got = 0
+        while got < HDR.size:
+            k = conn.recv_into(view[got:HDR.size])
+            if not k:
+                return
+            got += k
+        mid, cmd, size, _, _ = HDR.unpack_from(buf)
+        while got < size:
+            k = conn.recv_into(view[got:size])
+            if not k:
+                return
+            got += k
+        if cmd == 9:  # REGION_READ: echo offset, region, count; the data are zeros
+            count = min(8, RW.unpack_from(buf, HDR.size)[2])
+            n = HDR.size + RW.size + count
+            out[HDR.size : n] = bytes(buf[HDR.size : HDR.size + RW.size]) + bytes(count)
+        else:
+            n = HDR.size
+        HDR.pack_into(out, 0, mid, cmd, n, REPLY, 0)
+        conn.sendmsg([memoryview(out)[:n]])
+
+
+async def _serve_grpc_echo() -> None:
+    async def echo(requests, context):  # noqa: ANN001, ANN202
+        async for msg in requests:
+            yield msg
+
+    keepalive_ms = int(DEFAULT_KEEPALIVE * 1000)
+    server = grpc.aio.server(options=server_options(DEFAULT_MAX_MESSAGE_BYTES, keepalive_ms))
+    handler = grpc.stream_stream_rpc_method_handler(echo)  # bytes in, bytes out: no protobuf
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("rdv.bench.Echo", {"Echo": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+
+@contextmanager
+def echo_server(kind: str, workdir: Path) -> Iterator[str]:
+    """Start one echo server process; yields its address (a socket path, or HOST:PORT for grpc)."""
+    path = str(workdir / f"floor-{kind}-{os.getpid()}-{time.monotonic_ns()}.sock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.floors", "serve", kind, path],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"echo server {kind} did not start: {line!r}")
+        yield line.split(" ", 2)[2].strip()
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+# ---------------------------------------------------------------------------------------------- clients
+def time_calls(fn: Callable[[], object], n: int, warmup: int = 200) -> list[int]:
+    for _ in range(min(warmup, n)):
+        fn()
+    out = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t = clock()
+        fn()
+        out.append(clock() - t)
+    return out
+
+
+def socket_echo(path: str, n: int) -> list[int]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    buf = bytearray(len(SOCKET_MSG))
+    view = memoryview(buf)
+
+    def once() -> None:
+        s.sendall(SOCKET_MSG)
+        got = 0
+        while got < len(buf):
+            got += s.recv_into(view[got:])
+
+    try:
+        return time_calls(once, n)
+    finally:
+        s.close()
+
+
+def vfio_user_echo(path: str, n: int) -> list[int]:
+    client = SyncVfioUserClient(path)
+    try:
+        client.version()
+        return time_calls(lambda: client.read32(0, 0), n)
+    finally:
+        client.close()
+
+
+def grpc_echo(address: str, n: int, pattern: str = "sync") -> list[int]:
+    """Round trips of one message on a bidi stream, with one of grpcio's client patterns:
+    sync: requests from a queue, the reply read with next() in the caller's thread (the floor);
+    sync+reader: as rdv's links do it (a reader thread hands each reply to the waiting caller);
+    aio: grpc.aio on an event-loop thread, the caller waiting on a future."""
+    if pattern == "aio":
+        return _grpc_echo_aio(address, n)
+    with grpc.insecure_channel(address, channel_options()) as channel:
+        requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        call = channel.stream_stream(ECHO_METHOD)(iter(requests.get, None))
+        try:
+            if pattern == "sync":
+
+                def once() -> None:
+                    requests.put(GRPC_MSG)
+                    next(call)
+
+                return time_calls(once, n)
+            waiting: list[Waiter] = []
+
+            def read() -> None:
+                try:
+                    for _ in call:
+                        waiting.pop().set()
+                except grpc.RpcError:
+                    pass  # cancelled at the end
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+
+            def once_with_reader() -> None:
+                waiter = Waiter()
+                waiting.append(waiter)
+                requests.put(GRPC_MSG)
+                waiter.wait(5.0)
+
+            return time_calls(once_with_reader, n)
+        finally:
+            requests.put(None)
+            call.cancel()
+
+
+def _grpc_echo_aio(address: str, n: int) -> list[int]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def open_call():  # noqa: ANN202
+        channel = grpc.aio.insecure_channel(address, channel_options())
+        return channel, channel.stream_stream(ECHO_METHOD)()
+
+    channel, call = asyncio.run_coroutine_threadsafe(open_call(), loop).result(10)
+
+    async def once_async() -> None:
+        await call.write(GRPC_MSG)
+        await call.read()
+
+    try:
+        return time_calls(lambda: asyncio.run_coroutine_threadsafe(once_async(), loop).result(5), n)
+    finally:
+        asyncio.run_coroutine_threadsafe(channel.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+# ---------------------------------------------------------------------------------------------- records
+FLOORS = ("floor_socket_echo", "floor_vfio_user_echo", "floor_grpc_echo")
+
+
+def measure(workdir: Path, n: int, patterns: bool = True) -> list[dict]:
+    records = []
+    with echo_server("socket", workdir) as path:
+        records.append(record("floor_socket_echo", "floor", socket_echo(path, n), None, message_bytes=32))
+    with echo_server("vfio-user", workdir) as path:
+        records.append(record("floor_vfio_user_echo", "floor", vfio_user_echo(path, n), None, message_bytes=32))
+    with echo_server("grpc", workdir) as address:
+        records.append(record("floor_grpc_echo", "floor", grpc_echo(address, n), None, message_bytes=20))
+        if patterns:
+            for pattern in ("sync+reader", "aio"):
+                records.append(
+                    record("grpc_echo_pattern", pattern, grpc_echo(address, n, pattern), None, message_bytes=20)
+                )
+    return records
+
+
+def run(quick: bool, workdir: Path) -> list[dict]:
+    return measure(workdir, 1000 if quick else 5000)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        kind, path = sys.argv[2], sys.argv[3]
+        if kind == "socket":
+            _serve_socket_echo(path)
+        elif kind == "vfio-user":
+            _serve_vfio_user_echo(path)
+        else:
+            asyncio.run(_serve_grpc_echo())
+        return
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=3000)
+    args = p.parse_args()
+    out = ROOT / "build" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    for r in measure(out, args.n):
+        print(json.dumps({k: r[k] for k in ("metric", "mode", "p50", "p99", "unit")}))
+
+
+if __name__ == "__main__":
+    main()

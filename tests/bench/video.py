@@ -1,0 +1,247 @@
+"""Video on the TV (#17): the synthetic clip (frontend_shim/guests/scripted_video.py) played by the scripted guest
+through the real SVGA model and FIFO, inside a desktop with text, to a headless display service; per link, resolution
+and `--video` codec, with `--video off` (today's lossless path) in the same run as the ratio to beat.
+
+The guest draws each clip frame into VRAM, UPDATEs the video rectangle and SYNCs, at 30 frames a second (or as
+fast as it can, when generating a frame is slower); a line of text under the video changes every second.
+Playback runs in segments; after each the shim is flushed and a screenshot compared with the source:
+
+- video_fps: pictures the service presented per second of playback (each picture is all the damage one frame
+  of the shim carried: a video picture, or the lossless rectangles with --video off);
+- video_mbps: everything the shim sent on the stream (Mbit/s), and bytes per picture;
+- video_psnr_db: PSNR of the video rectangle of the screenshot against the source frame (only samples taken
+  while the stream was still live count; lossless gives identical pictures, recorded as 100 dB); every
+  screenshot also checks that the desktop around the video is pixel-exact (`text_exact`);
+- video_added_latency: FIFO pass (the guest's SYNC) to presented, per frame (ms, same host clock);
+- after the last segment: seconds until the whole screen equals the guest's framebuffer (`exact_after_s`);
+- CPU per picture of the shim (less the guest's own drawing) and of the display service.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from frontend_shim.commands.processes import start_service
+from frontend_shim.guests.scripted_svga import FIFO_SIZE
+from frontend_shim.guests.scripted_video import Clip, psnr
+from frontend_shim.links.video_streams import VideoSettings
+from services.common.raster import Rect
+from tests.bench.netlinks import Link
+from tests.bench.stats import _cpu_seconds, percentile
+from tests.display_helpers import guest_rgb, screenshot, start_guest
+
+FPS = 30
+IDENTICAL_DB = 100.0  # PSNR recorded for identical pictures (the lossless path)
+# (clip size, desktop size, where the clip is on the desktop)
+LAYOUTS = {
+    "1280x720": ((1280, 720), (1920, 1080), (600, 160)),
+    "1920x1080": ((1920, 1080), (1920, 1200), (0, 0)),
+}
+_CLIPS: dict[str, Clip] = {}
+
+
+def _clip(resolution: str) -> Clip:
+    if resolution not in _CLIPS:
+        (w, h), _, _ = LAYOUTS[resolution]
+        _CLIPS[resolution] = Clip(w, h)
+    return _CLIPS[resolution]
+
+
+def _rgb(bgrx: bytes) -> bytes:
+    return np.frombuffer(bgrx, np.uint8).reshape(-1, 4)[:, 2::-1].tobytes()
+
+
+def _split(rgb: bytes, width: int, r: Rect) -> tuple[np.ndarray, np.ndarray]:
+    img = np.frombuffer(rgb, np.uint8).reshape(-1, width, 3)
+    mask = np.zeros(img.shape[:2], bool)
+    mask[r.y : r.bottom, r.x : r.right] = True
+    return img[mask], img[~mask]
+
+
+def measure(address: str, service_pid: int, resolution: str, video: str, link_name: str, quick: bool) -> list[dict]:
+    (cw, ch), (dw, dh), (vx, vy) = LAYOUTS[resolution]
+    rect = Rect(vx, vy, cw, ch)
+    clip = _clip(resolution)
+    driver, link = start_guest([address], fifo_size=FIFO_SIZE, width=dw, height=dh, video=VideoSettings(mode=video),
+                               photo=False)  # fmt: skip
+    link.flush(60)
+    segments, seconds = (2, 2.0) if quick else (5, 4.0)
+    s = link.stats
+    guest_cpu = 0.0
+    psnrs: list[float] = []
+    text_exact = True
+    frame = 0
+
+    def play(seconds: float, halfway: Callable[[], None] | None = None) -> float:
+        """The guest plays the clip for `seconds`; returns the CPU seconds its own drawing took."""
+        nonlocal frame
+        t0, k, g = time.monotonic(), 0, 0.0
+        line = f"playing the synthetic clip from frame {frame:05d} at {FPS} fps"
+        driver.update(driver.draw_text(8, dh - 60, line, 0xFFFFFF, 0x3A6EA5))  # text beside the video changes
+        desktops.append(_split(guest_rgb(driver), dw, rect)[1])  # every state the desktop around it has had
+        while time.monotonic() - t0 < seconds:
+            g0 = time.thread_time()
+            driver.put_pixels(rect, clip.frame(frame))
+            g += time.thread_time() - g0
+            driver.update(rect)
+            driver.sync()
+            frame += 1
+            k += 1
+            if halfway is not None and time.monotonic() - t0 >= seconds / 2:
+                halfway()
+                halfway = None
+            pause = t0 + k / FPS - time.monotonic()  # paced from the start
+            if pause > 0:
+                time.sleep(pause)
+        return g
+
+    shots: list[tuple[int, int, bytes]] = []
+    desktops: list[np.ndarray] = []
+
+    def grab() -> None:
+        """Mid-segment, while the clip plays: what the service shows, and the frames played meanwhile."""
+        first = frame
+        rgb = screenshot(address, link.slots[0].conn.session_id)[2]
+        shots.append((first, frame, rgb))
+
+    try:
+        play(1.0)  # warm-up: the stream is detected (its first pictures travel lossless); not measured
+        p0, b0, n0, f0 = s.pictures_presented, s.bytes_to_service, len(s.latency_ns), frame
+        c0, sc0 = time.process_time(), _cpu_seconds(service_pid)
+        t0 = time.monotonic()
+        grabbers = []
+        for _ in range(segments):
+            grabbers.append(threading.Thread(target=grab, daemon=True))
+            guest_cpu += play(seconds, grabbers[-1].start)
+        played = time.monotonic() - t0
+        pictures = s.pictures_presented - p0
+        wire = s.bytes_to_service - b0
+        shim_cpu = time.process_time() - c0 - guest_cpu
+        svc_cpu = _cpu_seconds(service_pid) - sc0
+        latencies = list(s.latency_ns)[n0:]
+        played_frames = frame - f0
+        # The clip ends: how long until the whole screen is exact.
+        stopped = time.monotonic()
+        exact_after = None
+        exact_asked = None
+        while time.monotonic() - stopped < 10:
+            asked = time.monotonic()
+            _, _, rgb, _ = screenshot(address, link.slots[0].conn.session_id)
+            if rgb == guest_rgb(driver):  # exact at some point between asking and the answer
+                exact_after, exact_asked = round(time.monotonic() - stopped, 3), round(asked - stopped, 3)
+                break
+            time.sleep(0.05)
+        state = link.video_state()[0]
+        for g in grabbers:
+            g.join(60)
+        # Each screenshot against the source frame it showed (the best match among the frames played up to it:
+        # chosen on a strip, then the PSNR of the whole rectangle); the desktop around the video must be exactly one of
+        # the states the guest drew (a text line changes each segment: the newest may still be on its way).
+        for first, last, rgb in shots:
+            inside, outside = _split(rgb, dw, rect)
+            text_exact &= any(bool((outside == d).all()) for d in desktops)
+            strip = inside[: cw * 16].tobytes()
+            candidates = range(max(0, first - 45), last + 1)
+            j = max(candidates, key=lambda j: psnr(strip, _rgb(clip.frame(j))[: cw * 16 * 3], 3))
+            psnrs.append(min(psnr(inside.tobytes(), _rgb(clip.frame(j)), 3), IDENTICAL_DB))
+    finally:
+        link.close(drain=False)
+    fps = pictures / played
+    common = {
+        "link": link_name,
+        "resolution": resolution,
+        "video": video,
+        "desktop": f"{dw}x{dh}",
+        "codec_used": state["codec"],
+        "streams_started": state["started"],
+    }
+    lat_ms = [x / 1e6 for x in latencies]
+    per_pic = max(1, pictures)
+    return [
+        _rec(
+            "video_fps",
+            fps,
+            fps,
+            "fps",
+            pictures,
+            **common,
+            source_fps=round(played_frames / played, 1),
+            shim_cpu_ms_per_frame=round(shim_cpu / per_pic * 1000, 2),
+            service_cpu_ms_per_frame=round(svc_cpu / per_pic * 1000, 2),
+            guest_cpu_ms_per_frame=round(guest_cpu / max(1, played_frames) * 1000, 2),
+        ),  # fmt: skip
+        _rec(
+            "video_mbps",
+            wire * 8 / played / 1e6 if played else 0.0,
+            None,
+            "Mbit/s",
+            pictures,
+            **common,
+            bytes_per_frame=round(wire / per_pic),
+        ),  # fmt: skip
+        _rec(
+            "video_psnr_db",
+            percentile(psnrs, 0.5),
+            percentile(psnrs, 0.01),
+            "dB",
+            len(psnrs),
+            **common,
+            text_exact=text_exact,
+            exact_asked_s=exact_asked,
+            exact_after_s=exact_after,
+        ),  # fmt: skip
+        _rec("video_added_latency", percentile(lat_ms, 0.5), percentile(lat_ms, 0.99), "ms", len(lat_ms), **common),
+    ]
+
+
+def _rec(metric: str, p50: float, p99: float | None, unit: str, samples: int, **extra: object) -> dict:
+    return {
+        "metric": metric,
+        "mode": extra["video"],
+        "p50": round(p50, 3) if p50 == p50 else p50,
+        "p99": round(p99, 3) if p99 is not None and p99 == p99 else p50,
+        "unit": unit,
+        "paper": None,
+        "samples": samples,
+        **extra,
+    }
+
+
+def _ratios(records: list[dict]) -> None:
+    """Each codec's figure beside the same clip's `off` figure: `vs_off` = codec / off."""
+    off = {(r["metric"], r["link"], r["resolution"]): r["p50"] for r in records if r["video"] == "off"}
+    for r in records:
+        base = off.get((r["metric"], r["link"], r["resolution"]))
+        if r["video"] != "off" and base and base == base and r["p50"] == r["p50"]:
+            r["vs_off"] = round(r["p50"] / base, 2)
+
+
+def run(quick: bool, workdir: Path, link: Link | None = None) -> list[dict]:
+    link = link or Link("loopback", "127.0.0.1", None)
+    resolutions = list(LAYOUTS)
+    videos = ("off", "h264") if quick else ("off", "h264", "jpeg")
+    svc = start_service(
+        "display", workdir / "logs", "--headless", listen=f"{link.remote_host}:0", prefix=link.prefix, env=link.env
+    )
+    out: list[dict] = []
+    try:
+        for resolution in resolutions:
+            for video in videos:
+                out += measure(svc.address, svc.proc.pid, resolution, video, link.name, quick)
+    finally:
+        svc.stop()
+    _ratios(out)
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    for r in run(os.environ.get("BENCH_QUICK") == "1", Path("build/bench")):
+        print(json.dumps(r))
