@@ -227,10 +227,11 @@ class ScriptedEs1370Driver:
                         if s.finished and self.ctrl & _CTL_EN[s.channel]:
                             self.ctrl &= ~_CTL_EN[s.channel]
                             self.outl(R.CONTROL, self.ctrl)
-        finally:
-            for s in streams:
-                self.ctrl &= ~_CTL_EN[s.channel]
-            self.outl(R.CONTROL, self.ctrl)
+        finally:  # each stream was stopped as it finished (the trigger ALSA sends); here only what is left
+            running = sum(_CTL_EN[s.channel] for s in streams) & self.ctrl
+            if running:
+                self.ctrl &= ~running
+                self.outl(R.CONTROL, self.ctrl)
         seconds = time.monotonic() - start
         results: list[PlayResult | RecordResult | None] = [None, None]
         for s in streams:
