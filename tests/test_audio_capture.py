@@ -207,7 +207,8 @@ def test_service_restarting_mid_capture(services, tmp_path: Path, mode: str) -> 
     args = ("--sink", "null", "--source", "wav", "--source-path", str(source))
     first = services("audio", *args, listen=listen)
     memory, irq = new_guest()
-    link = AudioLink(listen, mode, memory, irq)
+    # Reads wait up to 0.3 s: long enough for a busy machine's live service, short enough to find a dead one.
+    link = AudioLink(listen, mode, memory, irq, access_timeout=0.3)
     link.start()
     got: dict[str, object] = {"restarts": 0, "captures": []}
 

@@ -90,9 +90,9 @@ def test_adc_room_holds_a_completed_period_and_the_acknowledgement_gap() -> None
     m.write(R.SERIAL_CONTROL, 4, m.state.serial_control | R.SCTRL_R1INTEN)
     assert adc_room(credit, m, q) == 136
     m.write(R.SERIAL_CONTROL, 4, m.state.serial_control & ~R.SCTRL_R1INTEN)
-    clock.t = 1.0  # a driver that never acknowledges (or records without interrupts) waits the limit, once
+    clock.t = 1.5  # a driver that never acknowledges (or records without interrupts) waits the limit, once
     assert adc_room(credit, m, q) == 0
-    clock.t = 1.6
+    clock.t = 3.6
     assert adc_room(credit, m, q) == 136
 
 

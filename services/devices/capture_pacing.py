@@ -23,7 +23,7 @@ from services.devices.es1370 import Es1370, PcmFormat
 class CaptureQueue:
     """The capture jitter buffer in front of the ADC's DMA (see the module docstring)."""
 
-    def __init__(self, clock: Clock, latency: float, limit: float = 1.0, quantum: float = 0.005) -> None:
+    def __init__(self, clock: Clock, latency: float, limit: float = 2.0, quantum: float = 0.005) -> None:
         self.clock = clock
         self.latency = latency
         self.limit = limit
@@ -110,10 +110,11 @@ class CaptureQueue:
 
 
 # A completed capture period holds the ADC until the guest acknowledges it, for at most this long (device seconds).
-# Longer than playback's hold: holding costs nothing here (the jitter buffer keeps recording, up to its limit),
-# while running on overwrites periods the guest has not read yet, and a loaded guest reached over a network
-# (backend mode: every acknowledgement is a round trip) easily takes longer than playback's 50 ms.
-CAPTURE_HOLD_LIMIT = 0.5
+# Far longer than playback's hold: holding costs nothing here (the jitter buffer keeps recording, up to its limit,
+# then drops its oldest audio: an overrun the guest can see as a gap), while running on laps the ring under a
+# guest that has not read it yet, and its position then lies by whole rings. A loaded guest reached over a
+# network (backend mode: every acknowledgement and position read is a round trip) was seen taking 0.25 s here.
+CAPTURE_HOLD_LIMIT = 2.0
 
 
 def adc_credit(clock: Clock) -> DmaCredit:
