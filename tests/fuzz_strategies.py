@@ -207,6 +207,8 @@ FRAME_HINTS: dict[str, Strategy] = {
         blobs(max_large=30_000),
         st.builds(lambda enc, n: codec.encode(enc, bytes(n)), st.sampled_from(codec.ENCODINGS),
                   st.integers(0, 80 * 80 * 4)),
+        st.builds(lambda w, h, b: codec.encode("image", b.to_bytes(4, "little") * (w * h), w), st.integers(1, 80),
+                  st.integers(1, 80), st.integers(0, 2**32 - 1)),
     ),
     "rdv.display.v1.CursorDefine.argb": blobs(max_large=300 * 300 * 4),
 }  # fmt: skip

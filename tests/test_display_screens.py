@@ -124,25 +124,3 @@ def test_presents_are_paced_and_damage_coalesced(services) -> None:
     assert state.stats.presents <= 10 * elapsed + 3
     assert ticks > 2 * state.stats.presents  # many guest frames per present
     assert state.stats.frames < ticks  # and fewer frames on the wire than the guest drew
-
-
-def test_auto_encoding_follows_content_and_link() -> None:
-    import os
-    import random
-
-    from frontend_shim.links.display import EncodingPolicy
-
-    policy = EncodingPolicy("auto")
-    rng = random.Random(1)
-    colors = [rng.randbytes(3) + b"\0" for _ in range(4)]
-    text = b"".join(rng.choice(colors) * rng.choice((1, 2, 6)) for _ in range(60_000))  # lz4 ratio about 0.23
-    noise = os.urandom(400_000)
-    assert policy.choose(noise) == "raw"  # incompressible: compression only costs time
-    assert policy.choose(b"\x01" * 100) == "raw"  # tiny: the codec call costs more than the bytes
-    policy.link_bps = 10e9  # a link faster than lz4 itself: raw
-    assert policy.choose(text) == "raw"
-    policy.link_bps = 125e6  # 1 Gb/s: lz4 is cheaper than the bytes it saves
-    assert policy.choose(text) == "lz4"
-    policy.link_bps = 2e6  # a slow link: zstd's better ratio pays for its time
-    assert policy.choose(text) == "zstd"
-    assert EncodingPolicy("lzo").choose(noise) == "lzo"  # a fixed encoding is never second-guessed

@@ -102,6 +102,7 @@ def test_bombs_on_the_wire_are_refused_and_the_session_before_them_survives(node
         "zstd": zstandard.ZstdCompressor().compress(bytes(64 << 20)),
         "lz4": lz4.block.compress(bytes(8 << 20), store_size=False),
         "lzo": codec.encode("lzo", bytes(8 << 20)),
+        "image": codec.encode("image", bytes(8 << 20), 64),
     }
     try:
         for name, payload in bombs.items():

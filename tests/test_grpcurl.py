@@ -95,7 +95,7 @@ def test_display_screenshot_from_grpcurl(services) -> None:
         assert (width, height) == (reply["width"], reply["height"]) == (200, 120)
         assert rgb == guest_rgb(driver, Rect(100, 50, 200, 120))
         state = json.loads(grpcurl("-d", "{}", svc.address, "rdv.display.v1.DisplayService/GetDisplayState"))
-        assert state["mode"]["width"] == driver.width and state["presenter"] == "sdl:dummy"
+        assert state["mode"]["width"] == driver.width and state["presenter"] == "headless"
         assert int(state["stats"]["frames_presented"]) >= 1, state
     finally:
         link.close()

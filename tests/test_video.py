@@ -109,6 +109,17 @@ def test_still_stream_ends_with_a_lossless_refresh() -> None:
     assert pending == [VIDEO] and cuts == [] and streams.take_ends() == [sid]
 
 
+def test_a_full_redraw_ends_every_stream_at_the_service() -> None:
+    screen, streams = Screen(), video_streams()
+    for i in range(8):
+        screen.play(i)
+        drive(streams, screen, [(i / FPS, VIDEO)])
+    ids = [s.stream_id for s in streams.streams]
+    assert ids
+    streams.end_all()
+    assert streams.streams == [] and streams.take_ends() == ids and streams.refresh == []
+
+
 def test_stream_moves_and_resizes_with_the_content() -> None:
     screen, streams = Screen(), video_streams()
     t = 0.0

@@ -94,11 +94,11 @@ class Clip:
         return out.tobytes()
 
 
-def psnr(a: bytes | np.ndarray, b: bytes | np.ndarray, channels: int = 3) -> float:
+def psnr(a: bytes | memoryview | np.ndarray, b: bytes | memoryview | np.ndarray, channels: int = 3) -> float:
     """PSNR in dB of two packed images with `channels` bytes per pixel (inf when equal; the X byte of 32 bpp
     pixels is not compared)."""
-    x = np.frombuffer(a, dtype=np.uint8) if isinstance(a, bytes | bytearray) else a.reshape(-1)
-    y = np.frombuffer(b, dtype=np.uint8) if isinstance(b, bytes | bytearray) else b.reshape(-1)
+    x = a.reshape(-1) if isinstance(a, np.ndarray) else np.frombuffer(a, dtype=np.uint8)
+    y = b.reshape(-1) if isinstance(b, np.ndarray) else np.frombuffer(b, dtype=np.uint8)
     if x.size != y.size:
         raise ValueError(f"images of {x.size} and {y.size} bytes")
     colour = min(channels, 3)  # 32 bpp: B, G, R count, the X byte does not

@@ -9,7 +9,7 @@ each frame the builder asks for the stream's whole rectangle cut from VRAM and i
 services/common/video_codec.py). The part of an update outside every stream stays lossless.
 
 Streams start, move and resize with the content (a candidate overlapping a stream promotes after 2 updates and
-replaces it) and end when their region has not changed for `still_seconds` (default 0.3 s): the region is then
+replaces it) and end when their region has not changed for `still_seconds` (default 0.5 s): the region is then
 sent once more, lossless, so a paused picture and the desktop around it end up pixel-exact within a second.
 A service that drops a stream (its notice names it) gets the same lossless refresh.
 
@@ -34,7 +34,7 @@ VIDEO_MODES = ("auto", "off", "h264", "jpeg")
 MIN_AREA = 128 * 96  # smaller updates are never video (cursors, text, icons)
 PROMOTE_UPDATES = 4  # updates in a row at video rate before a candidate is looked at
 MIN_FPS = 10.0
-STILL_SECONDS = 0.3  # a stream unchanged this long ends with a lossless refresh
+STILL_SECONDS = 0.5  # a stream unchanged this long ends with a lossless refresh (within 1 s, said #17)
 PHOTO_RATIO = 0.5  # lz4 size / size of a pixel sample above this: photo-like
 MAX_STREAMS = 4
 MAX_CANDIDATES = 16
@@ -152,8 +152,13 @@ class VideoStreams:
             log.info("video codec unavailable, falling back", extra={"wanted": wanted, "using": self.codec or "off"})
 
     def reset(self) -> None:
-        """The service starts over (full frame, mode change): no stream survives."""
+        """A new session at the service: it knows no stream."""
         self.streams, self.candidates, self.ends, self.refresh = [], [], [], []
+
+    def end_all(self) -> None:
+        """A full redraw in the same session: every stream ends (the service hears it), the redraw is lossless."""
+        self.ends += [s.stream_id for s in self.streams]
+        self.streams, self.candidates, self.refresh = [], [], []
 
     @property
     def active(self) -> bool:

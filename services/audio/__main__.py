@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from services.audio.service import AudioServicer
@@ -11,68 +10,47 @@ from services.audio.session import SessionConfig
 from services.audio.sinks import SinkConfig
 from services.audio.sources import SourceConfig, SourceError
 from services.audio.sources.wav import read_format
-from services.common import server
+from services.common import server, settings
 from services.common.clock import Clock
+from services.common.settings import Setting
 
 DEFAULT_PORT = 50051
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = server.parser(
+SETTINGS = [
+    Setting("--sink", "alsa", "RDV_SINK", settings.choice("alsa", "wav", "null"),
+            help="where the sound goes: alsa (a sound card), wav (files), null (discarded)"),
+    Setting("--alsa-device", "default", "RDV_ALSA_DEVICE", metavar="PCM",
+            help="ALSA PCM name (default, hw:0,0, pulse, null, file:FILE=/tmp/x.raw,FORMAT=raw); "
+            "{session} and {channel} are replaced per stream"),
+    Setting("--wav-path", "rdv-{session}-{channel}.wav", "RDV_WAV_PATH", metavar="FILE", help="with --sink wav"),
+    Setting("--pace", "auto", None, settings.choice("auto", "clock", "device"),
+            help="who paces playback and capture: the sound card (device) or our clock (null, file:, WAV, tone)"),
+    Setting("--target-latency-ms", 60.0, "RDV_TARGET_LATENCY_MS", settings.number(0, 10_000), metavar="MS",
+            help="jitter buffer: audio held before playing starts"),
+    Setting("--source", "alsa", "RDV_SOURCE", settings.choice("alsa", "wav", "tone"),
+            help="what the guest's ADC records: an ALSA capture device, a WAV file (its format is the one offered) "
+            "or a test tone"),
+    Setting("--capture-device", "default", "RDV_CAPTURE_DEVICE", metavar="PCM",
+            help="ALSA capture PCM with --source alsa (default, hw:1,0, plug:hw:1,0, dsnoop to share one microphone)"),
+    Setting("--source-path", "", "RDV_SOURCE_PATH", metavar="FILE", help="the WAV file with --source wav"),
+    Setting("--capture-latency-ms", 40.0, "RDV_CAPTURE_LATENCY_MS", settings.number(0, 10_000), metavar="MS",
+            help="capture jitter buffer: recorded audio held before the guest's ring gets any"),
+    Setting("--clock-scale", 1.0, None, settings.number(0.001, 1000), hidden=True),  # tests: faster than real time
+]  # fmt: skip
+
+
+def build_parser() -> settings.SettingsParser:
+    return server.parser(
         "audio",
         DEFAULT_PORT,
-        "Remote ES1370 sound card: receives a VM's sound card sessions from rdv shims and plays them.\n"
-        "Extra environment defaults: RDV_SINK, RDV_ALSA_DEVICE, RDV_WAV_PATH, RDV_TARGET_LATENCY_MS, RDV_SOURCE,\n"
-        "RDV_CAPTURE_DEVICE, RDV_SOURCE_PATH, RDV_CAPTURE_LATENCY_MS.",
+        "Remote ES1370 sound card: receives a VM's sound card sessions from rdv shims and plays them.",
+        SETTINGS,
     )
-    env = os.environ.get
-    p.add_argument("--sink", choices=["alsa", "wav", "null"], default=env("RDV_SINK", "alsa"))
-    p.add_argument(
-        "--alsa-device",
-        default=env("RDV_ALSA_DEVICE", "default"),
-        help="ALSA PCM name (default, hw:0,0, null, file:FILE=/tmp/x.raw,FORMAT=raw); "
-        "{session} and {channel} are replaced per stream",
-    )
-    p.add_argument("--wav-path", default=env("RDV_WAV_PATH", "rdv-{session}-{channel}.wav"), help="with --sink wav")
-    p.add_argument(
-        "--pace",
-        choices=["auto", "clock", "device"],
-        default="auto",
-        help="who paces playback and capture: the sound card (device) or our clock (null, file:, WAV, tone)",
-    )
-    p.add_argument(
-        "--target-latency-ms",
-        type=float,
-        default=float(env("RDV_TARGET_LATENCY_MS", "60")),
-        help="jitter buffer: audio held before playing starts",
-    )
-    p.add_argument(
-        "--source",
-        choices=["alsa", "wav", "tone"],
-        default=env("RDV_SOURCE", "alsa"),
-        help="what the guest's ADC records: an ALSA capture device, a WAV file (its format is the one offered) "
-        "or a test tone",
-    )
-    p.add_argument(
-        "--capture-device",
-        default=env("RDV_CAPTURE_DEVICE", "default"),
-        help="ALSA capture PCM with --source alsa (default, hw:1,0, plug:hw:1,0, dsnoop to share one microphone)",
-    )
-    p.add_argument("--source-path", default=env("RDV_SOURCE_PATH", ""), help="the WAV file with --source wav")
-    p.add_argument(
-        "--capture-latency-ms",
-        type=float,
-        default=float(env("RDV_CAPTURE_LATENCY_MS", "40")),
-        help="capture jitter buffer: recorded audio held before the guest's ring gets any",
-    )
-    p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: faster than real time
-    return p
 
 
 def source_config(args: argparse.Namespace) -> SourceConfig:
     """The capture settings, checked now: a usage error names the setting instead of failing at the first capture."""
-    if args.capture_latency_ms < 0:
-        raise SystemExit("rdv audio: --capture-latency-ms must not be negative")
     if args.source == "wav":
         if not args.source_path:
             raise SystemExit("rdv audio: --source wav needs --source-path FILE")
@@ -109,11 +87,8 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
     )
     servicer = AudioServicer(config, info, server.open_gate(args))
 
-    return server.ServiceParts(
-        names=[audio_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name],
-        register=lambda grpc_server: audio_pb2_grpc.add_AudioServiceServicer_to_server(servicer, grpc_server),
-        info=info,
-    )
+    add = audio_pb2_grpc.add_AudioServiceServicer_to_server
+    return server.ServiceParts.of(audio_pb2.DESCRIPTOR, "AudioService", add, servicer, info)
 
 
 def main() -> None:

@@ -1,10 +1,13 @@
-"""Framebuffer payload codecs: one `encode` / `decode` pair over raw, LZO, LZ4 and Zstandard.
+"""Framebuffer payload codecs: one `encode` / `decode` pair over raw, LZO, LZ4, Zstandard and `image`.
 
 Payload formats (nothing else is framed: the caller sends the decoded size next to the payload):
   raw   the bytes themselves
   lzo   LZO1X-1 without python-lzo's 5-byte header
   lz4   one LZ4 block, without the 4-byte size prefix lz4.block can store
   zstd  exactly one Zstandard frame that records its content size (a frame without it is accepted too)
+  image 32-bit pixel rows made compressible (palette bit planes or colour-transformed delta planes), then
+        one Zstandard frame: see `services.common.image_codec`. `encode` needs the rectangle's width for it
+        (without one, or for data that is not whole 32-bit rows, the bytes are stored as one zstd frame).
 An empty input always encodes to an empty payload, in every encoding.
 
 `decode` treats the payload as hostile. It allocates at most `expected_size` bytes for the output (plus the
@@ -18,6 +21,8 @@ an unknown encoding and for a size beyond MAX_DECODED_SIZE. How each library is 
         decompressed: a 100 MB bomb is refused in microseconds); the block headers are walked to find the
         frame's end, so truncation and trailing bytes are refused; a frame without a declared size is
         decompressed with max_output_size=expected.
+  image its header must fit `expected` exactly and its zstd frame is decoded as above to the size the header
+        implies; palette indexes are checked against the palette.
 
 "auto" is not an encoding: choosing one is policy and lives with the caller.
 """
@@ -31,7 +36,9 @@ import lz4.block
 import lzo
 import zstandard
 
-ENCODINGS: tuple[str, ...] = ("raw", "lzo", "lz4", "zstd")
+from services.common import image_codec
+
+ENCODINGS: tuple[str, ...] = ("raw", "lzo", "lz4", "zstd", "image")
 
 MAX_DECODED_SIZE = 1 << 28  # 256 MiB: far above any framebuffer (8192x8192x4 is exactly this)
 ZSTD_LEVEL = 1  # the frame path wants speed; higher levels gain little on screen content
@@ -62,6 +69,13 @@ def _zstd_compressor() -> zstandard.ZstdCompressor:
     return c
 
 
+def _zstd_image_compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "zic", None)
+    if c is None:
+        c = _local.zic = zstandard.ZstdCompressor(level=image_codec.ZSTD_LEVEL, write_content_size=True)
+    return c
+
+
 def _zstd_decompressor() -> zstandard.ZstdDecompressor:
     d = getattr(_local, "zd", None)
     if d is None:
@@ -70,38 +84,44 @@ def _zstd_decompressor() -> zstandard.ZstdDecompressor:
 
 
 # ----------------------------------------------------------------------------------------------- encode
-def _encode_raw(data: Bytes) -> bytes:
+def _encode_raw(data: Bytes, width: int) -> bytes:
     return bytes(data)
 
 
-def _encode_lzo(data: Bytes) -> bytes:
+def _encode_lzo(data: Bytes, width: int) -> bytes:
     return lzo.compress(bytes(data), LZO_LEVEL, False)
 
 
-def _encode_lz4(data: Bytes) -> bytes:
+def _encode_lz4(data: Bytes, width: int) -> bytes:
     return lz4.block.compress(data, store_size=False)
 
 
-def _encode_zstd(data: Bytes) -> bytes:
+def _encode_zstd(data: Bytes, width: int) -> bytes:
     return _zstd_compressor().compress(data)
 
 
-_ENCODERS: dict[str, Callable[[Bytes], bytes]] = {
+def _encode_image(data: Bytes, width: int) -> bytes:
+    return image_codec.encode(data, width, _zstd_image_compressor().compress)
+
+
+_ENCODERS: dict[str, Callable[[Bytes, int], bytes]] = {
     "raw": _encode_raw,
     "lzo": _encode_lzo,
     "lz4": _encode_lz4,
     "zstd": _encode_zstd,
+    "image": _encode_image,
 }
 
 
-def encode(encoding: str, data: Bytes) -> bytes:
-    """Compress `data` with `encoding` (one of ENCODINGS)."""
+def encode(encoding: str, data: Bytes, width: int = 0) -> bytes:
+    """Compress `data` with `encoding` (one of ENCODINGS); `width`: pixels per row of a 32-bit rectangle,
+    which only `image` uses."""
     encoder = _ENCODERS.get(encoding)
     if encoder is None:
         raise CodecError(f"unknown encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
     if len(data) == 0:
         return b""
-    return encoder(data)
+    return encoder(data, width)
 
 
 # ----------------------------------------------------------------------------------------------- decode
@@ -162,16 +182,29 @@ def _decode_zstd(payload: Bytes, expected_size: int) -> bytes:
     return _zstd_decompressor().decompress(payload)
 
 
+def _decode_zstd_checked(payload: Bytes, expected_size: int) -> bytes:
+    out = _decode_zstd(payload, expected_size)
+    if len(out) != expected_size:
+        raise CodecError(f"zstd: payload decodes to {len(out)} bytes, expected {expected_size}")
+    return out
+
+
+def _decode_image(payload: Bytes, expected_size: int) -> bytes:
+    return image_codec.decode(payload, expected_size, _decode_zstd_checked)
+
+
 _DECODERS: dict[str, Callable[[Bytes, int], bytes]] = {
     "raw": _decode_raw,
     "lzo": _decode_lzo,
     "lz4": _decode_lz4,
     "zstd": _decode_zstd,
+    "image": _decode_image,
 }
 
 
-def decode(encoding: str, payload: Bytes, expected_size: int) -> bytes:
-    """Decompress `payload`; the result is exactly `expected_size` bytes, or CodecError is raised."""
+def decode(encoding: str, payload: Bytes, expected_size: int, width: int = 0) -> bytes:
+    """Decompress `payload`; the result is exactly `expected_size` bytes, or CodecError is raised. `width`, when
+    given, is the rectangle's: an `image` payload must say the same."""
     decoder = _DECODERS.get(encoding)
     if decoder is None:
         raise CodecError(f"unknown encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
@@ -186,9 +219,14 @@ def decode(encoding: str, payload: Bytes, expected_size: int) -> bytes:
             return b""
         raise CodecError(f"{encoding}: {len(payload)}-byte payload for {expected_size} bytes of data")
     try:
-        out = decoder(payload, expected_size)
+        if encoding == "image" and width:
+            out = image_codec.decode(payload, expected_size, _decode_zstd_checked, width)
+        else:
+            out = decoder(payload, expected_size)
     except CodecError:
         raise
+    except image_codec.ImageCodecError as e:
+        raise CodecError(str(e)) from None
     except Exception as e:  # each library has its own error types; all mean "this payload is bad"
         raise CodecError(f"{encoding}: corrupt payload ({type(e).__name__}: {e})") from e
     if len(out) != expected_size:

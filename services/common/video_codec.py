@@ -56,8 +56,8 @@ class Encoder(Protocol):
 class Decoder(Protocol):
     codec: str
 
-    def decode(self, payload: bytes) -> bytes:
-        """One payload -> BGRX rows of the stream's size."""
+    def decode(self, payload: bytes) -> memoryview:
+        """One payload -> BGRX rows of the stream's size (a flat byte view, not copied again)."""
         ...
 
 
@@ -65,6 +65,13 @@ def _frame_array(bgrx: bytes | memoryview, width: int, height: int):  # noqa: AN
     import numpy as np
 
     return np.frombuffer(bgrx, dtype=np.uint8).reshape(height, width, 4)
+
+
+def _flat(arr) -> memoryview:  # noqa: ANN001 - a numpy array
+    """A decoded picture as flat bytes without a copy (numpy hands out a C-contiguous array)."""
+    import numpy as np
+
+    return np.ascontiguousarray(arr).reshape(-1).data
 
 
 class H264Encoder:
@@ -77,6 +84,7 @@ class H264Encoder:
         self.crf = quality_to_crf(quality)
         self.max_kbps = max(100, max_kbps)
         self._ctx = None
+        self._bgra = None
         self._pts = 0
 
     def retarget(self, max_kbps: int) -> None:
@@ -107,14 +115,29 @@ class H264Encoder:
         self._pts = 0
         return ctx
 
-    def encode(self, bgrx: bytes | memoryview, keyframe: bool = False) -> tuple[bytes, bool]:
+    def _yuv(self, bgrx: bytes | memoryview):  # noqa: ANN202 - an av.VideoFrame
+        """The picture in the encoder's format. The BGRX rows go into a reused frame with one copy (PyAV's
+        from_ndarray is ~10x slower here) and swscale converts with point sampling of the chroma, ~3x faster
+        than its default bilinear filter on this machine for no visible loss at 4:2:0 (measured in the tests)."""
         import av
+
+        if self._bgra is None:
+            self._bgra = av.VideoFrame(self.width, self.height, "bgra")
+        plane = self._bgra.planes[0]
+        if plane.line_size == self.width * 4:
+            plane.update(bgrx)
+            frame = self._bgra
+        else:  # rows padded in the frame: let PyAV copy row by row
+            frame = av.VideoFrame.from_ndarray(_frame_array(bgrx, self.width, self.height), format="bgra")
+        return frame.reformat(format="yuv420p", interpolation="POINT")
+
+    def encode(self, bgrx: bytes | memoryview, keyframe: bool = False) -> tuple[bytes, bool]:
         from av.video.frame import PictureType
 
         first = self._ctx is None
         if first:
             self._ctx = self._open()
-        frame = av.VideoFrame.from_ndarray(_frame_array(bgrx, self.width, self.height), format="bgra")
+        frame = self._yuv(bgrx)
         frame.pts = self._pts
         self._pts += 1
         if keyframe and not first:
@@ -154,7 +177,7 @@ class H264Decoder:
         # A truncated or damaged payload is an error, not a picture patched up by error concealment.
         self._ctx.options = {"err_detect": "explode+crccheck+bitstream+buffer"}
 
-    def decode(self, payload: bytes) -> bytes:
+    def decode(self, payload: bytes) -> memoryview:
         import av
 
         try:
@@ -168,7 +191,8 @@ class H264Decoder:
             raise VideoError("h264: the picture decoded with errors")
         if (frame.width, frame.height) != (self.width, self.height):
             raise VideoError(f"h264: a {frame.width}x{frame.height} picture for a {self.width}x{self.height} stream")
-        return frame.to_ndarray(format="bgra").tobytes()
+        # swscale's fast bilinear chroma upsampling: about half the time of its default here, same PSNR
+        return _flat(frame.reformat(format="bgra", interpolation="FAST_BILINEAR").to_ndarray())
 
 
 class JpegDecoder:
@@ -177,14 +201,14 @@ class JpegDecoder:
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
 
-    def decode(self, payload: bytes) -> bytes:
+    def decode(self, payload: bytes) -> memoryview:
         import simplejpeg
 
         try:
             h, w, _, _ = simplejpeg.decode_jpeg_header(payload)
             if (w, h) != (self.width, self.height):
                 raise VideoError(f"jpeg: a {w}x{h} picture for a {self.width}x{self.height} stream")
-            return simplejpeg.decode_jpeg(payload, colorspace="BGRA").tobytes()
+            return _flat(simplejpeg.decode_jpeg(payload, colorspace="BGRA"))
         except ValueError as exc:  # simplejpeg's errors are ValueErrors too
             raise VideoError(str(exc) if str(exc).startswith("jpeg") else f"jpeg: {exc}") from None
 

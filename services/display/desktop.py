@@ -51,7 +51,7 @@ class _Op:
     color: int = 0
     src_x: int = 0
     src_y: int = 0
-    data: bytes = b""
+    data: bytes | memoryview = b""
 
 
 @dataclass(slots=True)
@@ -152,7 +152,7 @@ class Desktop:
                     data = (
                         payload
                         if encoding == "raw" and len(payload) == expected
-                        else codec.decode(encoding, payload, expected)
+                        else codec.decode(encoding, payload, expected, rect.w)
                     )
                 except codec.CodecError as exc:
                     raise FrameError(f"{where} {rect.w}x{rect.h}+{rect.x}+{rect.y}: {exc}") from None

@@ -58,7 +58,7 @@ class VideoStreams:
         self.notices: list[display_pb2.Notice] = []
         self.frames = self.bytes = self.dropped = 0
 
-    def decode(self, v: display_pb2.VideoFrame, bounds: Rect, where: str) -> tuple[Rect, bytes] | None:
+    def decode(self, v: display_pb2.VideoFrame, bounds: Rect, where: str) -> tuple[Rect, memoryview] | None:
         """The rectangle and BGRX pixels of one video frame, or None when it was dropped (notice queued)."""
         sid = v.stream_id
         payload = v.payload  # each attribute read copies the bytes: read it once
@@ -78,7 +78,7 @@ class VideoStreams:
         self.frames += 1
         return rect, pixels
 
-    def _decode(self, v: display_pb2.VideoFrame, payload: bytes, bounds: Rect) -> tuple[Rect, bytes]:
+    def _decode(self, v: display_pb2.VideoFrame, payload: bytes, bounds: Rect) -> tuple[Rect, memoryview]:
         if v.version != video_codec.VIDEO_VERSION:
             raise video_codec.VideoError(
                 f"version {v.version} not supported (this service decodes version {video_codec.VIDEO_VERSION})"

@@ -39,7 +39,7 @@ WINDOW = Rect(192, 144, 640, 480)  # the refreshed area: a window of 307,200 pix
 PAPER_100 = {"lzo": 1123.0, "raw": 1483.0, "local": 270.0}
 PAPER = {"loopback": PAPER_100, "100mbit": PAPER_100, "1gbit": {"lzo": 767.0, "raw": 839.0, "local": 266.0}}
 REFRESH_GAP = 1 / 60 + 0.001  # keeps the service's pacing out of the measurement
-CONFIGS = ("raw", "lzo", "lz4", "zstd", "auto", "lz4+tiles", "auto+tiles")
+CONFIGS = ("raw", "lzo", "lz4", "zstd", "image", "auto", "lz4+tiles", "auto+tiles")
 
 
 _MADE: dict[str, list[bytes]] = {}
@@ -92,7 +92,7 @@ def _measure_remote(address: str, config: str, kind: str, n: int, link_name: str
     area = WINDOW.area
     samples = []
     payload0, pixels0 = link.stats.payload_bytes, link.stats.pixel_bytes
-    frames0 = link.stats.frames
+    frames0, encode0 = link.stats.frames, link.stats.encode_ns
     for i in range(n + 3):
         driver.put_pixels(WINDOW, variants[i % len(variants)])
         t0 = time.monotonic_ns()
@@ -103,6 +103,7 @@ def _measure_remote(address: str, config: str, kind: str, n: int, link_name: str
             samples.append((link.last_presented_ns - t0) / area)
         else:
             payload0, pixels0, frames0 = link.stats.payload_bytes, link.stats.pixel_bytes, link.stats.frames
+            encode0 = link.stats.encode_ns
         wait = link.last_presented_ns / 1e9 + REFRESH_GAP - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -120,6 +121,7 @@ def _measure_remote(address: str, config: str, kind: str, n: int, link_name: str
         bytes_per_frame=round(payload / max(1, frames)),
         compression_ratio=round(pixels / payload, 2) if payload else None,
         encodings=dict(s.encodings),
+        encode_ms_per_mpx=round((s.encode_ns - encode0) / 1e6 / max(1e-9, pixels / 4 / 1e6), 2),
     )
 
 
@@ -187,11 +189,12 @@ def run(quick: bool, workdir: Path, link: Link | None = None) -> list[dict]:
         n, configs, kinds = (25 if quick else 300), CONFIGS, ("desktop", "photo")
         results += [_measure_local(kind, n) for kind in kinds]
     else:  # shaped links: fewer, slower samples (a raw refresh is ~0.1 s at 100 Mb/s)
-        n, configs = (8 if quick else 60), ("raw", "lzo", "auto")
+        n, configs = (8 if quick else 60), ("raw", "lzo", "image", "auto")
         kinds = ("desktop",) if quick else ("desktop", "photo")
-    svc = start_service(
-        "display", workdir / "logs", "--headless", listen=f"{link.remote_host}:0", prefix=link.prefix, env=link.env
-    )
+    svc = start_service(  # SDL's dummy driver: its texture upload counts, as in every run before
+        "display", workdir / "logs", "--presenter", "sdl", "--headless",
+        listen=f"{link.remote_host}:0", prefix=link.prefix, env=link.env,
+    )  # fmt: skip
     try:
         with resource_usage("display refresh, every encoding", link.name, {"display service": svc.proc.pid}) as usage:
             for kind in kinds:

@@ -15,6 +15,7 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_LZO: _ClassVar[Encoding]
     ENCODING_LZ4: _ClassVar[Encoding]
     ENCODING_ZSTD: _ClassVar[Encoding]
+    ENCODING_IMAGE: _ClassVar[Encoding]
 
 class VideoCodec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,6 +27,7 @@ ENCODING_RAW: Encoding
 ENCODING_LZO: Encoding
 ENCODING_LZ4: Encoding
 ENCODING_ZSTD: Encoding
+ENCODING_IMAGE: Encoding
 VIDEO_CODEC_UNSPECIFIED: VideoCodec
 VIDEO_CODEC_H264: VideoCodec
 VIDEO_CODEC_JPEG: VideoCodec
