@@ -13,55 +13,45 @@ mode, sequencing, DMA pacing and reconnection:
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
 
 import grpc
 
 from frontend_shim.guests.guest import GuestMemory, GuestMemoryError, InterruptLine
-from frontend_shim.links.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
-from frontend_shim.links.session_stream import SessionStream, Waiter
+from frontend_shim.links.base import MODES, CoherenceMode, DeviceLink, LinkStats, ServiceEnd
+from frontend_shim.links.ordered_dma import OrderedDma
+from frontend_shim.links.session_stream import SessionStream
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.common import logs
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
+from services.devices.capture_pacing import CaptureQueue, adc_credit, adc_room
 from services.devices.dma import DmaCredit
-from services.devices.es1370 import AccessError, Es1370, check_access
+from services.devices.es1370 import AccessError, Es1370, PcmFormat, check_access
 from services.devices.es1370_convert import state_to_proto
 
 log = logs.get("shim.audio")
-Mode = Literal["backend", "mirrored"]
-MODES: dict[str, int] = {"backend": common_pb2.COHERENCE_MODE_BACKEND, "mirrored": common_pb2.COHERENCE_MODE_MIRRORED}
-_ALL_ONES = 0xFFFFFFFF
 _PACER_PERIOD = 0.005  # device seconds between DMA checks when nothing else wakes the pacer
 _DMA_REGISTERS = frozenset((R.CONTROL, R.SERIAL_CONTROL))  # writes that can let the DMA move
 _MAX_WINDOWS = 64  # DMA windows stepped per channel and pacer pass (a sane ring needs one or two)
 _MAX_CHUNK = 128 * 1024  # PCM bytes per message, far below the service's limit
-_BACKOFF_MAX = 1.0  # seconds between reconnect attempts at most: a restarted service is back in use within ~1 s
 
 
 @dataclass
-class LinkStats:
-    reads: int = 0
-    writes: int = 0
+class AudioStats(LinkStats):
     interrupts: int = 0
     pcm_bytes: int = 0
     dma_requests: int = 0
-    read_timeouts: int = 0
-    reconnects: int = 0
-    bytes_to_service: int = 0
-    bytes_from_service: int = 0
-    messages_to_service: int = 0
-    messages_from_service: int = 0
     dma_errors: int = 0
+    capture_bytes: int = 0  # recorded audio written into the guest's ring
     played: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
-        d = {k: v for k, v in vars(self).items() if isinstance(v, int)}
+        d = super().as_dict()
         d["bytes_played"] = sum(self.played.values())
         return d
 
@@ -73,16 +63,35 @@ class _AudioServiceStream(SessionStream):
         super().__init__(target, credentials, link.stats, audio_pb2.FrontendMessage, on_sent=link._sent)
         self.link = link
         stub = audio_pb2_grpc.AudioServiceStub(self.channel)
-        self.start(stub.Session, link._dispatch, link._lost, "audio-link-rx")  # type: ignore[arg-type]
+        self.start(stub.Session, link._dispatch, link._end.lost, "audio-link-rx")  # type: ignore[arg-type]
 
 
-class AudioLink:
+class _AudioService(ServiceEnd):
+    """The audio service: its session stream, opened with the mirrored state."""
+
+    link: AudioLink
+
+    def open_stream(self) -> SessionStream:
+        link = self.link
+        conn = _AudioServiceStream(link, self.target, link._credentials)
+        opening = audio_pb2.Open(vm=link.vm, mode=MODES[link.mode])
+        if link.model is not None:
+            opening.state.CopyFrom(state_to_proto(link.model.state))
+            link._follow_adc(restart=True)  # the new session records afresh
+        conn.send(audio_pb2.FrontendMessage(open=opening))
+        link._credit = DmaCredit(link.clock, lead=link._credit.lead)
+        return conn
+
+
+class AudioLink(DeviceLink):
     """Implements `frontend_shim.guests.guest.Device` for an ES1370 whose back end is a remote audio service."""
+
+    device = "audio"
 
     def __init__(
         self,
         target: str,
-        mode: Mode,
+        mode: CoherenceMode,
         memory: GuestMemory,
         irq: InterruptLine,
         *,
@@ -91,51 +100,57 @@ class AudioLink:
         access_timeout: float = 0.05,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {sorted(MODES)}")
+        super().__init__(mode, audio_pb2.FrontendMessage, access_timeout, log)
         self.target = target
-        self.mode = mode
         self.memory = memory
         self.irq = irq
         self.vm = vm
         self.clock = clock or Clock()
-        self.access_timeout = access_timeout
-        self.stats = LinkStats()
+        self.stats = AudioStats()
         self.model = Es1370() if mode == "mirrored" else None
         self._credentials = credentials
-        self._lock = threading.RLock()  # the model, and the order in which its changes enter the stream
         self._credit = DmaCredit(self.clock, lead=0.1)
-        self._seq = itertools.count(1)
-        self._waiters: dict[int, Waiter] = {}
-        self._conn: _AudioServiceStream | None = None
-        self._holding: _AudioServiceStream | None = None  # hold_writes() was called on it
+        self._end = _AudioService(self, target, carries_requests=True)
         self._irq_level = False
-        self._stop = threading.Event()
-        self._wake = threading.Event()  # supervisor: the connection needs attention
         self._kick = threading.Event()  # pacer: DMA may be possible
-        self._threads: list[threading.Thread] = []
-        self._offline_since: float | None = None
         self.last_interrupt_sent_ns = 0  # backend mode: when the service raised the latest interrupt
         self._dma_failing = False  # guest memory was unreadable at the last DMA attempt
+        self.capture_info = audio_pb2.CaptureSourceInfo()  # what the service records from (set when opened)
+        # Capture latency (ns): the source delivered a chunk at the service -> its first byte is in guest memory.
+        self.capture_latency_ns: deque[int] = deque(maxlen=4096)
+        # Mirrored mode's ADC: the capture jitter buffer, and the format of the capture it is for.
+        self._capture = CaptureQueue(self.clock, latency=0.04)
+        self._adc_credit = adc_credit(self.clock)
+        self._adc_fmt: PcmFormat | None = None
+        self._capture_accepting = False  # the service's first chunk of the current capture has arrived
+        self._ordered = OrderedDma(self._dma_failed)  # backend mode: DMA writes and interrupts, in stream order
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, connect_timeout: float = 5.0, required: bool = True) -> None:
         """Connect and start background work. A service that cannot be reached raises ConnectionError when
         `required`; otherwise the link starts offline and keeps trying, as after a lost session."""
-        if not self._connect(connect_timeout):
+        if not self._end.connect(connect_timeout):
             if required:
                 raise ConnectionError(f"cannot open an audio session at {self.target}")
             log.warning("audio service unreachable, retrying in the background", extra={"target": self.target})
-            self._offline_since = self.clock.now()
-            self._wake.set()
+            self._end.offline_since = time.monotonic()
+            self.wake_supervisor.set()
         self._spawn(self._supervise, "audio-link-supervisor")
         if self.mode == "mirrored":
             self._spawn(self._pace, "audio-link-pacer")
 
-    def _spawn(self, target: object, name: str) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
-        t.start()
-        self._threads.append(t)
+    @property
+    def _conn(self) -> SessionStream | None:
+        return self._end.conn
+
+    def _request_stream(self) -> SessionStream | None:
+        return self._end.conn
+
+    def _ends(self) -> list[ServiceEnd]:
+        return [self._end]
+
+    def _reconnected(self, end: ServiceEnd) -> None:
+        self._kick.set()
 
     def wait_played(self, timeout: float) -> bool:
         """Wait until the service has played every PCM byte it took so far."""
@@ -153,23 +168,17 @@ class AudioLink:
         """End the session; with `drain`, return once the remote side has played everything."""
         if drain and self._conn is not None:
             self.wait_played(timeout)
-        self._stop.set()
-        self._wake.set()
+        self.stopping.set()
+        self.wake_supervisor.set()
         self._kick.set()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            if drain:
-                conn.finish(timeout)
-            else:
-                conn.close()
-        for t in self._threads:
-            t.join(timeout)
+        self._end.close(drain, timeout)
+        self._join(timeout)
+        self._ordered.close()
 
     @property
     def connected(self) -> bool:
         """A session is open (not merely being opened) on a live stream."""
-        conn = self._conn
-        return conn is not None and conn.alive and conn.opened.is_set()
+        return self._end.connected
 
     # ------------------------------------------------------------------ Device interface
     def io_read(self, bar: int, offset: int, size: int) -> int:
@@ -181,12 +190,7 @@ class AudioLink:
             # after a DMA step, as on the chip.
             return self.model.read(offset, size)
         check_access(offset, size)
-        mask = (1 << (8 * size)) - 1
-        value = self._round_trip("value", common_pb2.RegisterAccess(offset=offset, size=size), self.access_timeout)
-        if value is None:
-            self.stats.read_timeouts += 1
-            return mask  # nothing answered: read as a device that is gone
-        return int(value) & mask
+        return self._read_remote(offset, size)
 
     def io_write(self, bar: int, offset: int, size: int, value: int) -> None:
         if bar:
@@ -198,7 +202,7 @@ class AudioLink:
             if conn is not None:
                 conn.post_write(offset, size, value)
             return
-        with self._lock:
+        with self.lock:
             # A write that changed nothing here changes nothing at the service either (same model, same state):
             # leave it out. Linux's pointer reads rewrite MEMPAGE with the value it already has, for instance.
             conn = self._conn
@@ -206,19 +210,10 @@ class AudioLink:
                 conn.post_write(offset, size, value)
             if self.model.irq != self._irq_level:
                 self._update_irq()
+            if offset & ~3 in _DMA_REGISTERS:
+                self._follow_adc()
         if offset in _DMA_REGISTERS:
             self._kick.set()  # the guest may have started a DAC or acknowledged a period
-
-    def hold_writes(self) -> None:
-        """`frontend_shim.guest.HoldsWrites`: posted writes wait until release_writes() (SessionStream.hold)."""
-        conn = self._holding = self._conn
-        if conn is not None:
-            conn.hold()
-
-    def release_writes(self) -> None:
-        conn, self._holding = self._holding, None
-        if conn is not None:
-            conn.release()
 
     # ------------------------------------------------------------------ measurements and checks
     def barrier(self, timeout: float = 5.0) -> audio_pb2.BarrierAck | None:
@@ -229,7 +224,7 @@ class AudioLink:
         """Mirrored mode: (our state, the service's state) at the same point of the stream."""
         if self.model is None:
             raise RuntimeError("only a mirrored link holds a copy of the device")
-        with self._lock:  # nothing enters the stream between our snapshot and the barrier
+        with self.lock:  # nothing enters the stream between our snapshot and the barrier
             ours = state_to_proto(self.model.state)
             seq, waiter = self._post("barrier", common_pb2.Barrier(sent_ns=time.monotonic_ns()))
         ack = self._wait(seq, waiter, timeout)
@@ -244,30 +239,6 @@ class AudioLink:
         if conn is not None:
             conn.send(msg)
 
-    def _round_trip(self, kind: str, payload: object, timeout: float) -> object:
-        seq, waiter = self._post(kind, payload)
-        return self._wait(seq, waiter, timeout)
-
-    def _post(self, kind: str, payload: object) -> tuple[int, Waiter | None]:
-        """Send a message that expects an answer; the waiter is None when there is no session."""
-        conn = self._conn
-        if conn is None or not conn.alive:
-            return 0, None
-        seq = next(self._seq)
-        payload.seq = seq  # type: ignore[attr-defined]
-        waiter = Waiter()
-        self._waiters[seq] = waiter
-        conn.send(audio_pb2.FrontendMessage(**{"access" if kind == "value" else kind: payload}))
-        return seq, waiter
-
-    def _wait(self, seq: int, waiter: Waiter | None, timeout: float) -> object:
-        if waiter is None:
-            return None
-        if not waiter.wait(timeout):
-            self._waiters.pop(seq, None)
-            return None
-        return waiter.value
-
     def _update_irq(self) -> None:
         """Mirrored mode: drive the guest's line from the local model (caller holds the lock)."""
         level = self.model.irq  # type: ignore[union-attr]
@@ -277,41 +248,67 @@ class AudioLink:
                 self.stats.interrupts += 1
             self.irq.set_level(level)
 
-    def _connect(self, timeout: float) -> bool:
-        with self._lock:  # no write may slip between the snapshot and the open
-            conn = _AudioServiceStream(self, self.target, self._credentials)
-            opening = audio_pb2.Open(vm=self.vm, mode=MODES[self.mode])
-            if self.model is not None:
-                opening.state.CopyFrom(state_to_proto(self.model.state))
-            conn.send(audio_pb2.FrontendMessage(open=opening))
-            self._credit = DmaCredit(self.clock, lead=self._credit.lead)
-            self._conn = conn
-        if conn.opened.wait(timeout) and conn.alive:
-            self._offline_since = None
-            log.info("session open", extra={"target": self.target, "session": conn.session_id, "mode": self.mode})
-            return True
-        conn.close()
-        if self._conn is conn:
-            self._conn = None
-        return False
+    def _follow_adc(self, restart: bool = False) -> None:
+        """Mirrored mode, under the lock: the guest started, stopped or reformatted its ADC (or the session is
+        new): whatever was queued belongs to the old capture, and chunks still in flight from it are dropped
+        until the service's first chunk of the new one."""
+        model = self.model
+        assert model is not None
+        fmt = model.channel_format(R.ADC) if model.channel_running(R.ADC) else None
+        if fmt == self._adc_fmt and not restart:
+            return
+        self._adc_fmt = fmt
+        self._capture_accepting = False
+        if fmt is None:
+            self._capture.stop()
+        else:
+            self._capture.start(fmt)
+
+    def _captured(self, c: audio_pb2.CaptureData) -> None:
+        """Mirrored mode: recorded audio from the service, into the jitter buffer (reader thread)."""
+        with self.lock:
+            if c.start and self._adc_fmt is not None:
+                self._capture.start(self._adc_fmt)
+                self._capture_accepting = True
+            if self._capture_accepting and c.channel == R.ADC:
+                self._capture.push(c.data, c.captured_ns)
+        self._kick.set()
+
+    def _interrupt(self, i: audio_pb2.Interrupt) -> None:
+        """Backend mode: the service's line."""
+        if i.level:
+            self.stats.interrupts += 1
+            self.last_interrupt_sent_ns = i.sent_ns
+        self.irq.set_level(i.level)
+
+    def _dma_write(self, conn: _AudioServiceStream, w: audio_pb2.DmaWrite) -> None:
+        """Backend mode: the service's ADC writes recorded audio into guest memory (through `_ordered`: a
+        GuestMemoryError makes it wait and retry), then hears that it is there."""
+        self.memory.write(w.addr, w.data)
+        self._dma_failing = False
+        self._dma_written(conn, w, ok=True)
+        self.stats.capture_bytes += len(w.data)
+        if w.captured_ns:
+            self.capture_latency_ns.append(time.monotonic_ns() - w.captured_ns)
+
+    def _dma_written(self, conn: _AudioServiceStream, w: audio_pb2.DmaWrite, ok: bool) -> None:
+        conn.send(audio_pb2.FrontendMessage(dma_written=audio_pb2.DmaWritten(request_id=w.request_id, ok=ok)))
 
     def _dispatch(self, conn: _AudioServiceStream, msg: audio_pb2.BackendMessage) -> None:
         """Runs on the connection's reader thread."""
-        self.stats.bytes_from_service += msg.ByteSize() + _FRAME_OVERHEAD
-        self.stats.messages_from_service += 1
+        self._received(msg)
         kind = msg.WhichOneof("kind")
         if kind == "value" or kind == "barrier_ack":
-            body = getattr(msg, kind)
-            waiter = self._waiters.pop(body.seq, None)
-            if waiter is not None:
-                waiter.set(body.value if kind == "value" else body)
+            self._reply(kind, getattr(msg, kind))
         elif kind == "interrupt":
-            if msg.interrupt.level:
-                self.stats.interrupts += 1
-                self.last_interrupt_sent_ns = msg.interrupt.sent_ns
-            self.irq.set_level(msg.interrupt.level)
+            self._interrupt(msg.interrupt)
         elif kind == "dma_request":
             self._serve_dma(conn, msg.dma_request)
+        elif kind == "dma_write":
+            w = msg.dma_write
+            self._ordered.submit(lambda: self._dma_write(conn, w), lambda: self._dma_written(conn, w, ok=False))
+        elif kind == "capture" and conn is self._conn and self.model is not None:
+            self._captured(msg.capture)
         elif kind == "position" and conn is self._conn:
             p = msg.position
             self._credit.played(p.channel, p.bytes_played)
@@ -321,6 +318,8 @@ class AudioLink:
             conn.session_id = msg.opened.session_id
             if msg.opened.lead_ms:
                 self._credit.lead = msg.opened.lead_ms / 1000
+            self.capture_info = msg.opened.capture
+            self._capture.latency = msg.opened.capture.latency_ms / 1000
             conn.opened.set()
 
     def _serve_dma(self, conn: _AudioServiceStream, req: audio_pb2.DmaRequest) -> None:
@@ -350,48 +349,19 @@ class AudioLink:
             self._dma_failing = True
             log.warning("DMA outside guest memory (repeats logged at debug level)", extra={"error": str(exc)})
 
-    def _lost(self, conn: _AudioServiceStream, error: str) -> None:
-        for seq in list(self._waiters):
-            waiter = self._waiters.pop(seq, None)
-            if waiter is not None:
-                waiter.set()  # value stays None: the reader sees a failed access
-        if self._stop.is_set() or conn is not self._conn:
-            return
-        if self._offline_since is None:
-            log.warning("audio session lost", extra={"target": self.target, "error": error})
-            self._offline_since = self.clock.now()
-        else:
-            log.debug("audio service still unreachable", extra={"target": self.target, "error": error})
-        self._wake.set()
-
-    def _supervise(self) -> None:
-        backoff = 0.1
-        while not self._stop.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
-            if self._stop.is_set() or self.connected:
-                continue
-            if self._connect(timeout=2.0):
-                self.stats.reconnects += 1
-                backoff = 0.1
-                self._kick.set()
-            else:
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-                self._wake.set()
-
     def _pace(self) -> None:
         """Mirrored mode's DMA engine: move PCM from guest memory to the service as playback makes room."""
         last = self.clock.now()
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             self._kick.wait(self.clock.real_seconds(_PACER_PERIOD))
             self._kick.clear()
             now = self.clock.now()
-            with self._lock:
+            with self.lock:
                 if not self.connected:
                     self._play_offline(now - last)
                 for channel in (R.DAC1, R.DAC2):
                     self._run_channel(channel)
+                self._run_capture()
             last = now
 
     def _run_channel(self, channel: int) -> None:
@@ -422,6 +392,37 @@ class AudioLink:
         if chunk:
             msg = audio_pb2.PcmChunk(channel=channel, data=bytes(chunk), sent_ns=time.monotonic_ns())
             self._send(audio_pb2.FrontendMessage(pcm=msg))
+
+    def _run_capture(self) -> None:
+        """Mirrored mode's ADC: write what the jitter buffer releases into the guest's ring (caller holds the
+        lock), then tell the service the steps taken, coalesced like playback's chunks."""
+        model = self.model
+        assert model is not None
+        written = 0
+        for _ in range(_MAX_WINDOWS):
+            room = adc_room(self._adc_credit, model, self._capture)
+            addr, length = model.dma_window(R.ADC, room) if room > 0 else (0, 0)
+            if not length:
+                break
+            data, captured_ns = self._capture.take(length)
+            try:
+                self.memory.write(addr, data)
+            except GuestMemoryError as exc:
+                # Not now (e.g. QEMU waits for our reply and serves no DMA_WRITE): the audio goes back to the head
+                # of the jitter buffer and the ADC does not move, so both copies stay equal; the next pass retries.
+                self._capture.unget(data, captured_ns)
+                self._dma_failed(exc)
+                break
+            self._dma_failing = False
+            model.dma_commit(R.ADC, length)
+            self._adc_credit.moved(R.ADC, length)
+            self.stats.capture_bytes += length
+            if captured_ns:
+                self.capture_latency_ns.append(time.monotonic_ns() - captured_ns)
+            written += length
+            self._update_irq()
+        if written:
+            self._send(audio_pb2.FrontendMessage(capture_step=audio_pb2.CaptureStep(channel=R.ADC, length=written)))
 
     def _play_offline(self, elapsed: float) -> None:
         """No service: pretend the sink played in real time, so the guest keeps its interrupts and never hangs."""
