@@ -11,7 +11,6 @@
   their sample. Among the candidates within SLACK of the fastest it takes the smallest: bytes are what a user
   pays on Wi-Fi or a shared link, and a few percent of latency buys a lot of them. So on a slow link photos go
   `image` (half of raw); on loopback they go raw when that is clearly faster; text goes `image` everywhere.
-  lzo (the paper's codec) is never faster than lz4 nor smaller than zstd here (README), so `auto` leaves it out.
 
 `TileDiffGate` switches tile diff off while it does not pay: it compares, per batch, what comparing cost in
 shim time with the wire time the skipped bytes saved; after GATE_WINDOW batches that did not pay it rests for
@@ -25,7 +24,7 @@ import time
 from services.common import codec
 
 ENCODINGS = (*codec.ENCODINGS, "auto")
-AUTO_CANDIDATES = ("raw", "lz4", "zstd", "image")
+AUTO_CANDIDATES = ("raw", "lz4", "lzo", "zstd", "image")
 # Encode (shim, a starting point: learned from every encode) and decode (service, kept) cost in ns per pixel byte,
 # measured on 640x480 text and photo rectangles on this project's 2-core VM (`python -m tests.bench.codecs`);
 # image per method (0 stored, 1 palette, 2 planes); raw is a slice.
@@ -33,6 +32,7 @@ ENCODE_NS = {"raw": 0.0, "lz4": 0.35, "zstd": 0.8, "lzo": 0.35, "image:0": 0.8, 
 DECODE_NS = {"raw": 0.0, "lz4": 0.3, "zstd": 0.6, "lzo": 0.4, "image:0": 0.6, "image:1": 1.0, "image:2": 1.6}
 # Candidates within 25 % + 1.5 ns per byte (about 1.8 ms for a 640x480 window) of the fastest compete on bytes.
 SLACK, SLACK_NS = 1.25, 1.5
+DRIFT = 0.05  # per encode, how far figures not measured then move back to their defaults
 GATE_WINDOW = 8
 GATE_REST = 64
 
@@ -70,7 +70,13 @@ class EncodingPolicy:
         seconds = time.perf_counter() - started
         if enc != "raw" and n >= 65536:
             key = _key(enc, payload)
-            self.encode_ns[key] = _ewma(self.encode_ns[key], seconds * 1e9 / n)
+            # A preempted encode (a busy host) may take 10x its time: one sample moves the figure at most 2x,
+            # and figures not refreshed drift back to the measured defaults (so a candidate that looked slow
+            # once is tried again instead of being shut out for good).
+            self.encode_ns[key] = _ewma(self.encode_ns[key], min(seconds * 1e9 / n, 2 * self.encode_ns[key]))
+            for other in self.encode_ns:
+                if other != key:
+                    self.encode_ns[other] += (ENCODE_NS[other] - self.encode_ns[other]) * DRIFT
         if estimate is not None and enc != "raw":
             self.size_bias[enc] = _ewma(self.size_bias[enc], len(payload) / max(1.0, estimate))
         if enc != "raw" and len(payload) >= n:
