@@ -8,10 +8,10 @@ STAMP := $(VENV)/.rdv-installed
 # Debian packages: ALSA and LZO headers to build pyalsaaudio and python-lzo, ALSA's plugins and tools,
 # QEMU for the tests against real peers, gcc for the live test's static timing tool.
 APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils \
-	xvfb xdotool imagemagick gcc libc6-dev
+	xvfb xauth xdotool imagemagick gcc libc6-dev
 PYTEST_ARGS ?=
 
-.PHONY: setup proto test test-live run bench profile fuzz lint clean
+.PHONY: setup proto test test-live test-deploy lock run bench profile fuzz lint clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,21 @@ test: setup
 # Boots real Linux guests under QEMU 10.2 (built once into ~/.cache/rdv by tests/tools): minutes, not seconds.
 test-live: setup
 	$(PY) -m pytest -q -m live tests/live $(PYTEST_ARGS)
+
+# deploy/README.md on a real Docker engine: installs Debian's docker.io when missing, starts dockerd when none
+# runs (and stops only that one), builds the image (cached between runs) and brings the node up and down.
+test-deploy: setup
+	started=$$(tests/tools/docker_engine.sh start); \
+	trap 'tests/tools/docker_engine.sh stop $$started' EXIT; \
+	$(PY) -m pytest -q -m deploy tests/deploy $(PYTEST_ARGS)
+
+# deploy/constraints.txt: the exact versions of rdv[node] and what it pulls in, resolved in a fresh venv.
+lock: setup
+	rm -rf build/lock && python3 -m venv build/lock
+	build/lock/bin/pip install -q '.[node]'
+	{ sed -n '1,2p' deploy/constraints.txt; build/lock/bin/pip freeze --exclude-editable | grep -v '^rdv'; } \
+	  > build/constraints.txt && mv build/constraints.txt deploy/constraints.txt
+	rm -rf build/lock
 
 run: setup
 	$(PY) -m frontend_shim demo

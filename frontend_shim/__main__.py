@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
 from frontend_shim.commands import options
-from services.common import logs
+from services.common import logs, settings
+from services.common.version import VERSION
 
 # Each command lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = (
@@ -23,11 +23,12 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m frontend_shim",
+def build_parser() -> settings.SettingsParser:
+    p = settings.SettingsParser(
+        prog="rdv-shim",
         description="rdv frontend shim: traps a guest's device accesses and serves them from remote rdv services.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     options.log_level(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

@@ -3,7 +3,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 py=${PYTHON:-python3}
-out="$here/gen"
+out=${PROTO_OUT:-$here/gen}  # PROTO_OUT: elsewhere (tests/test_versions.py compares)
 rm -rf "$out"
 mkdir -p "$out"
 mapfile -t files < <(cd "$here" && find rdv -name '*.proto' | sort)

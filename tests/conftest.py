@@ -23,11 +23,21 @@ def services(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
         svc.stop()
 
 
+# Markers whose tests run only when selected with -m: they need minutes and more than the machine has by default.
+SELECTED_ONLY = {
+    "live": "boots a real guest: run with `make test-live` (pytest -m live)",
+    "deploy": "builds and runs the Docker node: run with `make test-deploy` (pytest -m deploy)",
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Live tests boot a real guest under QEMU: they run only when selected with `-m live` (make test-live)."""
-    if "live" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="boots a real guest: run with `make test-live` (pytest -m live)")
-    for item in items:
-        if "live" in item.keywords:
-            item.add_marker(skip)
+    """Live tests boot a real guest under QEMU (make test-live); deploy tests build and start the Docker node
+    (make test-deploy). Each runs only when its marker is selected with `-m`."""
+    selected = config.getoption("markexpr") or ""
+    for marker, reason in SELECTED_ONLY.items():
+        if marker in selected:
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(skip)

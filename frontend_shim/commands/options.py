@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 
-from frontend_shim.links.audio import MODES
+from frontend_shim.links.base import MODES
 from frontend_shim.links.video_streams import VIDEO_MODES, VideoSettings
+from services.common import settings
+from services.common.settings import Setting
 
 DEFAULT_AUDIO = "127.0.0.1:50051"
 DEFAULT_DISPLAY = "127.0.0.1:50052"
@@ -44,58 +47,31 @@ def tls_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
 
 
-def log_level(p: argparse.ArgumentParser, *, top: bool = True) -> None:
+LOG_LEVEL = Setting("--log-level", "warning", "RDV_LOG_LEVEL", settings.log_level, help="default warning")
+
+
+def log_level(p: settings.SettingsParser, *, top: bool = True) -> None:
     """On the top-level parser (`--log-level` before the command) and on each command (after it)."""
-    p.add_argument(
-        "--log-level",
-        default=None if top else argparse.SUPPRESS,
-        help="debug, info, warning (default $RDV_LOG_LEVEL or warning)",
-    )
+    p.add_settings([LOG_LEVEL if top else replace(LOG_LEVEL, env=None, default=argparse.SUPPRESS)])
 
 
-def video(p: argparse.ArgumentParser) -> None:
+VIDEO = [
+    Setting("--video", "auto", "RDV_VIDEO", settings.choice(*VIDEO_MODES),
+            help="lossy streams for regions playing video (auto: h264 if the service decodes it, else jpeg; "
+            "off: everything lossless)"),
+    Setting("--video-max-mbps", 20.0, "RDV_VIDEO_MAX_MBPS", settings.number(0.01, 100_000), metavar="MBPS",
+            help="cap on all video streams' bitrate per display (default 20; lower when the link is slower)"),
+    Setting("--video-quality", 75, "RDV_VIDEO_QUALITY", settings.number(1, 100, integer=True), metavar="1..100",
+            help="JPEG quality, or the H.264 CRF it maps to (75 -> CRF 18)"),
+]  # fmt: skip
+
+
+def video(p: settings.SettingsParser) -> None:
     """--video, --video-max-mbps, --video-quality (defaults from RDV_VIDEO, RDV_VIDEO_MAX_MBPS,
     RDV_VIDEO_QUALITY)."""
-    p.add_argument(
-        "--video",
-        choices=VIDEO_MODES,
-        default=os.environ.get("RDV_VIDEO", "auto"),
-        help="lossy streams for regions playing video (auto: h264 if the service decodes it, else jpeg; "
-        "off: everything lossless)",
-    )
-    p.add_argument(
-        "--video-max-mbps",
-        type=_positive,
-        default=float(os.environ.get("RDV_VIDEO_MAX_MBPS", "20")),
-        help="cap on all video streams' bitrate per display (default 20; lower when the link is slower)",
-    )
-    p.add_argument(
-        "--video-quality",
-        type=_quality,
-        default=int(os.environ.get("RDV_VIDEO_QUALITY", "75")),
-        help="1..100: JPEG quality, or the H.264 CRF it maps to (75 -> CRF 18)",
-    )
+    p.add_settings(VIDEO)
 
 
 def video_settings(args: argparse.Namespace) -> VideoSettings:
     return VideoSettings(mode=args.video, max_mbps=args.video_max_mbps, quality=args.video_quality)
 
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def _quality(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"must be 1..100, not {text}")
-    return value

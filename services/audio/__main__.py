@@ -3,48 +3,40 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from services.audio.service import AudioServicer
 from services.audio.session import SessionConfig
 from services.audio.sinks import SinkConfig
-from services.common import server
+from services.common import server, settings
 from services.common.clock import Clock
+from services.common.settings import Setting
 
 DEFAULT_PORT = 50051
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = server.parser(
+SETTINGS = [
+    Setting("--sink", "alsa", "RDV_SINK", settings.choice("alsa", "wav", "null"),
+            help="where the sound goes: alsa (a sound card), wav (files), null (discarded)"),
+    Setting("--alsa-device", "default", "RDV_ALSA_DEVICE", metavar="PCM",
+            help="ALSA PCM name (default, hw:0,0, pulse, null, file:FILE=/tmp/x.raw,FORMAT=raw); "
+            "{session} and {channel} are replaced per stream"),
+    Setting("--wav-path", "rdv-{session}-{channel}.wav", "RDV_WAV_PATH", metavar="FILE", help="with --sink wav"),
+    Setting("--pace", "auto", None, settings.choice("auto", "clock", "device"),
+            help="who paces playback: the sound card (device) or our clock (null, file: and WAV sinks)"),
+    Setting("--target-latency-ms", 60.0, "RDV_TARGET_LATENCY_MS", settings.number(0, 10_000), metavar="MS",
+            help="jitter buffer: audio held before playing starts"),
+    Setting("--clock-scale", 1.0, None, settings.number(0.001, 1000), hidden=True),  # tests: faster than real time
+]  # fmt: skip
+
+
+def build_parser() -> settings.SettingsParser:
+    return server.parser(
         "audio",
         DEFAULT_PORT,
-        "Remote ES1370 sound card: receives a VM's sound card sessions from rdv shims and plays them.\n"
-        "Extra environment defaults: RDV_SINK, RDV_ALSA_DEVICE, RDV_WAV_PATH, RDV_TARGET_LATENCY_MS.",
+        "Remote ES1370 sound card: receives a VM's sound card sessions from rdv shims and plays them.",
+        SETTINGS,
     )
-    env = os.environ.get
-    p.add_argument("--sink", choices=["alsa", "wav", "null"], default=env("RDV_SINK", "alsa"))
-    p.add_argument(
-        "--alsa-device",
-        default=env("RDV_ALSA_DEVICE", "default"),
-        help="ALSA PCM name (default, hw:0,0, null, file:FILE=/tmp/x.raw,FORMAT=raw); "
-        "{session} and {channel} are replaced per stream",
-    )
-    p.add_argument("--wav-path", default=env("RDV_WAV_PATH", "rdv-{session}-{channel}.wav"), help="with --sink wav")
-    p.add_argument(
-        "--pace",
-        choices=["auto", "clock", "device"],
-        default="auto",
-        help="who paces playback: the sound card (device) or our clock (null, file: and WAV sinks)",
-    )
-    p.add_argument(
-        "--target-latency-ms",
-        type=float,
-        default=float(env("RDV_TARGET_LATENCY_MS", "60")),
-        help="jitter buffer: audio held before playing starts",
-    )
-    p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)  # tests: faster than real time
-    return p
 
 
 def build(args: argparse.Namespace) -> server.ServiceParts:
@@ -58,11 +50,8 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
     )
     servicer = AudioServicer(config, info, server.open_gate(args))
 
-    return server.ServiceParts(
-        names=[audio_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name],
-        register=lambda grpc_server: audio_pb2_grpc.add_AudioServiceServicer_to_server(servicer, grpc_server),
-        info=info,
-    )
+    add = audio_pb2_grpc.add_AudioServiceServicer_to_server
+    return server.ServiceParts.of(audio_pb2.DESCRIPTOR, "AudioService", add, servicer, info)
 
 
 def main() -> None:

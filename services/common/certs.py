@@ -4,7 +4,10 @@
     certs service --ca ~/.rdv/ca --out ~/.rdv/remote --host tv.local --host 192.168.1.20
     certs shim    --ca ~/.rdv/ca --out ~/.rdv/vm1 --name vm1 --devices audio,display,input
 
-Each output folder is a `--tls-dir` for services and shims: ca.pem, cert.pem, key.pem (mode 0600).
+Each output folder is a `--tls-dir` for services and shims: ca.pem, cert.pem, key.pem (mode 0600; with
+`--group GID` 0640 and owned by that group, for a service that runs as another user in that group).
+A service certificate names localhost, 127.0.0.1, the compose service names (audio, display, input: the node's
+services reach each other by them) and every --host.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common.tls import DEVICE_URI_PREFIX
+from services.common.version import VERSION
 
 DEVICES = ("audio", "display", "input")
+SERVICE_NAMES = ("localhost", "127.0.0.1", *DEVICES)  # in every service certificate (compose service names)
 _DAY = datetime.timedelta(days=1)
 
 
@@ -33,9 +38,12 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def _write_private(path: Path, data: bytes, group: int | None = None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
+        if group is not None:
+            os.fchown(f.fileno(), -1, group)
+            os.fchmod(f.fileno(), 0o640)
         f.write(data)
 
 
@@ -65,7 +73,9 @@ def make_ca(folder: Path, common_name: str = "rdv home CA") -> None:
     (folder / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def issue(ca_dir: Path, out: Path, common_name: str, hosts: list[str], devices: list[str]) -> None:
+def issue(
+    ca_dir: Path, out: Path, common_name: str, hosts: list[str], devices: list[str], group: int | None = None
+) -> None:
     """A leaf certificate for a service (hosts) and/or a client paired for `devices`."""
     ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
     ca_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), password=None)
@@ -97,7 +107,7 @@ def issue(ca_dir: Path, out: Path, common_name: str, hosts: list[str], devices: 
     out.mkdir(parents=True, exist_ok=True)
     (out / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     (out / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(out / "key.pem", _pem_key(key))
+    _write_private(out / "key.pem", _pem_key(key), group)
 
 
 def _devices(text: str) -> list[str]:
@@ -111,6 +121,7 @@ def _devices(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m services.common.certs", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     sub = p.add_subparsers(dest="what", required=True)
     ca = sub.add_parser("ca", help="create the home's CA (once)")
     ca.add_argument("--dir", required=True, type=Path)
@@ -121,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     svc.add_argument("--name", default="rdv remote node")
     svc.add_argument("--devices", type=_devices, default=["input"],
                      help="devices this node may use as a client (the display service publishes input)")  # fmt: skip
+    svc.add_argument("--group", type=int, metavar="GID",
+                     help="make key.pem readable by this group (0640): services running as another user")  # fmt: skip
     shim = sub.add_parser("shim", help="pair a shim (one VM) with the remote node's devices")
     shim.add_argument("--ca", required=True, type=Path)
     shim.add_argument("--out", required=True, type=Path)
@@ -135,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             make_ca(args.dir)
             print(f"CA created in {args.dir} (keep ca-key.pem private)")
         elif args.what == "service":
-            issue(args.ca, args.out, args.name, ["localhost", "127.0.0.1", *args.host], args.devices)
+            hosts = [*SERVICE_NAMES, *(h for h in args.host if h not in SERVICE_NAMES)]
+            issue(args.ca, args.out, args.name, hosts, args.devices, args.group)
             print(f"service certificate in {args.out}: start services with --tls-dir {args.out}")
         else:
             issue(args.ca, args.out, f"rdv shim {args.name}", [], args.devices)

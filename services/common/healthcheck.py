@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import tls
+from services.common.version import VERSION
 
 
 def check(address: str, service: str = "", timeout: float = 3.0, tls_dir: str | None = None) -> int:
@@ -35,6 +36,7 @@ def check(address: str, service: str = "", timeout: float = 3.0, tls_dir: str | 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m services.common.healthcheck", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     p.add_argument(
         "address",
         nargs="?",

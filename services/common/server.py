@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
-import os
 import re
 import signal
 import sys
@@ -15,6 +14,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -22,9 +22,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rdv.common.v1 import common_pb2
-from services.common import logs, sessions, tls
+from services.common import logs, sessions, settings, tls
+from services.common.settings import Setting
+from services.common.version import VERSION
 
-VERSION = "0.1.0"
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # a 1920x1080x32 raw rectangle fits; anything larger is refused
 # The server pings every connection this often and drops one whose peer does not answer within as long again:
 # a shim whose host vanished (power cut, cable pulled: no FIN, no RST) is found within 2x this, and its session
@@ -42,96 +43,73 @@ class ServiceParts:
     register: Callable[[grpc.aio.Server], None]
     info: common_pb2.ServiceInfo | None = None  # its `listen` is filled in once the port is bound
     on_stop: Callable[[], Awaitable[None]] | None = None
+    servicer: object | None = None  # its ListSessions feeds the session metrics (--metrics-port)
+
+    @classmethod
+    def of(
+        cls,
+        file: Any,
+        service: str,
+        add_servicer: Callable[[Any, grpc.aio.Server], None],
+        servicer: object,
+        info: common_pb2.ServiceInfo,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> ServiceParts:
+        """The parts of one servicer: `file` is the generated module's DESCRIPTOR, `service` its service's name,
+        `add_servicer` the generated add_<service>Servicer_to_server."""
+        names = [file.services_by_name[service].full_name]
+        return cls(names, lambda grpc_server: add_servicer(servicer, grpc_server), info, on_stop, servicer)
 
 
-def parser(service: str, default_port: int, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=f"python -m services.{service}",
+def common_settings(default_port: int) -> list[Setting]:
+    """The settings every service has (one table; a service adds its own with `parser(..., settings=...)`)."""
+    return [
+        Setting("--listen", f"127.0.0.1:{default_port}", "RDV_LISTEN", settings.host_port, metavar="HOST:PORT",
+                help="address to serve on; port 0 picks a free one"),
+        Setting("--log-level", "warning", "RDV_LOG_LEVEL", settings.log_level, help=", ".join(settings.LOG_LEVELS)),
+        Setting("--tls-dir", None, "RDV_TLS_DIR", metavar="DIR",
+                help="mTLS: folder with ca.pem, cert.pem, key.pem (make them with `python -m services.common.certs`)"),
+        Setting("--insecure", False, "RDV_INSECURE", switch=True,
+                help="allow plaintext on a non-loopback address: anyone on the network can then use this device"),
+        Setting("--max-message-bytes", DEFAULT_MAX_MESSAGE_BYTES, "RDV_MAX_MESSAGE_BYTES",
+                settings.number(1024, 2**31 - 1, integer=True), metavar="BYTES",
+                help="largest gRPC message accepted or sent"),
+        Setting("--keepalive", DEFAULT_KEEPALIVE, "RDV_KEEPALIVE", settings.number(0.1, 3600), metavar="SECONDS",
+                help="ping each connection this often; a peer silent for as long again is dropped with its sessions"),
+        Setting("--open-timeout", sessions.DEFAULT_OPEN_TIMEOUT, "RDV_OPEN_TIMEOUT", settings.number(0.01, 3600),
+                metavar="SECONDS", help="a session stream that has not sent `open` by then is ended"),
+        Setting("--max-sessions", sessions.DEFAULT_MAX_SESSIONS, "RDV_MAX_SESSIONS",
+                settings.number(1, 100_000, integer=True), metavar="N",
+                help="open sessions (streams) this service accepts at once; more are refused with RESOURCE_EXHAUSTED"),
+        Setting("--pairing", False, "RDV_PAIRING", switch=True,
+                help="open PIN pairing for 2 minutes at start (needs --tls-dir, where the node's CA is made on first "
+                "start); the PIN is logged and shown in the display's window"),
+        Setting("--tls-host", [], "RDV_TLS_HOSTS", repeat=True, metavar="NAME",
+                help="a name or address shims use for this node, for the certificate made on first start "
+                "(repeatable; the variable is comma-separated)"),
+        Setting("--advertise", None, "RDV_ADVERTISE", settings.auto_boolean, switch=True, negatable=True,
+                help="announce this service on the local network with mDNS/DNS-SD (default auto: when listening "
+                "beyond loopback)"),
+        Setting("--node-name", "", "RDV_NODE_NAME", metavar="NAME", help="this node's name in discovery (host name)"),
+        Setting("--metrics-port", None, "RDV_METRICS_PORT", settings.number(0, 65535, integer=True), metavar="PORT",
+                help="serve Prometheus metrics over HTTP on this port (0: a free one; default: none)"),
+        Setting("--metrics-host", "127.0.0.1", "RDV_METRICS_HOST", metavar="HOST",
+                help="address the metrics port listens on"),
+    ]  # fmt: skip
+
+
+def parser(service: str, default_port: int, description: str, own: Iterable[Setting] = ()) -> settings.SettingsParser:
+    """The command line of `rdv-<service>`: the common settings, then the service's own table."""
+    p = settings.SettingsParser(
+        prog=f"rdv-{service}",
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "Environment defaults: RDV_LISTEN, RDV_LOG_LEVEL (warning), RDV_TLS_DIR, RDV_INSECURE=1, "
-            f"RDV_MAX_MESSAGE_BYTES ({DEFAULT_MAX_MESSAGE_BYTES}), RDV_KEEPALIVE ({DEFAULT_KEEPALIVE:g}), "
-            f"RDV_OPEN_TIMEOUT ({sessions.DEFAULT_OPEN_TIMEOUT:g}), "
-            f"RDV_MAX_SESSIONS ({sessions.DEFAULT_MAX_SESSIONS}), RDV_PAIRING=1, RDV_ADVERTISE (auto), "
-            "RDV_NODE_NAME (the host name), RDV_TLS_HOSTS (comma-separated)."
-        ),
+        epilog="Every setting with a $VARIABLE also comes from that environment variable (empty = unset); "
+        "a flag given on the command line wins.",
     )
-    p.add_argument(
-        "--listen",
-        default=os.environ.get("RDV_LISTEN", f"127.0.0.1:{default_port}"),
-        help=f"HOST:PORT to serve on; port 0 picks a free one (default $RDV_LISTEN or 127.0.0.1:{default_port})",
-    )
-    p.add_argument("--log-level", default=os.environ.get("RDV_LOG_LEVEL", "warning"), help="debug, info, warning")
-    p.add_argument(
-        "--tls-dir",
-        default=os.environ.get("RDV_TLS_DIR") or None,
-        help="mTLS: folder with ca.pem, cert.pem, key.pem (make them with `python -m services.common.certs`)",
-    )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        default=os.environ.get("RDV_INSECURE") == "1",
-        help="allow plaintext on a non-loopback address: anyone on the network can then use this device",
-    )
-    p.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=int(os.environ.get("RDV_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)),
-        help="largest gRPC message accepted or sent",
-    )
-    p.add_argument(
-        "--keepalive",
-        type=float,
-        default=float(os.environ.get("RDV_KEEPALIVE", DEFAULT_KEEPALIVE)),
-        metavar="SECONDS",
-        help="ping each connection this often; a peer silent for as long again is dropped with its sessions",
-    )
-    p.add_argument(
-        "--open-timeout",
-        type=float,
-        default=float(os.environ.get("RDV_OPEN_TIMEOUT", sessions.DEFAULT_OPEN_TIMEOUT)),
-        metavar="SECONDS",
-        help="a session stream that has not sent `open` by then is ended",
-    )
-    p.add_argument(
-        "--max-sessions",
-        type=int,
-        default=int(os.environ.get("RDV_MAX_SESSIONS", sessions.DEFAULT_MAX_SESSIONS)),
-        help="open sessions (streams) this service accepts at once; more are refused with RESOURCE_EXHAUSTED",
-    )
-    p.add_argument(
-        "--pairing",
-        action="store_true",
-        default=os.environ.get("RDV_PAIRING") == "1",
-        help="open PIN pairing for 2 minutes at start (needs --tls-dir, where the node's CA is made on first start); "
-        "the PIN is logged and shown in the display's window",
-    )
-    p.add_argument(
-        "--tls-host",
-        action="append",
-        default=[h for h in os.environ.get("RDV_TLS_HOSTS", "").split(",") if h],
-        metavar="NAME",
-        help="a name or address shims use for this node, for the certificate made on first start (repeatable)",
-    )
-    p.add_argument(
-        "--advertise",
-        action=argparse.BooleanOptionalAction,
-        default=_advertise_default(os.environ.get("RDV_ADVERTISE", "auto")),
-        help="announce this service on the local network with mDNS/DNS-SD (default: when listening beyond loopback)",
-    )
-    p.add_argument(
-        "--node-name", default=os.environ.get("RDV_NODE_NAME", ""), help="this node's name in discovery (host name)"
-    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    p.add_settings([*common_settings(default_port), *own])
     return p
-
-
-def _advertise_default(text: str) -> bool | None:
-    choices = {"auto": None, "1": True, "yes": True, "on": True, "0": False, "no": False, "off": False}
-    value = choices.get(text.lower(), "")
-    if value == "":
-        raise SystemExit(f"RDV_ADVERTISE must be auto, 1 or 0, not {text!r}")
-    return value
 
 
 def service_info(service: str, listen: str, features: Iterable[str], config: dict[str, str]) -> common_pb2.ServiceInfo:
@@ -181,10 +159,16 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
     interceptors: list[grpc.aio.ServerInterceptor] = (
         [tls.PairingInterceptor(service, args.tls_dir)] if args.tls_dir else []
     )
+    measure = None
+    if args.metrics_port is not None:
+        from services.common.metrics import Metrics
+
+        measure = Metrics(service)
     server = grpc.aio.server(
         options=server_options(limit, keepalive_ms),
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
-        interceptors=[*interceptors, DecodeGuard()],  # pairing first: nothing of an unpaired peer is parsed
+        # pairing first: nothing of an unpaired peer is parsed; measuring last, around the servicer itself
+        interceptors=[*interceptors, DecodeGuard(), *([measure.interceptor()] if measure else [])],
     )
     parts.register(server)
     names = list(parts.names)
@@ -210,10 +194,21 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
     if parts.info is not None:
         parts.info.listen = args.listen
     await server.start()
+    if measure is not None:
+        try:
+            metrics_port = measure.serve(parts.servicer, args.metrics_host, args.metrics_port)
+        except OSError as exc:
+            await server.stop(None)
+            raise SystemExit(
+                f"rdv {service}: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror}"
+            ) from None
     for name in [*parts.names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"rdv {service} listening on {args.listen}", flush=True)
     log.info("serving", extra={"listen": args.listen})
+    if measure is not None:  # after the line above, which scripts wait for first
+        print(f"rdv {service} metrics on http://{args.metrics_host}:{metrics_port}/metrics", flush=True)
+        log.info("metrics", extra={"port": metrics_port})
     if window is not None and args.pairing:
         window.open()
     advertiser = None
@@ -234,6 +229,8 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
     if advertiser is not None:
         await advertiser.close()
     await server.stop(grace=1.0)
+    if measure is not None:
+        measure.stop()
     if parts.on_stop:
         await parts.on_stop()
 

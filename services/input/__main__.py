@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import textwrap
 
 from rdv.input.v1 import input_pb2, input_pb2_grpc
-from services.common import server
+from services.common import server, settings
+from services.common.settings import Setting
 from services.input.evdev import Desktop, EvdevReader
 from services.input.hub import FOCUS_RULE, Hub
 from services.input.service import InputServicer
@@ -16,43 +16,27 @@ from services.input.service import InputServicer
 DEFAULT_PORT = 50053
 
 
-def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    p = server.parser(
+SETTINGS = [
+    Setting("--evdev", "", "RDV_EVDEV", metavar="PATH[,PATH]",
+            help="Linux input devices to read, e.g. /dev/input/by-id/usb-...-event-kbd,/dev/input/event5"),
+    Setting("--evdev-grab", False, "RDV_EVDEV_GRAB", switch=True, negatable=True,
+            help="take the devices away from this machine's own desktop while rdv reads them"),
+    Setting("--desktop", Desktop.parse("1920x1080"), "RDV_DESKTOP", Desktop.parse, metavar="WxH",
+            help="desktop that relative mouse motion moves across (sets pointer speed; the shim scales to the guest)"),
+    Setting("--queue-limit", 1024, "RDV_INPUT_QUEUE", settings.number(1, 1_000_000, integer=True), metavar="N",
+            help="events held per subscriber before motion, then other input, is dropped (counted)"),
+]  # fmt: skip
+
+
+def build_parser() -> settings.SettingsParser:
+    return server.parser(
         "input",
         DEFAULT_PORT,
         "Remote input hub. Sources publish mouse and keyboard events (the display service's window, evdev\n"
         "devices given with --evdev, Inject calls from grpcurl); each VM's shim subscribes and injects them into\n"
-        f"QEMU.\n{textwrap.fill('Focus: ' + FOCUS_RULE + '.', 104)}\n"
-        "Extra environment defaults: RDV_EVDEV (comma-separated paths), RDV_EVDEV_GRAB (1 = grab),\n"
-        "RDV_DESKTOP (1920x1080), RDV_INPUT_QUEUE (1024).",
+        f"QEMU.\n{textwrap.fill('Focus: ' + FOCUS_RULE + '.', 104)}",
+        SETTINGS,
     )
-    p.add_argument(
-        "--evdev",
-        default=env("RDV_EVDEV", ""),
-        metavar="PATH[,PATH]",
-        help="Linux input devices to read, e.g. /dev/input/by-id/usb-...-event-kbd,/dev/input/event5",
-    )
-    p.add_argument(
-        "--evdev-grab",
-        action=argparse.BooleanOptionalAction,
-        default=env("RDV_EVDEV_GRAB", "0") == "1",
-        help="take the devices away from this machine's own desktop while rdv reads them",
-    )
-    p.add_argument(
-        "--desktop",
-        type=Desktop.parse,
-        default=Desktop.parse(env("RDV_DESKTOP", "1920x1080")),
-        metavar="WxH",
-        help="desktop that relative mouse motion moves across (sets pointer speed; the shim scales to the guest)",
-    )
-    p.add_argument(
-        "--queue-limit",
-        type=int,
-        default=int(env("RDV_INPUT_QUEUE", "1024")),
-        help="events held per subscriber before motion, then other input, is dropped (counted)",
-    )
-    return p
 
 
 def build(args: argparse.Namespace) -> server.ServiceParts:
@@ -83,19 +67,12 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
         for reader in readers:
             await asyncio.to_thread(reader.stop)
 
-    return server.ServiceParts(
-        names=[input_pb2.DESCRIPTOR.services_by_name["InputService"].full_name],
-        register=lambda grpc_server: input_pb2_grpc.add_InputServiceServicer_to_server(servicer, grpc_server),
-        info=info,
-        on_stop=stop,
-    )
+    add = input_pb2_grpc.add_InputServiceServicer_to_server
+    return server.ServiceParts.of(input_pb2.DESCRIPTOR, "InputService", add, servicer, info, stop)
 
 
 def main() -> None:
-    args = build_parser().parse_args()
-    if args.queue_limit < 1:
-        raise SystemExit("--queue-limit must be at least 1")
-    server.main("input", args, build)
+    server.main("input", build_parser().parse_args(), build)
 
 
 if __name__ == "__main__":

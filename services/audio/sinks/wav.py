@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import wave
 
+from services.audio.sinks.base import SinkError
 from services.devices.es1370 import PcmFormat
 
 
@@ -20,7 +21,10 @@ class WavSink:
         # A format change starts a new file: one WAV can only hold one format.
         path = self.path if self._segments == 0 else _numbered(self.path, self._segments)
         self._segments += 1
-        self._wav = wave.open(path, "wb")
+        try:
+            self._wav = wave.open(path, "wb")
+        except OSError as exc:
+            raise SinkError(f"cannot write {path}: {exc.strerror}") from None
         self._wav.setnchannels(fmt.channels)
         self._wav.setsampwidth(fmt.bits // 8)
         self._wav.setframerate(fmt.rate)

@@ -52,15 +52,30 @@ class SdlPresenter:
         # The service owns SIGINT/SIGTERM (graceful shutdown); SDL must not install its own handlers.
         sdl2.SDL_SetHint(sdl2.SDL_HINT_NO_SIGNAL_HANDLERS, b"1")
         sdl2.SDL_SetHint(b"SDL_VIDEO_X11_NET_WM_BYPASS_COMPOSITOR", b"0")
+        display = os.environ.get("DISPLAY")
+        window_asked = bool(display) and os.environ.get("SDL_VIDEODRIVER") != "dummy"
+        if window_asked and not os.environ.get("WAYLAND_DISPLAY") and "SDL_VIDEODRIVER" not in os.environ:
+            # X11 or nothing: SDL would otherwise fall back to its offscreen driver without a word
+            sdl2.SDL_SetHint(b"SDL_VIDEODRIVER", b"x11")
         if sdl2.SDL_Init(sdl2.SDL_INIT_VIDEO) != 0:
-            return self._give_up(f"SDL_Init failed: {sdl2.SDL_GetError().decode(errors='replace')}")
+            error = sdl2.SDL_GetError().decode(errors="replace")
+            if window_asked:
+                return self._give_up(
+                    f"SDL_Init failed: {error}",
+                    "no window: cannot open the X display",
+                    display=display,
+                    uid=os.getuid(),
+                    xauthority=os.environ.get("XAUTHORITY", ""),
+                    hint="give this uid an X cookie (XAUTHORITY) or allow it with xhost",
+                )
+            return self._give_up(f"SDL_Init failed: {error}")
         self.name = f"sdl:{(sdl2.SDL_GetCurrentVideoDriver() or b'?').decode()}"
         log.info("presenter ready", extra={"presenter": self.name})
 
-    def _give_up(self, why: str) -> None:
+    def _give_up(self, why: str, message: str = "SDL unavailable, presenting headless", **extra: object) -> None:
         if not self.fallback:
-            raise PresentError(why)
-        log.warning("SDL unavailable, presenting headless", extra={"error": why})
+            raise PresentError(f"{message}: {why}" if extra else why)
+        log.warning(message, extra={"error": why, **extra})
         self._null = True
         self.name = "headless"
 
