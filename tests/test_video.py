@@ -415,4 +415,4 @@ def test_draw_demo_plays_the_clip_and_leaves_an_exact_screen(services, tmp_path,
 
 def test_video_options_are_checked() -> None:
     res = run_shim("draw-demo", "--video-max-mbps", "-3")
-    assert res.returncode == 2 and "--video-max-mbps: must be positive" in res.stderr
+    assert res.returncode == 2 and "argument --video-max-mbps" in res.stderr and "-3" in res.stderr
