@@ -245,3 +245,17 @@ def test_a_window_on_the_nodes_x_screen(node: Node, x_screen: tuple[str, Path]) 
         assert len(lines) == 1 and f"display={display}" in lines[0] and "uid=10001" in lines[0], logs
     finally:
         node.compose("down", timeout=120)
+
+
+def test_alsa_has_the_pulse_device_and_its_plugin_loads(node: Node) -> None:
+    """pulse.yml plays to ALSA's "pulse" device: the image has its configuration and a plugin whose libraries
+    all resolve (without libasound2-plugins' codec dependencies)."""
+    script = ("import alsaaudio, glob, subprocess; print('pulse' in alsaaudio.pcms()); "
+              "[print(subprocess.run(['ldd', p], capture_output=True, text=True).stdout) "
+              "for p in glob.glob('/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so')]")  # fmt: skip
+    res = node.compose("run", "--rm", "--no-deps", "--entrypoint", "python", "audio", "-c", script, timeout=120)
+    assert res.returncode == 0, res.stderr
+    first, *libraries = res.stdout.splitlines()
+    assert first == "True"
+    assert any("libpulse.so" in line for line in libraries), res.stdout
+    assert not any("not found" in line for line in libraries), res.stdout
