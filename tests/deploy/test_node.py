@@ -31,7 +31,7 @@ from frontend_shim.guests.pcm import PcmFormat, melody, write_wav
 from services.common.png import decode
 from tests.helpers import ROOT
 
-pytestmark = pytest.mark.deploy
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(2400)]  # a first build on a busy machine
 
 README = ROOT / "deploy" / "README.md"
 DEFAULT_PORTS = {"50051": "audio", "50052": "display", "50053": "input"}
