@@ -10,7 +10,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from frontend_shim.links.display import add_damage
+from frontend_shim.links.display_frames import add_damage
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common.raster import Rect
 from services.devices.svga_convert import registers_to_proto

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from frontend_shim.guests.guest import EventLine, RamMemory
-from frontend_shim.guests.scripted_svga import ScriptedSvgaDriver, new_memory
+from frontend_shim.guests.scripted_svga import FifoWriter, ScriptedSvgaDriver, new_memory
 from frontend_shim.links.audio import AudioLink
 from frontend_shim.links.display import DisplayLink
 from services.common.clock import Clock
@@ -29,7 +29,6 @@ from services.devices import es1370_regs as AR
 from services.devices import svga_regs as SR
 from services.devices.es1370 import AccessError, check_access
 from services.devices.svga import AccessError as SvgaAccessError
-from services.devices.svga import FifoWriter
 from tests.display_helpers import first_difference, guest_rgb, screenshot, start_guest
 from tests.fault_helpers import TimedDevice
 from tests.fuzz_strategies import es1370_access, fuzz_settings, svga_fifo_words, svga_port_ops

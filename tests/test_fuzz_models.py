@@ -15,6 +15,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
+from frontend_shim.guests.scripted_svga import FifoWriter
 from rdv.audio.v1 import audio_pb2
 from rdv.display.v1 import display_pb2
 from services.common import codec
@@ -24,7 +25,7 @@ from services.devices import svga_regs as SR
 from services.devices.es1370 import AccessError, Es1370, check_access
 from services.devices.es1370_convert import state_from_proto, state_to_proto
 from services.devices.svga import AccessError as SvgaAccessError
-from services.devices.svga import FifoWriter, SvgaII
+from services.devices.svga import SvgaII
 from services.display.desktop import Desktop, FrameError
 from tests.fuzz_strategies import (
     FRAME_HINTS,
@@ -187,9 +188,9 @@ def test_svga_model_under_random_ports_and_fifo(setup: list[tuple[int, int]], tr
                 legal = size in (1, 2, 4) and 0 <= offset and offset + size <= SR.IO_BAR_SIZE
                 try:
                     if rw == "w":
-                        dev.io_write(offset, size, value)
+                        dev.write(offset, size, value)
                     else:
-                        assert 0 <= dev.io_read(offset, size) < (1 << (8 * size))
+                        assert 0 <= dev.read(offset, size) < (1 << (8 * size))
                 except SvgaAccessError:
                     assert not legal, (offset, size)
             dev.take_pending()

@@ -96,7 +96,7 @@ def make_target(kind: str) -> Target:
         device = RecordingDevice(model.read, model.write)
         return Target(kind, es1370_function(device), device, {0: AR.IO_BAR_SIZE})
     svga = SvgaII(vram=VRAM, fifo=FIFO)
-    device = RecordingDevice(svga.io_read, svga.io_write)
+    device = RecordingDevice(svga.read, svga.write)
     spec = svga_spec(memfd_backing("fuzz-vram", VRAM), memfd_backing("fuzz-fifo", FIFO), VRAM, FIFO)
     return Target(
         kind, PciFunction(spec, device), device, {0: 16, 1: VRAM, 2: FIFO}, {1: bytearray(VRAM), 2: bytearray(FIFO)},

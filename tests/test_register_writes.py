@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from frontend_shim.guests.trace_replay import load_trace
-from frontend_shim.links.audio import LinkStats
+from frontend_shim.links.base import LinkStats
 from frontend_shim.links.session_stream import FRAME_OVERHEAD, SessionStream
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2

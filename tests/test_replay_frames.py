@@ -108,3 +108,16 @@ def test_headless_service_does_not_load_sdl(services) -> None:
 
     assert not sdl_loaded(services("display", "--headless"))
     assert sdl_loaded(services("display", "--presenter", "sdl", "--headless"))  # SDL's dummy driver, on request
+
+
+def test_tile_diff_rests_when_everything_changes_and_the_picture_stays_exact(services, tmp_path) -> None:
+    svc = services("display", "--headless")
+    steps: list[dict | str] = []
+    for i in range(12):  # a new photo each time: no tile is ever the same, comparing only costs time
+        steps += [put(0, 0, 160, 120, screens.photo(160, 120, seed=i)), update(0, 0, 160, 120)]
+    path = write_steps(tmp_path / "steps.jsonl", steps)
+    done = replay_frames(path, svc.address, "--tile-diff", "--encoding", "lz4", "--gap-ms", "1")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["tile_diff"] is True and report["verified"] is True
+    assert report["tile_diff_rests"] >= 1

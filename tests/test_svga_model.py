@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from frontend_shim.guests.scripted_svga import FifoWriter
 from services.common.raster import Rect
 from services.devices import svga_regs as R
 from services.devices.svga import (
     CAPABILITIES,
     AccessError,
     Copy,
+    Cursor,
     CursorDefined,
     CursorMoved,
     Fence,
     FifoResult,
-    FifoWriter,
     Fill,
     Mode,
     ModeChanged,
@@ -27,6 +28,7 @@ from services.devices.svga import (
     SvgaII,
     Update,
 )
+from services.devices.svga_convert import registers_from_proto, registers_to_proto
 
 W, H = 16, 12
 PITCH = W * 4 + 12  # pitchlock with padding, so bytes between rows exist and must stay untouched
@@ -224,46 +226,46 @@ def test_value_port_split_into_pieces_is_one_access() -> None:
     """A 4-byte access at the unaligned VALUE port may arrive as 1 + 2 + 1 bytes at offsets 1, 2, 4."""
     dev = SvgaII(vram=1 << 20, fifo=4096, width=64, height=64)
     value = 0x00000123
-    dev.io_write(R.INDEX_PORT, 4, R.REG_WIDTH)
-    assert not dev.io_write(1, 1, value & 0xFF).effects  # nothing happens before the last piece
-    assert not dev.io_write(2, 2, (value >> 8) & 0xFFFF).effects
+    dev.write(R.INDEX_PORT, 4, R.REG_WIDTH)
+    assert not dev.write(1, 1, value & 0xFF).effects  # nothing happens before the last piece
+    assert not dev.write(2, 2, (value >> 8) & 0xFFFF).effects
     assert dev.mode.width == 64
-    res = dev.io_write(4, 1, value >> 24)
+    res = dev.write(4, 1, value >> 24)
     assert dev.mode.width == 0x123 and res.effects == [ModeChanged(dev.mode)]
     # A split read: the register is read once, the pieces come from that one value.
-    dev.io_write(R.INDEX_PORT, 4, R.REG_ID)
-    pieces = dev.io_read(1, 1) | dev.io_read(2, 2) << 8 | dev.io_read(4, 1) << 24
+    dev.write(R.INDEX_PORT, 4, R.REG_ID)
+    pieces = dev.read(1, 1) | dev.read(2, 2) << 8 | dev.read(4, 1) << 24
     assert pieces == R.ID_2
     # The whole 32-bit access at offset 1 (QEMU with .unaligned = true) is one access too.
-    dev.io_write(R.INDEX_PORT, 4, R.REG_HEIGHT)
-    dev.io_write(R.VALUE_PORT, 4, 0x40)
-    assert dev.io_read(R.VALUE_PORT, 4) == 0x40
+    dev.write(R.INDEX_PORT, 4, R.REG_HEIGHT)
+    dev.write(R.VALUE_PORT, 4, 0x40)
+    assert dev.read(R.VALUE_PORT, 4) == 0x40
     # Byte-by-byte pieces are accepted as well.
-    dev.io_write(R.INDEX_PORT, 4, R.REG_GUEST_ID)
+    dev.write(R.INDEX_PORT, 4, R.REG_GUEST_ID)
     for i, b in enumerate((0x78, 0x56, 0x34, 0x12)):
-        dev.io_write(1 + i, 1, b)
+        dev.write(1 + i, 1, b)
     assert dev.read_register(R.REG_GUEST_ID) == 0x12345678
 
 
 def test_interrupted_split_write_is_dropped_and_reported() -> None:
     dev = SvgaII(vram=1 << 20, fifo=4096, width=64, height=64)
-    dev.io_write(R.INDEX_PORT, 4, R.REG_WIDTH)
-    dev.io_write(1, 1, 0x10)
-    dev.io_write(2, 2, 0)
-    res = dev.io_write(R.INDEX_PORT, 4, R.REG_HEIGHT)  # not the expected last piece
+    dev.write(R.INDEX_PORT, 4, R.REG_WIDTH)
+    dev.write(1, 1, 0x10)
+    dev.write(2, 2, 0)
+    res = dev.write(R.INDEX_PORT, 4, R.REG_HEIGHT)  # not the expected last piece
     assert res.errors and "dropped" in res.errors[0]
     assert dev.mode.width == 64
-    res = dev.io_write(4, 1, 0)  # a stray piece on its own does nothing
+    res = dev.write(4, 1, 0)  # a stray piece on its own does nothing
     assert dev.mode.width == 64 and dev.mode.height == 64
 
 
 def test_split_sync_runs_the_fifo_once_on_the_last_piece() -> None:
     dev, writer = make()
     writer.update(0, 0, 4, 4)
-    dev.io_write(R.INDEX_PORT, 4, R.REG_SYNC)
-    assert not dev.io_write(1, 1, 1).effects
-    assert not dev.io_write(2, 2, 0).effects
-    res = dev.io_write(4, 1, 0)
+    dev.write(R.INDEX_PORT, 4, R.REG_SYNC)
+    assert not dev.write(1, 1, 1).effects
+    assert not dev.write(2, 2, 0).effects
+    res = dev.write(4, 1, 0)
     assert res.effects == [Update(Rect(0, 0, 4, 4))]
     assert not dev.write_register(R.REG_SYNC, 1).effects  # nothing left
 
@@ -272,23 +274,23 @@ def test_access_outside_bar_is_a_caller_error() -> None:
     dev = SvgaII(vram=4096, fifo=4096, width=8, height=8)
     for offset, size in ((16, 1), (15, 2), (-1, 1), (0, 3), (0, 8)):
         with pytest.raises(AccessError):
-            dev.io_read(offset, size)
+            dev.read(offset, size)
         with pytest.raises(AccessError):
-            dev.io_write(offset, size, 0)
-    assert dev.io_read(R.BIOS_PORT, 2) == 0
-    assert not dev.io_write(R.BIOS_PORT, 2, 0xFFFF).errors
+            dev.write(offset, size, 0)
+    assert dev.read(R.BIOS_PORT, 2) == 0
+    assert not dev.write(R.BIOS_PORT, 2, 0xFFFF).errors
 
 
 def test_irq_status_and_mask() -> None:
     dev, writer = make()
     writer.fence(7)
     sync(dev, writer)
-    assert dev.io_read(R.IRQSTATUS_PORT, 4) & R.IRQFLAG_ANY_FENCE
+    assert dev.read(R.IRQSTATUS_PORT, 4) & R.IRQFLAG_ANY_FENCE
     assert not dev.irq_pending  # IRQMASK is 0
     dev.write_register(R.REG_IRQMASK, R.IRQFLAG_ANY_FENCE)
     assert dev.irq_pending
-    dev.io_write(R.IRQSTATUS_PORT, 4, R.IRQFLAG_ANY_FENCE)  # write one to clear
-    assert not dev.io_read(R.IRQSTATUS_PORT, 4) & R.IRQFLAG_ANY_FENCE
+    dev.write(R.IRQSTATUS_PORT, 4, R.IRQFLAG_ANY_FENCE)  # write one to clear
+    assert not dev.read(R.IRQSTATUS_PORT, 4) & R.IRQFLAG_ANY_FENCE
     assert not dev.irq_pending
 
 
@@ -529,7 +531,7 @@ def test_fence_writes_fifo_register() -> None:
     res = sync(dev, writer)
     assert res.effects == [Fence(41), Fence(42)]
     assert fifo_word(dev, R.FIFO_FENCE) == 42
-    assert dev.io_read(R.IRQSTATUS_PORT, 4) & R.IRQFLAG_FENCE_GOAL
+    assert dev.read(R.IRQSTATUS_PORT, 4) & R.IRQFLAG_FENCE_GOAL
 
 
 # --------------------------------------------------------------------------------------------- 2D
@@ -710,33 +712,34 @@ def test_snapshot_restore_mirror() -> None:
     for reg in range(R.REG_TOP_IMPLEMENTED):
         if reg not in (R.REG_BUSY, R.REG_SYNC):
             assert mirror.read_register(reg) == dev.read_register(reg), reg
-    assert json.loads(json.dumps(snap)) == snap
+    assert registers_from_proto(registers_to_proto(snap)) == snap  # the wire form keeps every field
 
 
 @pytest.mark.parametrize(
     "change",
     [
-        {"version": 2},
         {"width": R.MAX_WIDTH + 1},
+        {"width": W + 1},  # beyond this device's maximum (checked by restore)
         {"bpp": 24},
         {"svga_id": 5},
         {"enable": -1},
         {"enable": "1"},
-        {"scratch": [0]},
+        {"scratch": (0,)},  # not this device's number of scratch registers (checked by restore)
+        {"scratch": [0] * R.DEFAULT_SCRATCH_SIZE},
         {"palette": None},
+        {"palette": (0,) * 3},
         {"busy": 1},
         {"fb_start": -1},
-        {"cursor": {"width": 2, "height": 2, "hot_x": 0, "hot_y": 0, "argb": "AAAA"}},
-        {"cursor": {"width": 1, "height": 1, "hot_x": 0, "hot_y": 0, "argb": "!!"}},
+        {"cursor": Cursor(2, 2, 0, 0, bytes(3))},
+        {"cursor": Cursor(1, 1, 1, 0, bytes(4))},
         {"cursor": 3},
     ],
 )
-def test_bad_snapshot_is_refused_and_changes_nothing(change: dict[str, object]) -> None:
-    dev, _ = make()
-    snap = dev.snapshot()
+def test_bad_state_is_refused_and_changes_nothing(change: dict[str, object]) -> None:
+    dev, _ = make(max_width=W)
     before = dev.snapshot()
     with pytest.raises(SnapshotError):
-        dev.restore({**snap, **change})
+        dev.restore(dataclasses.replace(before, **change))
     assert dev.snapshot() == before
 
 
@@ -797,10 +800,10 @@ def test_port_fuzz_never_raises_or_writes_outside(accesses: list[tuple[tuple[int
     writer.rect_fill(0x99, 0, 0, 3, 3)
     for (offset, size), is_write, value in accesses:
         if is_write:
-            res = dev.io_write(offset, size, value & ((1 << (8 * size)) - 1))
+            res = dev.write(offset, size, value & ((1 << (8 * size)) - 1))
             assert isinstance(res, FifoResult)
         else:
-            assert 0 <= dev.io_read(offset, size) < (1 << (8 * size))
+            assert 0 <= dev.read(offset, size) < (1 << (8 * size))
     dev.process_fifo()
     dev.take_pending()
     # Whatever state the accesses left is a state a mirror can take over.

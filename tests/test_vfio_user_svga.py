@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from frontend_shim.guests.scripted_svga import FifoWriter
 from frontend_shim.links.display import CoherenceMode
 from frontend_shim.vfio_user import protocol as P
 from frontend_shim.vfio_user.devices import svga_over_link
@@ -24,7 +25,6 @@ from services.common import raster
 from services.common.png import bgrx_to_rgb
 from services.common.raster import Rect, Surface
 from services.devices import svga_regs as R
-from services.devices.svga import FifoWriter
 from tests.display_helpers import screenshot
 from tests.helpers import ServiceProcess, run_shim, start_service
 from tests.test_vfio_user import Rig, start_rig

@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import replace
 
-from frontend_shim.links.audio import MODES
+from frontend_shim.links.base import MODES
 from frontend_shim.links.video_streams import VIDEO_MODES, VideoSettings
 from services.common import settings
 from services.common.settings import Setting

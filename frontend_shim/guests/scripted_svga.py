@@ -20,14 +20,14 @@ import math
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from frontend_shim.guests.guest import Device
 from services.common import raster
 from services.common.raster import Rect, Surface
 from services.devices import svga_regs as R
-from services.devices.svga import FifoWriter
+from services.devices.svga import Buffer, FifoResult, SvgaII, as_buffer
 
 VRAM_SIZE = R.DEFAULT_VRAM_SIZE
 FIFO_SIZE = 64 * 1024  # small enough that a few seconds of drawing laps the ring many times
@@ -46,6 +46,119 @@ class GuestError(RuntimeError):
 def new_memory(vram_size: int = VRAM_SIZE, fifo_size: int = FIFO_SIZE) -> tuple[bytearray, bytearray]:
     """The guest's BAR1 (VRAM) and BAR2 (FIFO) memory."""
     return bytearray(vram_size), bytearray(fifo_size)
+
+
+WORD = 4
+U32 = 0xFFFFFFFF
+
+
+def _words(n: int) -> struct.Struct:
+    return struct.Struct(f"<{n}I")
+
+
+class FifoWriter:
+    """Writes commands into FIFO memory the way a guest driver does (the guest side of the FIFO; tests use it too).
+
+    Mirrors Linux vmwgfx: data first, then NEXT_CMD; the ring never fills completely (one word stays free
+    so that NEXT_CMD == STOP always means empty). A command that does not fit the free space is not written
+    and the call returns False.
+    """
+
+    def __init__(self, fifo: Buffer, *, min_offset: int = 4096, max_offset: int | None = None, init: bool = True):
+        self.fifo = as_buffer(fifo, "FIFO")
+        self.lo = min_offset
+        self.hi = len(self.fifo) if max_offset is None else max_offset
+        if not (R.FIFO_NUM_BASIC_REGS * WORD <= self.lo < self.hi <= len(self.fifo)):
+            raise ValueError(f"FIFO data area [{self.lo}, {self.hi}) does not fit {len(self.fifo)} bytes")
+        if init:
+            self.set_registers(self.lo, self.hi, self.lo, self.lo)
+            if (R.FIFO_BUSY + 1) * WORD <= self.lo:
+                self._put(R.FIFO_BUSY * WORD, 0)
+
+    def _put(self, offset: int, value: int) -> None:
+        _words(1).pack_into(self.fifo, offset, value & U32)
+
+    def _get(self, offset: int) -> int:
+        return _words(1).unpack_from(self.fifo, offset)[0]
+
+    def set_registers(self, lo: int, hi: int, next_cmd: int, stop: int) -> None:
+        """Write the four FIFO registers directly (also to set up wrap-around or bogus layouts in tests)."""
+        _words(4).pack_into(self.fifo, 0, lo & U32, hi & U32, next_cmd & U32, stop & U32)
+
+    @property
+    def next_cmd(self) -> int:
+        return self._get(R.FIFO_NEXT_CMD * WORD)
+
+    @property
+    def stop(self) -> int:
+        return self._get(R.FIFO_STOP * WORD)
+
+    @property
+    def free_bytes(self) -> int:
+        used = (self.next_cmd - self.stop) % (self.hi - self.lo)
+        return self.hi - self.lo - used - WORD
+
+    def write_words(self, words: Sequence[int]) -> bool:
+        """Append raw words (a whole command, or part of one) and publish them with NEXT_CMD."""
+        data = _words(len(words)).pack(*(w & U32 for w in words)) if words else b""
+        return self.write_bytes(data)
+
+    def write_bytes(self, data: bytes) -> bool:
+        if len(data) % WORD:
+            raise ValueError("FIFO data must be whole 32-bit words")
+        if len(data) > self.free_bytes:
+            return False
+        pos = self.next_cmd
+        first = min(len(data), self.hi - pos)
+        self.fifo[pos : pos + first] = data[:first]
+        self.fifo[self.lo : self.lo + len(data) - first] = data[first:]
+        nxt = pos + len(data)
+        if nxt >= self.hi:
+            nxt -= self.hi - self.lo
+        self._put(R.FIFO_NEXT_CMD * WORD, nxt)
+        return True
+
+    def update(self, x: int, y: int, w: int, h: int) -> bool:
+        return self.write_words((R.CMD_UPDATE, x, y, w, h))
+
+    def update_verbose(self, x: int, y: int, w: int, h: int, reason: int = 0) -> bool:
+        return self.write_words((R.CMD_UPDATE_VERBOSE, x, y, w, h, reason))
+
+    def rect_fill(self, color: int, x: int, y: int, w: int, h: int) -> bool:
+        return self.write_words((R.CMD_RECT_FILL, color, x, y, w, h))
+
+    def rect_copy(self, sx: int, sy: int, dx: int, dy: int, w: int, h: int) -> bool:
+        return self.write_words((R.CMD_RECT_COPY, sx, sy, dx, dy, w, h))
+
+    def fence(self, fence_id: int) -> bool:
+        return self.write_words((R.CMD_FENCE, fence_id))
+
+    def define_alpha_cursor(self, hot_x: int, hot_y: int, width: int, height: int, argb: bytes) -> bool:
+        header = _words(6).pack(R.CMD_DEFINE_ALPHA_CURSOR, 0, hot_x, hot_y, width, height)
+        return self.write_bytes(header + bytes(argb))
+
+    def define_cursor(
+        self,
+        hot_x: int,
+        hot_y: int,
+        width: int,
+        height: int,
+        and_depth: int,
+        xor_depth: int,
+        and_mask: bytes,
+        xor_mask: bytes,
+    ) -> bool:
+        """DEFINE_CURSOR; each mask is already laid out in scanlines padded to 32 bits."""
+        header = _words(8).pack(R.CMD_DEFINE_CURSOR, 0, hot_x, hot_y, width, height, and_depth, xor_depth)
+        return self.write_bytes(header + bytes(and_mask) + bytes(xor_mask))
+
+    def ping(self, device: SvgaII) -> FifoResult | None:
+        """What Linux does after committing: claim the busy word (cmpxchg 0 -> 1) and, if it was free, SYNC."""
+        if (R.FIFO_BUSY + 1) * WORD <= self.lo:
+            if self._get(R.FIFO_BUSY * WORD):
+                return None
+            self._put(R.FIFO_BUSY * WORD, 1)
+        return device.write_register(R.REG_SYNC, 1)
 
 
 @dataclass

@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from frontend_shim.guests.guest import EventLine
-from frontend_shim.links.audio import _FRAME_OVERHEAD, AudioLink
+from frontend_shim.links.audio import AudioLink
+from frontend_shim.links.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
 from rdv.audio.v1 import audio_pb2
 from services.common.clock import Clock
 from services.devices import es1370_regs as R

@@ -13,17 +13,15 @@ mode, sequencing, DMA pacing and reconnection:
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 
 import grpc
 
 from frontend_shim.guests.guest import GuestMemory, GuestMemoryError, InterruptLine
-from frontend_shim.links.session_stream import FRAME_OVERHEAD as _FRAME_OVERHEAD
-from frontend_shim.links.session_stream import SessionStream, Waiter
+from frontend_shim.links.base import MODES, CoherenceMode, DeviceLink, LinkStats, ServiceEnd
+from frontend_shim.links.session_stream import SessionStream
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.common import logs
@@ -34,34 +32,22 @@ from services.devices.es1370 import AccessError, Es1370, check_access
 from services.devices.es1370_convert import state_to_proto
 
 log = logs.get("shim.audio")
-Mode = Literal["backend", "mirrored"]
-MODES: dict[str, int] = {"backend": common_pb2.COHERENCE_MODE_BACKEND, "mirrored": common_pb2.COHERENCE_MODE_MIRRORED}
-_ALL_ONES = 0xFFFFFFFF
 _PACER_PERIOD = 0.005  # device seconds between DMA checks when nothing else wakes the pacer
 _DMA_REGISTERS = frozenset((R.CONTROL, R.SERIAL_CONTROL))  # writes that can let the DMA move
 _MAX_WINDOWS = 64  # DMA windows stepped per channel and pacer pass (a sane ring needs one or two)
 _MAX_CHUNK = 128 * 1024  # PCM bytes per message, far below the service's limit
-_BACKOFF_MAX = 1.0  # seconds between reconnect attempts at most: a restarted service is back in use within ~1 s
 
 
 @dataclass
-class LinkStats:
-    reads: int = 0
-    writes: int = 0
+class AudioStats(LinkStats):
     interrupts: int = 0
     pcm_bytes: int = 0
     dma_requests: int = 0
-    read_timeouts: int = 0
-    reconnects: int = 0
-    bytes_to_service: int = 0
-    bytes_from_service: int = 0
-    messages_to_service: int = 0
-    messages_from_service: int = 0
     dma_errors: int = 0
     played: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
-        d = {k: v for k, v in vars(self).items() if isinstance(v, int)}
+        d = super().as_dict()
         d["bytes_played"] = sum(self.played.values())
         return d
 
@@ -73,16 +59,34 @@ class _AudioServiceStream(SessionStream):
         super().__init__(target, credentials, link.stats, audio_pb2.FrontendMessage, on_sent=link._sent)
         self.link = link
         stub = audio_pb2_grpc.AudioServiceStub(self.channel)
-        self.start(stub.Session, link._dispatch, link._lost, "audio-link-rx")  # type: ignore[arg-type]
+        self.start(stub.Session, link._dispatch, link._end.lost, "audio-link-rx")  # type: ignore[arg-type]
 
 
-class AudioLink:
+class _AudioService(ServiceEnd):
+    """The audio service: its session stream, opened with the mirrored state."""
+
+    link: AudioLink
+
+    def open_stream(self) -> SessionStream:
+        link = self.link
+        conn = _AudioServiceStream(link, self.target, link._credentials)
+        opening = audio_pb2.Open(vm=link.vm, mode=MODES[link.mode])
+        if link.model is not None:
+            opening.state.CopyFrom(state_to_proto(link.model.state))
+        conn.send(audio_pb2.FrontendMessage(open=opening))
+        link._credit = DmaCredit(link.clock, lead=link._credit.lead)
+        return conn
+
+
+class AudioLink(DeviceLink):
     """Implements `frontend_shim.guests.guest.Device` for an ES1370 whose back end is a remote audio service."""
+
+    device = "audio"
 
     def __init__(
         self,
         target: str,
-        mode: Mode,
+        mode: CoherenceMode,
         memory: GuestMemory,
         irq: InterruptLine,
         *,
@@ -91,46 +95,43 @@ class AudioLink:
         access_timeout: float = 0.05,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {sorted(MODES)}")
+        super().__init__(mode, audio_pb2.FrontendMessage, access_timeout, log)
         self.target = target
-        self.mode = mode
         self.memory = memory
         self.irq = irq
         self.vm = vm
         self.clock = clock or Clock()
-        self.access_timeout = access_timeout
-        self.stats = LinkStats()
+        self.stats = AudioStats()
         self.model = Es1370() if mode == "mirrored" else None
         self._credentials = credentials
-        self._lock = threading.RLock()  # the model, and the order in which its changes enter the stream
         self._credit = DmaCredit(self.clock, lead=0.1)
-        self._seq = itertools.count(1)
-        self._waiters: dict[int, Waiter] = {}
-        self._conn: _AudioServiceStream | None = None
-        self._holding: _AudioServiceStream | None = None  # hold_writes() was called on it
+        self._end = _AudioService(self, target, carries_requests=True)
         self._irq_level = False
-        self._stop = threading.Event()
-        self._wake = threading.Event()  # supervisor: the connection needs attention
         self._kick = threading.Event()  # pacer: DMA may be possible
-        self._threads: list[threading.Thread] = []
-        self._offline_since: float | None = None
         self.last_interrupt_sent_ns = 0  # backend mode: when the service raised the latest interrupt
         self._dma_failing = False  # guest memory was unreadable at the last DMA attempt
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, connect_timeout: float = 5.0) -> None:
         """Connect (raising ConnectionError if the service cannot be reached) and start background work."""
-        if not self._connect(connect_timeout):
+        if not self._end.connect(connect_timeout):
             raise ConnectionError(f"cannot open an audio session at {self.target}")
         self._spawn(self._supervise, "audio-link-supervisor")
         if self.mode == "mirrored":
             self._spawn(self._pace, "audio-link-pacer")
 
-    def _spawn(self, target: object, name: str) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
-        t.start()
-        self._threads.append(t)
+    @property
+    def _conn(self) -> SessionStream | None:
+        return self._end.conn
+
+    def _request_stream(self) -> SessionStream | None:
+        return self._end.conn
+
+    def _ends(self) -> list[ServiceEnd]:
+        return [self._end]
+
+    def _reconnected(self, end: ServiceEnd) -> None:
+        self._kick.set()
 
     def wait_played(self, timeout: float) -> bool:
         """Wait until the service has played every PCM byte it took so far."""
@@ -148,23 +149,16 @@ class AudioLink:
         """End the session; with `drain`, return once the remote side has played everything."""
         if drain and self._conn is not None:
             self.wait_played(timeout)
-        self._stop.set()
-        self._wake.set()
+        self.stopping.set()
+        self.wake_supervisor.set()
         self._kick.set()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            if drain:
-                conn.finish(timeout)
-            else:
-                conn.close()
-        for t in self._threads:
-            t.join(timeout)
+        self._end.close(drain, timeout)
+        self._join(timeout)
 
     @property
     def connected(self) -> bool:
         """A session is open (not merely being opened) on a live stream."""
-        conn = self._conn
-        return conn is not None and conn.alive and conn.opened.is_set()
+        return self._end.connected
 
     # ------------------------------------------------------------------ Device interface
     def io_read(self, bar: int, offset: int, size: int) -> int:
@@ -176,12 +170,7 @@ class AudioLink:
             # after a DMA step, as on the chip.
             return self.model.read(offset, size)
         check_access(offset, size)
-        mask = (1 << (8 * size)) - 1
-        value = self._round_trip("value", common_pb2.RegisterAccess(offset=offset, size=size), self.access_timeout)
-        if value is None:
-            self.stats.read_timeouts += 1
-            return mask  # nothing answered: read as a device that is gone
-        return int(value) & mask
+        return self._read_remote(offset, size)
 
     def io_write(self, bar: int, offset: int, size: int, value: int) -> None:
         if bar:
@@ -193,7 +182,7 @@ class AudioLink:
             if conn is not None:
                 conn.post_write(offset, size, value)
             return
-        with self._lock:
+        with self.lock:
             # A write that changed nothing here changes nothing at the service either (same model, same state):
             # leave it out. Linux's pointer reads rewrite MEMPAGE with the value it already has, for instance.
             conn = self._conn
@@ -204,17 +193,6 @@ class AudioLink:
         if offset in _DMA_REGISTERS:
             self._kick.set()  # the guest may have started a DAC or acknowledged a period
 
-    def hold_writes(self) -> None:
-        """`frontend_shim.guest.HoldsWrites`: posted writes wait until release_writes() (SessionStream.hold)."""
-        conn = self._holding = self._conn
-        if conn is not None:
-            conn.hold()
-
-    def release_writes(self) -> None:
-        conn, self._holding = self._holding, None
-        if conn is not None:
-            conn.release()
-
     # ------------------------------------------------------------------ measurements and checks
     def barrier(self, timeout: float = 5.0) -> audio_pb2.BarrierAck | None:
         """Everything sent so far has been applied by the service; returns its state at that point."""
@@ -224,7 +202,7 @@ class AudioLink:
         """Mirrored mode: (our state, the service's state) at the same point of the stream."""
         if self.model is None:
             raise RuntimeError("only a mirrored link holds a copy of the device")
-        with self._lock:  # nothing enters the stream between our snapshot and the barrier
+        with self.lock:  # nothing enters the stream between our snapshot and the barrier
             ours = state_to_proto(self.model.state)
             seq, waiter = self._post("barrier", common_pb2.Barrier(sent_ns=time.monotonic_ns()))
         ack = self._wait(seq, waiter, timeout)
@@ -239,30 +217,6 @@ class AudioLink:
         if conn is not None:
             conn.send(msg)
 
-    def _round_trip(self, kind: str, payload: object, timeout: float) -> object:
-        seq, waiter = self._post(kind, payload)
-        return self._wait(seq, waiter, timeout)
-
-    def _post(self, kind: str, payload: object) -> tuple[int, Waiter | None]:
-        """Send a message that expects an answer; the waiter is None when there is no session."""
-        conn = self._conn
-        if conn is None or not conn.alive:
-            return 0, None
-        seq = next(self._seq)
-        payload.seq = seq  # type: ignore[attr-defined]
-        waiter = Waiter()
-        self._waiters[seq] = waiter
-        conn.send(audio_pb2.FrontendMessage(**{"access" if kind == "value" else kind: payload}))
-        return seq, waiter
-
-    def _wait(self, seq: int, waiter: Waiter | None, timeout: float) -> object:
-        if waiter is None:
-            return None
-        if not waiter.wait(timeout):
-            self._waiters.pop(seq, None)
-            return None
-        return waiter.value
-
     def _update_irq(self) -> None:
         """Mirrored mode: drive the guest's line from the local model (caller holds the lock)."""
         level = self.model.irq  # type: ignore[union-attr]
@@ -272,34 +226,12 @@ class AudioLink:
                 self.stats.interrupts += 1
             self.irq.set_level(level)
 
-    def _connect(self, timeout: float) -> bool:
-        with self._lock:  # no write may slip between the snapshot and the open
-            conn = _AudioServiceStream(self, self.target, self._credentials)
-            opening = audio_pb2.Open(vm=self.vm, mode=MODES[self.mode])
-            if self.model is not None:
-                opening.state.CopyFrom(state_to_proto(self.model.state))
-            conn.send(audio_pb2.FrontendMessage(open=opening))
-            self._credit = DmaCredit(self.clock, lead=self._credit.lead)
-            self._conn = conn
-        if conn.opened.wait(timeout) and conn.alive:
-            self._offline_since = None
-            log.info("session open", extra={"target": self.target, "session": conn.session_id, "mode": self.mode})
-            return True
-        conn.close()
-        if self._conn is conn:
-            self._conn = None
-        return False
-
     def _dispatch(self, conn: _AudioServiceStream, msg: audio_pb2.BackendMessage) -> None:
         """Runs on the connection's reader thread."""
-        self.stats.bytes_from_service += msg.ByteSize() + _FRAME_OVERHEAD
-        self.stats.messages_from_service += 1
+        self._received(msg)
         kind = msg.WhichOneof("kind")
         if kind == "value" or kind == "barrier_ack":
-            body = getattr(msg, kind)
-            waiter = self._waiters.pop(body.seq, None)
-            if waiter is not None:
-                waiter.set(body.value if kind == "value" else body)
+            self._reply(kind, getattr(msg, kind))
         elif kind == "interrupt":
             if msg.interrupt.level:
                 self.stats.interrupts += 1
@@ -345,44 +277,14 @@ class AudioLink:
             self._dma_failing = True
             log.warning("DMA outside guest memory (repeats logged at debug level)", extra={"error": str(exc)})
 
-    def _lost(self, conn: _AudioServiceStream, error: str) -> None:
-        for seq in list(self._waiters):
-            waiter = self._waiters.pop(seq, None)
-            if waiter is not None:
-                waiter.set()  # value stays None: the reader sees a failed access
-        if self._stop.is_set() or conn is not self._conn:
-            return
-        if self._offline_since is None:
-            log.warning("audio session lost", extra={"target": self.target, "error": error})
-            self._offline_since = self.clock.now()
-        else:
-            log.debug("audio service still unreachable", extra={"target": self.target, "error": error})
-        self._wake.set()
-
-    def _supervise(self) -> None:
-        backoff = 0.1
-        while not self._stop.is_set():
-            self._wake.wait(1.0)
-            self._wake.clear()
-            if self._stop.is_set() or self.connected:
-                continue
-            if self._connect(timeout=2.0):
-                self.stats.reconnects += 1
-                backoff = 0.1
-                self._kick.set()
-            else:
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-                self._wake.set()
-
     def _pace(self) -> None:
         """Mirrored mode's DMA engine: move PCM from guest memory to the service as playback makes room."""
         last = self.clock.now()
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             self._kick.wait(self.clock.real_seconds(_PACER_PERIOD))
             self._kick.clear()
             now = self.clock.now()
-            with self._lock:
+            with self.lock:
                 if not self.connected:
                     self._play_offline(now - last)
                 for channel in (R.DAC1, R.DAC2):

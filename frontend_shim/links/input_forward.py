@@ -25,10 +25,12 @@ import grpc
 from rdv.input.v1 import input_pb2, input_pb2_grpc
 from services.common import logs, tls
 from services.common.input_events import BUTTON_NAMES, InvalidEvent, check
+from services.common.retry import Backoff
 
 log = logs.get("shim.input")
 ABS_MAX = 0x7FFF  # QEMU's absolute axes run 0..0x7fff whatever the guest's screen size
-_BACKOFF_MAX = 1.0
+BACKOFF_FIRST = 0.05  # seconds before retrying a lost subscription or QMP socket, doubling up to BACKOFF_MAX
+BACKOFF_MAX = 1.0
 _MAX_PENDING = 4096
 _QMP_TIMEOUT = 5.0  # seconds QEMU may take to answer; longer means it is stuck and the connection is redone
 
@@ -251,7 +253,7 @@ class InputForwarder:
         self._wake.set()
 
     async def _subscribe_loop(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         while True:
             options = [("grpc.keepalive_time_ms", 10_000)]
             channel = (
@@ -268,7 +270,7 @@ class InputForwarder:
                 self.subscribed.set()
                 self.stats["subscriptions"] += 1
                 log.info("subscribed", extra={"target": self.target, "vm": self.vm, "focused": focus or "-"})
-                backoff = 0.05
+                backoff.reset()
                 async for event in call:
                     try:
                         check(event)  # the service validated it; a stale or foreign one must not reach QMP
@@ -289,8 +291,7 @@ class InputForwarder:
                     self.subscribed.clear()
                     self._release_held()
                 await channel.close()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            await asyncio.sleep(backoff.next())
 
     def _release_held(self) -> None:
         for q in sorted(self._held_keys):
@@ -300,7 +301,7 @@ class InputForwarder:
 
     # ------------------------------------------------------------------ into QEMU
     async def _inject_loop(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         warned = False
         while True:
             qmp = QmpClient(self.qmp_path, on_close=self._wake.set)
@@ -314,10 +315,10 @@ class InputForwarder:
                     log.warning("cannot reach QMP, retrying", extra={"qmp": self.qmp_path, "error": error})
                     warned = True
                 qmp.close()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                await asyncio.sleep(backoff.next())
                 continue
-            warned, backoff = False, 0.05
+            warned = False
+            backoff.reset()
             self.stats["qmp_connects"] += 1
             self.qmp_ready.set()
             log.info("QMP connected", extra={"qmp": self.qmp_path, "qemu": qmp.version})
@@ -327,7 +328,7 @@ class InputForwarder:
                 log.warning("QMP connection lost, reconnecting", extra={"qmp": self.qmp_path, "error": str(exc)})
             except Exception:  # never let one surprise end remote input for this VM
                 log.exception("injecting into QEMU failed, reconnecting")
-                await asyncio.sleep(_BACKOFF_MAX)
+                await asyncio.sleep(BACKOFF_MAX)
             finally:
                 self.qmp_ready.clear()
                 qmp.close()

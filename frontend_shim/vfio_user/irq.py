@@ -119,6 +119,10 @@ class IrqController:
         return self._write_access
 
     def after_access(self, write: bool) -> None:
+        if not self._level:
+            # A low line owes nothing (and has no lost-signal deadline to push): its next rise signals by itself.
+            # Read without the lock: a rise racing this read runs its own check.
+            return
         with self._cond:
             if self._lost_at is not None and not self._seen:
                 self._lost_at = time.monotonic() + self.lost_delay  # busy, maybe on its way to the handler

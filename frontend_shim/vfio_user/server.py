@@ -262,7 +262,13 @@ class _QemuClientConnection:
             payload = body_view[:body]
             if body:
                 truncated |= P.recv_into_exact(sock, payload, fds)
-            if command in _ACCESSES and (flags == 0 or flags == P.FLAG_NO_REPLY) and not fds and self.negotiated:
+            if (
+                command in _ACCESSES
+                and (flags == 0 or flags == P.FLAG_NO_REPLY)
+                and not fds
+                and not truncated
+                and self.negotiated
+            ):
                 self._access(mid, command, flags, bytes(payload))
             else:
                 self._general(P.Message(P.Header(mid, command, size, flags, error), bytes(payload), fds, truncated))
@@ -539,6 +545,13 @@ class _QemuClientConnection:
         return P.REGION_RW.pack(a.offset, a.region, a.count)
 
     def _account(self, region: int, kind: str, pieces: list[tuple[int, int, int]]) -> None:
+        on_access = self.server.on_access
+        if on_access is None and len(pieces) == 1:  # one register, no access log: the usual trapped access
+            if kind == "R":
+                self.stats.bar_reads += 1
+            else:
+                self.stats.bar_writes += 1
+            return
         if region == P.PCI_CONFIG_REGION:
             if kind == "R":
                 self.stats.config_reads += 1

@@ -162,44 +162,13 @@ def _packed(surface: Surface) -> Surface:
 
 
 def changed_tiles(vram: raster.Buffer, surface: Surface, seen: bytearray, tile: int) -> list[Rect]:
-    """Tiles of `surface` in `vram` that differ from `seen` (packed rows), as runs of adjacent tiles per band of
-    tile rows, cut to the rows that changed; `seen` is brought up to date. Whole rows are compared first
-    (memcmp speed), tiles only on the rows that differ."""
-    bypp, row = surface.bytes_per_pixel, surface.row_bytes
-    view = memoryview(vram)
-    tile_bytes = tile * bypp
-    columns = -(-surface.width // tile)  # the last one may be narrower
-    out: list[Rect] = []
-    try:
-        for y0 in range(0, surface.height, tile):
-            changed_rows: list[tuple[int, bytes]] = []
-            for y in range(y0, min(surface.height, y0 + tile)):
-                start = surface.offset + y * surface.pitch
-                current = bytes(view[start : start + row])
-                if current != seen[y * row : (y + 1) * row]:
-                    changed_rows.append((y, current))
-            if not changed_rows:
-                continue
-            hit = [
-                any(cur[a:b] != seen[y * row + a : y * row + b] for y, cur in changed_rows)
-                for a, b in ((a, min(a + tile_bytes, row)) for a in range(0, row, tile_bytes))
-            ]
-            for y, cur in changed_rows:
-                seen[y * row : (y + 1) * row] = cur
-            top, bottom = changed_rows[0][0], changed_rows[-1][0]
-            c = 0
-            while c < columns:
-                if not hit[c]:
-                    c += 1
-                    continue
-                first = c
-                while c < columns and hit[c]:
-                    c += 1
-                x = first * tile
-                out.append(Rect(x, top, min(surface.width, c * tile) - x, bottom - top + 1))
-    finally:
-        view.release()  # an exported view would keep the mmap from closing
-    return out
+    """Tiles of `surface` in `vram` that differ from `seen` (packed rows), as `raster.changed_tiles` finds them;
+    `seen` is brought up to date."""
+    packed = _packed(surface)
+    rects = raster.changed_tiles(vram, surface, seen, packed, tile)
+    for rect in rects:
+        raster.write_rect(seen, packed, rect, raster.read_rect(vram, surface, rect))
+    return rects
 
 
 SVGA_RESET_REGISTERS = (

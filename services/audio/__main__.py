@@ -50,12 +50,8 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
     )
     servicer = AudioServicer(config, info, server.open_gate(args))
 
-    return server.ServiceParts(
-        names=[audio_pb2.DESCRIPTOR.services_by_name["AudioService"].full_name],
-        register=lambda grpc_server: audio_pb2_grpc.add_AudioServiceServicer_to_server(servicer, grpc_server),
-        info=info,
-        servicer=servicer,
-    )
+    add = audio_pb2_grpc.add_AudioServiceServicer_to_server
+    return server.ServiceParts.of(audio_pb2.DESCRIPTOR, "AudioService", add, servicer, info)
 
 
 def main() -> None:

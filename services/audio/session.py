@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -20,25 +20,17 @@ from rdv.audio.v1 import audio_pb2
 from rdv.common.v1 import common_pb2
 from services.audio.player import ChannelPlayer, PlayerStats
 from services.audio.sinks import SinkConfig, make_sink
-from services.common import logs, metrics, register_writes
+from services.common import logs, metrics
 from services.common.clock import Clock
+from services.common.sessions import BACKEND, MIRRORED, DeviceSession, SessionError
 from services.devices import es1370_regs as R
 from services.devices.dma import DmaCredit
-from services.devices.es1370 import AccessError, Es1370, Es1370State
+from services.devices.es1370 import Es1370, Es1370State
 from services.devices.es1370_convert import state_to_proto
 
 log = logs.get("audio.session")
-BACKEND = common_pb2.COHERENCE_MODE_BACKEND
-MIRRORED = common_pb2.COHERENCE_MODE_MIRRORED
 MAX_PCM_CHUNK = 256 * 1024  # larger than any ES1370 buffer; bigger chunks are a broken or hostile peer
-
-
-class SessionError(Exception):
-    """A frontend message this session must refuse; ends the stream with `code`."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+__all__ = ["BACKEND", "MIRRORED", "AudioSession", "SessionConfig", "SessionError"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +53,10 @@ class _PendingDma:
     sent_ns: int
 
 
-class AudioSession:
+class AudioSession(DeviceSession):
+    device = "the ES1370"
+    reply = audio_pb2.BackendMessage
+
     def __init__(
         self,
         session_id: str,
@@ -72,15 +67,9 @@ class AudioSession:
         send: Callable[[audio_pb2.BackendMessage], None],
         peer: str,
     ) -> None:
-        self.session_id = session_id
-        self.vm = vm
-        self.mode = mode
-        self.peer = peer
+        super().__init__(session_id, vm, mode, peer, send)
         self.config = config
         self.model = Es1370(state)
-        self.counters: Counter[str] = Counter()
-        self.started = time.monotonic()
-        self._send = send
         self._loop = asyncio.get_running_loop()
         self._players: dict[int, ChannelPlayer] = {}
         self._credit = DmaCredit(config.clock, config.lead)
@@ -97,60 +86,27 @@ class AudioSession:
         metrics.observe("audio_chunk", ns / 1e9)
 
     # ------------------------------------------------------------------ frontend messages
-    def handle(self, msg: audio_pb2.FrontendMessage) -> None:
-        kind = msg.WhichOneof("kind")
-        if kind == "writes":
-            self._writes(msg.writes)
-        elif kind == "access":
-            self._access(msg.access)
-        elif kind == "pcm":
+    def handle_device(self, kind: str, msg: audio_pb2.FrontendMessage) -> None:
+        if kind == "pcm":
             self._pcm(msg.pcm)
         elif kind == "dma_data":
             self._dma_data(msg.dma_data)
-        elif kind == "barrier":
-            self.counters["barriers"] += 1
-            b = msg.barrier
-            received = [p.stats.bytes_received if (p := self._players.get(c)) else 0 for c in (R.DAC1, R.DAC2)]
-            ack = audio_pb2.BarrierAck(
-                seq=b.seq, sent_ns=b.sent_ns, state=state_to_proto(self.model.state), bytes_received=received
-            )
-            self._send(audio_pb2.BackendMessage(barrier_ack=ack))
         elif kind == "resync":
             raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "resync is sent in `open` of a new session")
-        elif kind == "open":
-            raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "the session is already open")
         else:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "empty frontend message")
+            super().handle_device(kind, msg)
 
-    def _access(self, a: common_pb2.RegisterAccess) -> None:
-        if a.bar != 0:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"the ES1370 has no BAR {a.bar}")
-        if a.write:
-            self._write(a.offset, a.size, a.value)
-            return
-        self.counters["reads"] += 1
-        try:
-            value = self.model.read(a.offset, a.size)
-        except AccessError as exc:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        self._send(audio_pb2.BackendMessage(value=common_pb2.RegisterValue(seq=a.seq, value=value)))
+    def barrier_ack(self, b: common_pb2.Barrier) -> audio_pb2.BarrierAck:
+        received = [p.stats.bytes_received if (p := self._players.get(c)) else 0 for c in (R.DAC1, R.DAC2)]
+        return audio_pb2.BarrierAck(
+            seq=b.seq, sent_ns=b.sent_ns, state=state_to_proto(self.model.state), bytes_received=received
+        )
 
-    def _writes(self, batch: common_pb2.RegisterWrites) -> None:
-        try:
-            writes = register_writes.unpack(batch)
-        except ValueError as exc:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        self.counters["write_batches"] += 1
-        for offset, size, value in writes:
-            self._write(offset, size, value)
+    def read_register(self, offset: int, size: int) -> int:
+        return self.model.read(offset, size)
 
-    def _write(self, offset: int, size: int, value: int) -> None:
-        """One guest write, alone or out of a batch: the same effects either way."""
-        self.counters["writes"] += 1
-        try:
-            self.model.write(offset, size, value)
-        except AccessError as exc:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+    def write_register(self, offset: int, size: int, value: int) -> None:
+        self.model.write(offset, size, value)
         self._after_change()
 
     def _pcm(self, p: audio_pb2.PcmChunk) -> None:
@@ -275,6 +231,9 @@ class AudioSession:
             "sink_errors": sum(s.sink_errors for s in stats),
         }
 
+    def session_counters(self) -> dict[str, int]:
+        return {**self.counters, **self.playback_counters(), **_percentiles("audio_chunk_ns", self.audio_chunk_ns)}
+
     async def close(self, drain: bool) -> None:
         """End the session; with `drain` the buffered audio is played out first."""
         self._closed = True
@@ -284,3 +243,13 @@ class AudioSession:
             p.close(drain, timeout=0)  # every thread is told before we wait for any
         for p in players:
             await asyncio.to_thread(p.close, drain)
+
+
+def _percentiles(name: str, samples: Iterable[int]) -> dict[str, int]:
+    ordered = sorted(samples)
+    if not ordered:
+        return {}
+    return {
+        f"{name}_p50": ordered[len(ordered) // 2],
+        f"{name}_p99": ordered[min(len(ordered) - 1, len(ordered) * 99 // 100)],
+    }

@@ -26,8 +26,10 @@ import grpc
 from rdv.input.v1 import input_pb2, input_pb2_grpc
 from services.common import input_events as ev
 from services.common import logs
+from services.common.retry import Backoff
 
 log = logs.get("input.publisher")
+_BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 2.0
 
 
@@ -128,7 +130,7 @@ class InputPublisher:
 
     # ------------------------------------------------------------------ the background thread
     def _run(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_MAX)
         options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000)]
         while not self._closed:
             channel = (
@@ -138,14 +140,14 @@ class InputPublisher:
             )
             call_done = threading.Event()
             try:
-                grpc.channel_ready_future(channel).result(timeout=backoff + 1.0)
+                grpc.channel_ready_future(channel).result(timeout=backoff.current + 1.0)
                 self._connected.set()
                 log.info("publishing", extra={"target": self.target, "source": self.source})
                 self._drop_stale()
                 future = input_pb2_grpc.InputServiceStub(channel).Publish.future(self._stream(call_done))
                 summary = future.result()
                 log.info("stream ended", extra={"target": self.target, "delivered": summary.delivered})
-                backoff = 0.05
+                backoff.reset()
             except grpc.FutureTimeoutError:
                 pass
             except grpc.RpcError as exc:
@@ -157,9 +159,9 @@ class InputPublisher:
                 channel.close()
             if not self._closed:
                 self.stats["reconnects"] += 1
+                delay = backoff.next()
                 with self._cond:
-                    self._cond.wait_for(lambda: self._closed, backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+                    self._cond.wait_for(lambda: self._closed, delay)
 
     def _stream(self, call_done: threading.Event) -> Iterator[input_pb2.InputEvent]:
         while True:

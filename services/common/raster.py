@@ -233,3 +233,43 @@ def copy(buf: Buffer, surface: Surface, src: Rect, dst_x: int, dst_y: int) -> No
     if src.empty or (src.x == dst_x and src.y == dst_y):
         return
     write_rect(buf, surface, dst, read_rect(buf, surface, src))
+
+
+def changed_tiles(
+    new: Buffer | bytes, new_surface: Surface, old: Buffer | bytes, old_surface: Surface, tile: int
+) -> list[Rect]:
+    """Where two images of the same size differ, tile by tile: per band of `tile` rows, the runs of horizontally
+    adjacent tiles that differ, cut to the band's first..last differing row (coordinates relative to the images'
+    own top-left). Whole rows are compared first, tiles only on the rows that differ: about one comparison per
+    row, plus one per tile when everything changed. Comparisons slice the buffers themselves (a copy, but
+    compared with memcmp; a memoryview compares byte by byte). The one tile diff of the shim: what it sends
+    (tile diff against the service's shadow) and the VRAM scan (against the last accounted framebuffer)."""
+    width, height, row = new_surface.width, new_surface.height, new_surface.row_bytes
+    tile_bytes = tile * new_surface.bytes_per_pixel
+    columns = -(-width // tile)  # the last one may be narrower
+    out: list[Rect] = []
+    for y0 in range(0, height, tile):
+        rows = []  # (y, start in new, start in old) of the rows that differ
+        for y in range(y0, min(height, y0 + tile)):
+            a = new_surface.offset + y * new_surface.pitch
+            b = old_surface.offset + y * old_surface.pitch
+            if new[a : a + row] != old[b : b + row]:
+                rows.append((y, a, b))
+        if not rows:
+            continue
+        hit = [
+            any(new[a + x : a + end] != old[b + x : b + end] for _, a, b in rows)
+            for x, end in ((x, min(x + tile_bytes, row)) for x in range(0, row, tile_bytes))
+        ]
+        top, bottom = rows[0][0], rows[-1][0]
+        c = 0
+        while c < columns:
+            if not hit[c]:
+                c += 1
+                continue
+            first = c
+            while c < columns and hit[c]:
+                c += 1
+            x = first * tile
+            out.append(Rect(x, top, min(width, c * tile) - x, bottom - top + 1))
+    return out

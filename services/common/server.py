@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -43,6 +44,21 @@ class ServiceParts:
     info: common_pb2.ServiceInfo | None = None  # its `listen` is filled in once the port is bound
     on_stop: Callable[[], Awaitable[None]] | None = None
     servicer: object | None = None  # its ListSessions feeds the session metrics (--metrics-port)
+
+    @classmethod
+    def of(
+        cls,
+        file: Any,
+        service: str,
+        add_servicer: Callable[[Any, grpc.aio.Server], None],
+        servicer: object,
+        info: common_pb2.ServiceInfo,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> ServiceParts:
+        """The parts of one servicer: `file` is the generated module's DESCRIPTOR, `service` its service's name,
+        `add_servicer` the generated add_<service>Servicer_to_server."""
+        names = [file.services_by_name[service].full_name]
+        return cls(names, lambda grpc_server: add_servicer(servicer, grpc_server), info, on_stop, servicer)
 
 
 def common_settings(default_port: int) -> list[Setting]:

@@ -1,8 +1,9 @@
 """The VMware SVGA II display adapter as a pure state machine.
 
 The same class runs in the shim beside QEMU, in the display service and in the tests. It owns no thread,
-socket or clock: the caller hands it the guest's port accesses (`io_read` / `io_write` on BAR0) and two
-writable buffers, VRAM (BAR1) and FIFO memory (BAR2), which may be shared memory the guest writes directly.
+socket or clock: the caller hands it the guest's port accesses (`read` / `write` on BAR0, the same shape as
+the ES1370 model's) and two writable buffers, VRAM (BAR1) and FIFO memory (BAR2), which may be shared memory
+the guest writes directly.
 Everything the device does that someone else must see comes back as values: effects (damage rectangles,
 fills and copies the device applied to VRAM, cursor changes, fences, mode changes) and error strings in a
 `FifoResult`. Nothing a guest can do raises or makes the model touch memory outside those two buffers.
@@ -33,13 +34,11 @@ Design choices (the spec leaves them open or QEMU gets them wrong):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import mmap
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import ClassVar
 
 from services.common import raster
 from services.common.raster import EMPTY, Rect, Surface
@@ -189,7 +188,7 @@ Effect = Update | Fill | Copy | CursorDefined | CursorMoved | Fence | ModeChange
 
 @dataclass
 class FifoResult:
-    """What a FIFO pass or a port write did, in order. Also returned by `io_write` and `take_pending`."""
+    """What a FIFO pass or a port write did, in order. Also returned by `write` and `take_pending`."""
 
     effects: list[Effect] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -216,6 +215,68 @@ class AccessError(ValueError):
 
 class SnapshotError(ValueError):
     """A snapshot that does not describe a state of this device."""
+
+
+@dataclass(frozen=True)
+class SvgaState:
+    """All register state of an SvgaII (not VRAM or FIFO memory), checked on the way in: a state that exists has
+    32-bit registers, a supported id and depth, flags that are booleans and a cursor that fits its size, or
+    making it raised SnapshotError. What depends on the device's configuration (its maximum mode, its number
+    of scratch registers) is checked by `SvgaII.restore`."""
+
+    SCALARS: ClassVar[tuple[str, ...]] = (
+        "index", "svga_id", "enable", "width", "height", "bpp", "pitchlock", "config_done", "guest_id",
+        "cursor_id", "cursor_x", "cursor_y", "cursor_on", "irq_mask", "irq_status",
+    )  # fmt: skip
+
+    index: int = 0
+    svga_id: int = R.ID_2
+    enable: int = 0
+    width: int = R.DEFAULT_WIDTH
+    height: int = R.DEFAULT_HEIGHT
+    bpp: int = R.DEFAULT_BPP
+    pitchlock: int = 0
+    config_done: int = 0
+    guest_id: int = 0
+    cursor_id: int = 0
+    cursor_x: int = 0
+    cursor_y: int = 0
+    cursor_on: int = R.CURSOR_ON_HIDE
+    irq_mask: int = 0
+    irq_status: int = 0
+    cursor_visible: bool = False
+    busy: bool = False
+    fb_start: int = 0
+    mem_start: int = 0
+    scratch: tuple[int, ...] = ()
+    palette: tuple[int, ...] = (0,) * R.NUM_PALETTE_REGS
+    cursor: Cursor | None = None
+
+    def __post_init__(self) -> None:
+        for name in self.SCALARS:
+            _check_u32(name, getattr(self, name))
+        if self.width > R.MAX_WIDTH or self.height > R.MAX_HEIGHT:
+            raise SnapshotError(f"mode {self.width}x{self.height} beyond the maximum")
+        if self.bpp not in R.SUPPORTED_BPP:
+            raise SnapshotError(f"unsupported bits per pixel {self.bpp}")
+        if self.svga_id not in R.SUPPORTED_IDS:
+            raise SnapshotError(f"unsupported SVGA id {self.svga_id:#x}")
+        for name in ("scratch", "palette"):
+            values = getattr(self, name)
+            if not isinstance(values, tuple):
+                raise SnapshotError(f"{name} must be a tuple of integers")
+            for value in values:
+                _check_u32(name, value)
+        if len(self.palette) != R.NUM_PALETTE_REGS:
+            raise SnapshotError(f"palette must hold {R.NUM_PALETTE_REGS} entries, not {len(self.palette)}")
+        if not (isinstance(self.cursor_visible, bool) and isinstance(self.busy, bool)):
+            raise SnapshotError("cursor_visible and busy must be booleans")
+        for name in ("fb_start", "mem_start"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SnapshotError(f"{name} must be a non-negative integer, not {value!r}")
+        if self.cursor is not None:
+            _check_cursor(self.cursor)
 
 
 @dataclass(slots=True)
@@ -253,7 +314,8 @@ class _Ring:
         return out
 
 
-def _as_buffer(buf: Buffer | int, what: str) -> Buffer:
+def as_buffer(buf: Buffer | int, what: str) -> Buffer:
+    """A guest memory buffer (VRAM, FIFO) checked to be writable bytes, or a fresh one of that size."""
     if isinstance(buf, bool):
         raise TypeError(f"{what} must be a writable buffer or a size")
     if isinstance(buf, int):
@@ -285,8 +347,8 @@ class SvgaII:
         scratch_size: int = R.DEFAULT_SCRATCH_SIZE,
         sync_max_commands: int = DEFAULT_MAX_COMMANDS,
     ) -> None:
-        self.vram = _as_buffer(vram, "VRAM")
-        self.fifo = _as_buffer(fifo, "FIFO")
+        self.vram = as_buffer(vram, "VRAM")
+        self.fifo = as_buffer(fifo, "FIFO")
         if len(self.fifo) < R.FIFO_NUM_BASIC_REGS * _WORD:
             raise ValueError(f"FIFO memory of {len(self.fifo)} bytes cannot hold the 4 FIFO registers")
         if not (0 < width <= max_width and 0 < height <= max_height):
@@ -329,7 +391,7 @@ class SvgaII:
         self._update_mode()
 
     # ------------------------------------------------------------------------------ guest port accesses
-    def io_read(self, offset: int, size: int) -> int:
+    def read(self, offset: int, size: int) -> int:
         """A guest read of `size` bytes at `offset` in BAR0.
 
         A BUSY read may run the FIFO; what that pass produced waits for `take_pending` (or the next result).
@@ -356,7 +418,7 @@ class SvgaII:
             return (self._irq_status >> lane) & _mask(size)
         return 0  # BIOS port and the unused bytes of the BAR
 
-    def io_write(self, offset: int, size: int, value: int) -> FifoResult:
+    def write(self, offset: int, size: int, value: int) -> FifoResult:
         """A guest write to BAR0; the result carries what it caused (a SYNC write runs the FIFO)."""
         _check_access(offset, size)
         res = self.take_pending()
@@ -387,15 +449,15 @@ class SvgaII:
 
         Nothing is lost: what the INDEX write handed back stays pending for `take_pending`.
         """
-        res = self.io_write(R.INDEX_PORT, _WORD, index)
+        res = self.write(R.INDEX_PORT, _WORD, index)
         res.merge(self._queued)
         self._queued = res
-        return self.io_read(R.VALUE_PORT, _WORD)
+        return self.read(R.VALUE_PORT, _WORD)
 
     def write_register(self, index: int, value: int) -> FifoResult:
         """INDEX then VALUE, as a driver writes a register; returns what the write caused."""
-        res = self.io_write(R.INDEX_PORT, _WORD, index)
-        res.merge(self.io_write(R.VALUE_PORT, _WORD, value))
+        res = self.write(R.INDEX_PORT, _WORD, index)
+        res.merge(self.write(R.VALUE_PORT, _WORD, value))
         return res
 
     def _abandon_split(self, res: FifoResult) -> None:
@@ -864,82 +926,39 @@ class SvgaII:
         self._cursor = cursor
         res.effects.append(CursorDefined(cursor))
 
-    # ------------------------------------------------------------------------------ snapshot
-    _SCALARS = (
-        "index",
-        "svga_id",
-        "enable",
-        "width",
-        "height",
-        "bpp",
-        "pitchlock",
-        "config_done",
-        "guest_id",
-        "cursor_id",
-        "cursor_x",
-        "cursor_y",
-        "cursor_on",
-        "irq_mask",
-        "irq_status",
-    )
-    SNAPSHOT_VERSION = 1
-
-    def snapshot(self) -> dict[str, object]:
-        """All register state (not VRAM or FIFO memory) as plain JSON-compatible values."""
-        snap: dict[str, object] = {"version": self.SNAPSHOT_VERSION}
-        for name in self._SCALARS:
-            snap[name] = getattr(self, "_" + name)
-        cursor = self._cursor
-        snap.update(
+    # ------------------------------------------------------------------------------ state
+    def snapshot(self) -> SvgaState:
+        """All register state (not VRAM or FIFO memory)."""
+        return SvgaState(
+            **{name: getattr(self, "_" + name) for name in SvgaState.SCALARS},
             cursor_visible=self._cursor_visible,
             busy=self._busy,
             fb_start=self.fb_start,
             mem_start=self.mem_start,
-            scratch=list(self._scratch),
-            palette=list(self._palette),
-            cursor=None
-            if cursor is None
-            else {
-                "width": cursor.width,
-                "height": cursor.height,
-                "hot_x": cursor.hot_x,
-                "hot_y": cursor.hot_y,
-                "argb": base64.b64encode(cursor.argb).decode("ascii"),
-            },
+            scratch=tuple(self._scratch),
+            palette=tuple(self._palette),
+            cursor=self._cursor,
         )
-        return snap
 
-    def restore(self, snap: dict[str, object]) -> None:
-        """Load a `snapshot()`; raises SnapshotError (leaving the device unchanged) if it does not fit."""
-        if snap.get("version") != self.SNAPSHOT_VERSION:
-            raise SnapshotError(f"snapshot version {snap.get('version')!r} is not {self.SNAPSHOT_VERSION}")
-        values: dict[str, int] = {name: _u32(snap, name) for name in self._SCALARS}
-        if values["width"] > self.max_width or values["height"] > self.max_height:
-            raise SnapshotError(f"mode {values['width']}x{values['height']} beyond the maximum")
-        if values["bpp"] not in R.SUPPORTED_BPP:
-            raise SnapshotError(f"unsupported bits per pixel {values['bpp']}")
-        if values["svga_id"] not in R.SUPPORTED_IDS:
-            raise SnapshotError(f"unsupported SVGA id {values['svga_id']:#x}")
-        scratch = _u32_list(snap, "scratch", self._scratch_size)
-        palette = _u32_list(snap, "palette", R.NUM_PALETTE_REGS)
-        flags = {name: snap.get(name) for name in ("cursor_visible", "busy")}
-        if not all(isinstance(v, bool) for v in flags.values()):
-            raise SnapshotError("cursor_visible and busy must be booleans")
-        addresses = {name: snap.get(name) for name in ("fb_start", "mem_start")}
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in addresses.values()):
-            raise SnapshotError("fb_start and mem_start must be non-negative integers")
-        cursor = _cursor_from_snapshot(snap.get("cursor"))
-        for name, value in values.items():
-            setattr(self, "_" + name, value)
+    def restore(self, state: SvgaState) -> None:
+        """Take over `state`; raises SnapshotError (leaving the device unchanged) if this device cannot hold it."""
+        if not isinstance(state, SvgaState):
+            raise SnapshotError(f"an SvgaState is needed, not {type(state).__name__}")
+        if state.width > self.max_width or state.height > self.max_height:
+            raise SnapshotError(f"mode {state.width}x{state.height} beyond the maximum")
+        if len(state.scratch) != self._scratch_size:
+            raise SnapshotError(f"scratch must hold {self._scratch_size} registers, not {len(state.scratch)}")
+        for name in SvgaState.SCALARS:
+            setattr(self, "_" + name, getattr(state, name))
         self._enable &= R.ENABLE_MASK
         self._config_done = int(bool(self._config_done))
         self._irq_mask &= R.IRQFLAG_MASK
         self._irq_status &= R.IRQFLAG_MASK
-        self._cursor_visible, self._busy = bool(flags["cursor_visible"]), bool(flags["busy"])
-        self.fb_start, self.mem_start = addresses["fb_start"], addresses["mem_start"]
-        self._scratch = scratch
-        self._palette = [v & 0xFF for v in palette]
-        self._cursor = cursor
+        self._cursor_visible, self._busy = state.cursor_visible, state.busy
+        self.fb_start, self.mem_start = state.fb_start, state.mem_start
+        self._scratch = list(state.scratch)
+        self._palette = [v & 0xFF for v in state.palette]
+        self._cursor = state.cursor
         self._split = None
         self._queued = FifoResult()
         self._update_mode()
@@ -986,144 +1005,22 @@ def _row_values(row: bytes, width: int, depth: int) -> list[int]:
     return list(_words_struct(width).unpack_from(row, 0))
 
 
-def _u32(snap: dict[str, object], name: str) -> int:
-    value = snap.get(name)
+def _check_u32(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U32:
         raise SnapshotError(f"{name} must be a 32-bit unsigned integer, not {value!r}")
-    return value
 
 
-def _u32_list(snap: dict[str, object], name: str, length: int) -> list[int]:
-    values = snap.get(name)
-    if not isinstance(values, list) or len(values) != length:
-        raise SnapshotError(f"{name} must be a list of {length} integers")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _U32 for v in values):
-        raise SnapshotError(f"{name} holds values that are not 32-bit unsigned integers")
-    return list(values)
-
-
-def _cursor_from_snapshot(data: object) -> Cursor | None:
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        raise SnapshotError("cursor must be a mapping or None")
-    dims = {k: _u32(data, k) for k in ("width", "height", "hot_x", "hot_y")}
-    try:
-        argb = base64.b64decode(str(data.get("argb")), validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise SnapshotError(f"cursor image is not base64: {e}") from e
-    width, height = dims["width"], dims["height"]
-    if not (1 <= width <= R.MAX_CURSOR_SIZE and 1 <= height <= R.MAX_CURSOR_SIZE):
-        raise SnapshotError(f"cursor size {width}x{height} out of range")
-    if len(argb) != width * height * _WORD or dims["hot_x"] >= width or dims["hot_y"] >= height:
-        raise SnapshotError("cursor image or hotspot does not match its size")
-    return Cursor(width, height, dims["hot_x"], dims["hot_y"], argb)
-
-
-# ------------------------------------------------------------------------------------------- guest side
-class FifoWriter:
-    """Writes commands into FIFO memory the way a guest driver does (for tests and scripted guests).
-
-    Mirrors Linux vmwgfx: data first, then NEXT_CMD; the ring never fills completely (one word stays free
-    so that NEXT_CMD == STOP always means empty). A command that does not fit the free space is not written
-    and the call returns False.
-    """
-
-    def __init__(self, fifo: Buffer, *, min_offset: int = 4096, max_offset: int | None = None, init: bool = True):
-        self.fifo = _as_buffer(fifo, "FIFO")
-        self.lo = min_offset
-        self.hi = len(self.fifo) if max_offset is None else max_offset
-        if not (R.FIFO_NUM_BASIC_REGS * _WORD <= self.lo < self.hi <= len(self.fifo)):
-            raise ValueError(f"FIFO data area [{self.lo}, {self.hi}) does not fit {len(self.fifo)} bytes")
-        if init:
-            self.set_registers(self.lo, self.hi, self.lo, self.lo)
-            if (R.FIFO_BUSY + 1) * _WORD <= self.lo:
-                self._put(R.FIFO_BUSY * _WORD, 0)
-
-    def _put(self, offset: int, value: int) -> None:
-        _words_struct(1).pack_into(self.fifo, offset, value & _U32)
-
-    def _get(self, offset: int) -> int:
-        return _words_struct(1).unpack_from(self.fifo, offset)[0]
-
-    def set_registers(self, lo: int, hi: int, next_cmd: int, stop: int) -> None:
-        """Write the four FIFO registers directly (also to set up wrap-around or bogus layouts in tests)."""
-        _words_struct(4).pack_into(self.fifo, 0, lo & _U32, hi & _U32, next_cmd & _U32, stop & _U32)
-
-    @property
-    def next_cmd(self) -> int:
-        return self._get(R.FIFO_NEXT_CMD * _WORD)
-
-    @property
-    def stop(self) -> int:
-        return self._get(R.FIFO_STOP * _WORD)
-
-    @property
-    def free_bytes(self) -> int:
-        used = (self.next_cmd - self.stop) % (self.hi - self.lo)
-        return self.hi - self.lo - used - _WORD
-
-    def write_words(self, words: Sequence[int]) -> bool:
-        """Append raw words (a whole command, or part of one) and publish them with NEXT_CMD."""
-        data = _words_struct(len(words)).pack(*(w & _U32 for w in words)) if words else b""
-        return self.write_bytes(data)
-
-    def write_bytes(self, data: bytes) -> bool:
-        if len(data) % _WORD:
-            raise ValueError("FIFO data must be whole 32-bit words")
-        if len(data) > self.free_bytes:
-            return False
-        pos = self.next_cmd
-        first = min(len(data), self.hi - pos)
-        self.fifo[pos : pos + first] = data[:first]
-        self.fifo[self.lo : self.lo + len(data) - first] = data[first:]
-        nxt = pos + len(data)
-        if nxt >= self.hi:
-            nxt -= self.hi - self.lo
-        self._put(R.FIFO_NEXT_CMD * _WORD, nxt)
-        return True
-
-    def update(self, x: int, y: int, w: int, h: int) -> bool:
-        return self.write_words((R.CMD_UPDATE, x, y, w, h))
-
-    def update_verbose(self, x: int, y: int, w: int, h: int, reason: int = 0) -> bool:
-        return self.write_words((R.CMD_UPDATE_VERBOSE, x, y, w, h, reason))
-
-    def rect_fill(self, color: int, x: int, y: int, w: int, h: int) -> bool:
-        return self.write_words((R.CMD_RECT_FILL, color, x, y, w, h))
-
-    def rect_copy(self, sx: int, sy: int, dx: int, dy: int, w: int, h: int) -> bool:
-        return self.write_words((R.CMD_RECT_COPY, sx, sy, dx, dy, w, h))
-
-    def fence(self, fence_id: int) -> bool:
-        return self.write_words((R.CMD_FENCE, fence_id))
-
-    def define_alpha_cursor(self, hot_x: int, hot_y: int, width: int, height: int, argb: bytes) -> bool:
-        header = _words_struct(6).pack(R.CMD_DEFINE_ALPHA_CURSOR, 0, hot_x, hot_y, width, height)
-        return self.write_bytes(header + bytes(argb))
-
-    def define_cursor(
-        self,
-        hot_x: int,
-        hot_y: int,
-        width: int,
-        height: int,
-        and_depth: int,
-        xor_depth: int,
-        and_mask: bytes,
-        xor_mask: bytes,
-    ) -> bool:
-        """DEFINE_CURSOR; each mask is already laid out in scanlines padded to 32 bits."""
-        header = _words_struct(8).pack(R.CMD_DEFINE_CURSOR, 0, hot_x, hot_y, width, height, and_depth, xor_depth)
-        return self.write_bytes(header + bytes(and_mask) + bytes(xor_mask))
-
-    def ping(self, device: SvgaII) -> FifoResult | None:
-        """What Linux does after committing: claim the busy word (cmpxchg 0 -> 1) and, if it was free, SYNC."""
-        if (R.FIFO_BUSY + 1) * _WORD <= self.lo:
-            if self._get(R.FIFO_BUSY * _WORD):
-                return None
-            self._put(R.FIFO_BUSY * _WORD, 1)
-        return device.write_register(R.REG_SYNC, 1)
+def _check_cursor(cursor: object) -> None:
+    if not isinstance(cursor, Cursor):
+        raise SnapshotError(f"cursor must be a Cursor or None, not {type(cursor).__name__}")
+    for name in ("width", "height", "hot_x", "hot_y"):
+        _check_u32(f"cursor {name}", getattr(cursor, name))
+    if not (1 <= cursor.width <= R.MAX_CURSOR_SIZE and 1 <= cursor.height <= R.MAX_CURSOR_SIZE):
+        raise SnapshotError(f"cursor size {cursor.width}x{cursor.height} out of range")
+    if not isinstance(cursor.argb, bytes) or len(cursor.argb) != cursor.width * cursor.height * _WORD:
+        raise SnapshotError("cursor image does not match its size")
+    if cursor.hot_x >= cursor.width or cursor.hot_y >= cursor.height:
+        raise SnapshotError("cursor hotspot outside the image")
 
 
 __all__ = [
@@ -1136,11 +1033,12 @@ __all__ = [
     "Effect",
     "Fence",
     "FifoResult",
-    "FifoWriter",
     "Fill",
     "Mode",
     "ModeChanged",
     "SnapshotError",
     "SvgaII",
+    "SvgaState",
+    "as_buffer",
     "Update",
 ]

@@ -82,13 +82,8 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
         if on_input is not None:
             on_input.close()
 
-    return server.ServiceParts(
-        names=[display_pb2.DESCRIPTOR.services_by_name["DisplayService"].full_name],
-        register=lambda grpc_server: display_pb2_grpc.add_DisplayServiceServicer_to_server(servicer, grpc_server),
-        info=info,
-        servicer=servicer,
-        on_stop=stop,
-    )
+    add = display_pb2_grpc.add_DisplayServiceServicer_to_server
+    return server.ServiceParts.of(display_pb2.DESCRIPTOR, "DisplayService", add, servicer, info, stop)
 
 
 def main() -> None:

@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import mmap
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import grpc
 
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2
-from services.common import logs, register_writes
+from services.common import logs
 from services.common.raster import EMPTY
+from services.common.sessions import BACKEND, DeviceSession, SessionError
 from services.devices import svga_regs as R
-from services.devices.svga import AccessError, Cursor, FifoResult, SnapshotError, SvgaII
+from services.devices.svga import Cursor, FifoResult, SnapshotError, SvgaII
 from services.devices.svga_convert import cursor_to_proto, registers_from_proto, registers_to_proto
 from services.display.desktop import Desktop, FrameError
 from services.display.presenters import CursorImage
@@ -30,17 +30,7 @@ from services.display.stage import PendingAck, Stage
 from services.display.video import VideoStreams
 
 log = logs.get("display.session")
-BACKEND = common_pb2.COHERENCE_MODE_BACKEND
-MIRRORED = common_pb2.COHERENCE_MODE_MIRRORED
 MAX_BAR_SIZE = 256 * 1024 * 1024  # VRAM / FIFO sizes a shim may report
-
-
-class SessionError(Exception):
-    """A frontend message this session must refuse; ends the stream with `code`."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class RemoteFifoSvga(SvgaII):
@@ -71,7 +61,10 @@ class RemoteFifoSvga(SvgaII):
         self._irq_status |= irq_flags & R.IRQFLAG_MASK
 
 
-class DisplaySession:
+class DisplaySession(DeviceSession):
+    device = "the SVGA II"
+    reply = display_pb2.BackendMessage
+
     def __init__(
         self,
         session_id: str,
@@ -81,17 +74,11 @@ class DisplaySession:
         peer: str,
         max_frame_bytes: int,
     ) -> None:
-        self.session_id = session_id
-        self.vm = opening.vm or "vm"
-        self.mode = opening.mode
-        self.peer = peer
-        self.started = time.monotonic()
-        self.counters: Counter[str] = Counter()
+        super().__init__(session_id, opening.vm, opening.mode, peer, send)
         self.desktop = Desktop(max_frame_bytes)
         self.video = VideoStreams()
         self.last_frame_id = 0
         self._stage = stage
-        self._send = send
         self._loop = asyncio.get_running_loop()
         self._cursor: Cursor | None = None
         self._cursor_serial = 0
@@ -114,63 +101,31 @@ class DisplaySession:
                 self._cursor_serial += 1
 
     # ------------------------------------------------------------------ frontend messages
-    def handle(self, msg: display_pb2.FrontendMessage) -> None:
-        kind = msg.WhichOneof("kind")
+    def handle_device(self, kind: str, msg: display_pb2.FrontendMessage) -> None:
         if kind == "frame":
             self._frame(msg.frame)
-        elif kind == "writes":
-            self._writes(msg.writes)
-        elif kind == "access":
-            self._access(msg.access)
         elif kind == "fifo_done":
             self.counters["fifo_passes"] += 1
             self.model.fifo_done(msg.fifo_done.busy, msg.fifo_done.irq_flags)
-        elif kind == "barrier":
-            self.counters["barriers"] += 1
-            b = msg.barrier
-            ack = display_pb2.BarrierAck(
-                seq=b.seq,
-                sent_ns=b.sent_ns,
-                registers=self.registers(),
-                frames_applied=self.counters["frames"],
-                last_frame_id=self.last_frame_id,
-            )
-            self._send(display_pb2.BackendMessage(barrier_ack=ack))
-        elif kind == "open":
-            raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "the session is already open")
         else:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, "empty frontend message")
+            super().handle_device(kind, msg)
 
-    def _access(self, a: common_pb2.RegisterAccess) -> None:
-        if a.bar != 0:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"the SVGA II has port accesses on BAR0, not {a.bar}")
-        if a.write:
-            self._write(a.offset, a.size, a.value)
-            return
-        self.counters["register_reads"] += 1
-        try:
-            value = self.model.io_read(a.offset, a.size)
-        except AccessError as exc:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+    def barrier_ack(self, b: common_pb2.Barrier) -> display_pb2.BarrierAck:
+        return display_pb2.BarrierAck(
+            seq=b.seq,
+            sent_ns=b.sent_ns,
+            registers=self.registers(),
+            frames_applied=self.counters["frames"],
+            last_frame_id=self.last_frame_id,
+        )
+
+    def read_register(self, offset: int, size: int) -> int:
+        value = self.model.read(offset, size)
         self.model.take_pending()
-        self._send(display_pb2.BackendMessage(value=common_pb2.RegisterValue(seq=a.seq, value=value)))
+        return value
 
-    def _writes(self, batch: common_pb2.RegisterWrites) -> None:
-        try:
-            writes = register_writes.unpack(batch)
-        except ValueError as exc:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
-        self.counters["register_write_batches"] += 1
-        for offset, size, value in writes:
-            self._write(offset, size, value)
-
-    def _write(self, offset: int, size: int, value: int) -> None:
-        """One guest write, alone or out of a batch: the same effects either way."""
-        self.counters["register_writes"] += 1
-        try:
-            res = self.model.io_write(offset, size, value)
-        except AccessError as exc:
-            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+    def write_register(self, offset: int, size: int, value: int) -> None:
+        res = self.model.write(offset, size, value)
         if res.errors:
             self.counters["register_errors"] += len(res.errors)
             if self.mode == BACKEND:
@@ -280,5 +235,6 @@ class DisplaySession:
         x, y, visible = self._cursor_pos
         return display_pb2.CursorMove(x=x, y=y, visible=visible)
 
-    def close(self) -> None:
+    def stop_acknowledging(self) -> None:
+        """The stream is over: acknowledgements the stage still makes go nowhere."""
         self._closed = True

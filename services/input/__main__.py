@@ -67,13 +67,8 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
         for reader in readers:
             await asyncio.to_thread(reader.stop)
 
-    return server.ServiceParts(
-        names=[input_pb2.DESCRIPTOR.services_by_name["InputService"].full_name],
-        register=lambda grpc_server: input_pb2_grpc.add_InputServiceServicer_to_server(servicer, grpc_server),
-        info=info,
-        servicer=servicer,
-        on_stop=stop,
-    )
+    add = input_pb2_grpc.add_InputServiceServicer_to_server
+    return server.ServiceParts.of(input_pb2.DESCRIPTOR, "InputService", add, servicer, info, stop)
 
 
 def main() -> None:

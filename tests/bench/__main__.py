@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import sys
 from pathlib import Path
 
 from frontend_shim.commands.processes import ROOT
@@ -137,6 +138,10 @@ def main() -> None:
     out = ROOT / "build" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
+    if not suites:
+        names = ", ".join(n.rpartition(".")[2] for n in SUITES)
+        raise SystemExit(f"BENCH_SUITES={','.join(only)} names none of: {names}")
+    failed: list[str] = []
     why_not = netlinks.can_shape()
     if why_not:
         print(f"shaped links skipped: {why_not}")
@@ -145,10 +150,14 @@ def main() -> None:
             for name in suites:
                 suite = importlib.import_module(name)
                 # Suites that take a link run on every one; the others only once, on loopback.
-                if "link" in inspect.signature(suite.run).parameters:
-                    results += suite.run(quick, out, link=link)
-                elif link.name == "loopback":
-                    results += suite.run(quick, out)
+                takes_link = "link" in inspect.signature(suite.run).parameters
+                if not takes_link and link.name != "loopback":
+                    continue
+                try:
+                    results += suite.run(quick, out, link=link) if takes_link else suite.run(quick, out)
+                except Exception as exc:  # one suite failing (say, on an overloaded machine) keeps the others' figures
+                    failed.append(f"{name} on {link.name}: {type(exc).__name__}: {exc}")
+                    print(f"benchmark suite failed: {failed[-1]}", file=sys.stderr)
     add_ratios(results)
     text = (
         f"rdv benchmark ({'quick' if quick else 'full'} run) on {platform.node()}: "
@@ -160,6 +169,8 @@ def main() -> None:
     made = [f(results, out) for f in (plots_mod.display_ns_per_px, plots_mod.audio_latencies, plots_mod.video)]
     plots = [p for p in made if p]
     print(f"written to {Path(out, 'results.json')}, {out / 'results.md'}" + "".join(f", {p}" for p in plots))
+    if failed:
+        raise SystemExit("failed suites (their figures are missing):\n  " + "\n  ".join(failed))
 
 
 if __name__ == "__main__":

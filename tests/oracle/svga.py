@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import struct
 
+from frontend_shim.guests.scripted_svga import FifoWriter
 from services.devices import svga_regs as R
-from services.devices.svga import FifoWriter, SvgaII
+from services.devices.svga import SvgaII
 from tests.qtest import Qtest
 
 IO_BASE = 0xC100
@@ -172,10 +173,10 @@ class ModelSvga(_Svga):
         self.errors: list[str] = []
 
     def io_read(self, offset: int) -> int:
-        return self.dev.io_read(offset, 4)
+        return self.dev.read(offset, 4)
 
     def io_write(self, offset: int, value: int) -> None:
-        self.errors += self.dev.io_write(offset, 4, value).errors
+        self.errors += self.dev.write(offset, 4, value).errors
 
     def write_vram(self, offset: int, data: bytes) -> None:
         self.dev.vram[offset : offset + len(data)] = data
