@@ -248,14 +248,23 @@ def test_a_window_on_the_nodes_x_screen(node: Node, x_screen: tuple[str, Path]) 
 
 
 def test_alsa_has_the_pulse_device_and_its_plugin_loads(node: Node) -> None:
-    """pulse.yml plays to ALSA's "pulse" device: the image has its configuration and a plugin whose libraries
-    all resolve (without libasound2-plugins' codec dependencies)."""
-    script = ("import alsaaudio, glob, subprocess; print('pulse' in alsaaudio.pcms()); "
-              "[print(subprocess.run(['ldd', p], capture_output=True, text=True).stdout) "
-              "for p in glob.glob('/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so')]")  # fmt: skip
+    """pulse.yml plays to ALSA's "pulse" device: ALSA reads its definition (opening it fails for want of a sound
+    server here, not as an unknown device) and the plugin's libraries all resolve (without libasound2-plugins'
+    codec dependencies)."""
+    script = """
+import alsaaudio, glob, subprocess
+for name in ("pulse", "no-such-device"):
+    try:
+        alsaaudio.PCM(device=name)
+        print("opened")
+    except alsaaudio.ALSAAudioError as exc:
+        print(exc)
+for plugin in glob.glob("/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so"):
+    print(subprocess.run(["ldd", plugin], capture_output=True, text=True).stdout)
+"""
     res = node.compose("run", "--rm", "--no-deps", "--entrypoint", "python", "audio", "-c", script, timeout=120)
     assert res.returncode == 0, res.stderr
-    first, *libraries = res.stdout.splitlines()
-    assert first == "True"
+    pulse, unknown, *libraries = res.stdout.splitlines()
+    assert "no-such-device" in unknown and pulse != unknown.replace("no-such-device", "pulse"), res.stdout
     assert any("libpulse.so" in line for line in libraries), res.stdout
     assert not any("not found" in line for line in libraries), res.stdout
