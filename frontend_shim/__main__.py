@@ -12,6 +12,7 @@ from services.common.version import VERSION
 # Each command lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = (
     "frontend_shim.commands.play",
+    "frontend_shim.commands.record",
     "frontend_shim.commands.demo",
     "frontend_shim.commands.draw_demo",
     "frontend_shim.commands.forward_input",

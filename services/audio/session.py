@@ -18,8 +18,10 @@ import grpc
 
 from rdv.audio.v1 import audio_pb2
 from rdv.common.v1 import common_pb2
+from services.audio.capture_session import SessionCapture, replay_steps
 from services.audio.player import ChannelPlayer, PlayerStats
 from services.audio.sinks import SinkConfig, make_sink
+from services.audio.sources import SourceConfig
 from services.common import logs, metrics
 from services.common.clock import Clock
 from services.common.sessions import BACKEND, MIRRORED, DeviceSession, SessionError
@@ -39,6 +41,7 @@ class SessionConfig:
     clock: Clock
     target_latency: float = 0.06
     lead_margin: float = 0.04
+    source: SourceConfig = SourceConfig()  # what the ADC records
 
     @property
     def lead(self) -> float:
@@ -80,6 +83,8 @@ class AudioSession(DeviceSession):
         # Recent PCM path latencies (ns): mirrored = chunk read at the shim -> applied here (one way);
         # backend = our DMA request -> the data applied here (the round trip this mode needs).
         self.audio_chunk_ns: deque[int] = deque(maxlen=4096)
+        self.capture = SessionCapture(self.model, mode, config.source, config.clock, send, self.pump, self.counters)
+        self.capture.update()  # a resynced state may have the ADC running already
 
     def _chunk_latency(self, ns: int) -> None:
         self.audio_chunk_ns.append(ns)
@@ -91,6 +96,13 @@ class AudioSession(DeviceSession):
             self._pcm(msg.pcm)
         elif kind == "dma_data":
             self._dma_data(msg.dma_data)
+        elif kind == "capture_step":
+            self._capture_step(msg.capture_step)
+        elif kind == "dma_written":
+            if self.mode != BACKEND:
+                raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "DMA writes are asked only in backend mode")
+            if self.capture.written(msg.dma_written):
+                self._after_change()
         elif kind == "resync":
             raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "resync is sent in `open` of a new session")
         else:
@@ -141,22 +153,27 @@ class AudioSession(DeviceSession):
             self._chunk_latency(time.monotonic_ns() - req.sent_ns)
         self.pump()
 
+    def _capture_step(self, step: audio_pb2.CaptureStep) -> None:
+        if self.mode != MIRRORED:
+            raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "capture steps come only in mirrored mode")
+        if step.channel != R.ADC or not 0 < step.length <= MAX_PCM_CHUNK:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"capture step {step.length} B on {step.channel}")
+        self._check_replayed(R.ADC, step.length, self.capture.step(step.length))
+        self._after_change()
+
+    def _check_replayed(self, channel: int, nbytes: int, done: int) -> None:
+        if done < nbytes:
+            # The copies disagree about where the DMA is; the shim reconnects and resyncs its full state.
+            self.counters["coherence_errors"] += 1
+            raise SessionError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"mirror diverged: {nbytes} bytes moved, but the DMA of channel {channel} stops after {done}",
+            )
+
     def _play(self, channel: int, data: bytes) -> None:
-        """Replay the DMA steps that moved `data` (one window, or several the shim coalesced: the same steps
-        on both copies, since a window only ever ends at the caller's room, the ring's end or a period's end)."""
+        """Replay the DMA steps that moved `data` (see `replay_steps`), then play it."""
         fmt = self.model.channel_format(channel)
-        done = 0
-        while done < len(data):
-            _, window = self.model.dma_window(channel, len(data) - done)
-            if not window:
-                # The copies disagree about where the DMA is; the shim reconnects and resyncs its full state.
-                self.counters["coherence_errors"] += 1
-                raise SessionError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"mirror diverged: {len(data)} PCM bytes, but the DMA of channel {channel} stops after {done}",
-                )
-            self.model.dma_commit(channel, window)
-            done += window
+        self._check_replayed(channel, len(data), replay_steps(self.model, channel, len(data)))
         self._credit.moved(channel, len(data))
         self.counters["pcm_bytes"] += len(data)
         player = self._players.get(channel)
@@ -175,6 +192,12 @@ class AudioSession(DeviceSession):
 
     # ------------------------------------------------------------------ device side effects
     def _after_change(self) -> None:
+        self._sync_irq()
+        self.capture.update()
+        if self.mode == BACKEND:
+            self.pump()
+
+    def _sync_irq(self) -> None:
         irq = self.model.irq
         if irq != self._irq:
             self._irq = irq
@@ -182,13 +205,13 @@ class AudioSession(DeviceSession):
                 self.counters["interrupts" if irq else "interrupt_clears"] += 1
                 msg = audio_pb2.Interrupt(level=irq, status=self.model.state.status, sent_ns=time.monotonic_ns())
                 self._send(audio_pb2.BackendMessage(interrupt=msg))
-        if self.mode == BACKEND:
-            self.pump()
 
     def pump(self) -> None:
-        """Backend mode: ask the shim for the guest memory each running DAC may consume now."""
+        """Backend mode: ask the shim for the guest memory each running DAC may consume now, and write what the
+        ADC recorded into guest memory."""
         if self.mode != BACKEND or self._closed:
             return
+        self.capture.pump()
         for channel in (R.DAC1, R.DAC2):
             if channel in self._pending:
                 continue
@@ -232,11 +255,17 @@ class AudioSession(DeviceSession):
         }
 
     def session_counters(self) -> dict[str, int]:
-        return {**self.counters, **self.playback_counters(), **_percentiles("audio_chunk_ns", self.audio_chunk_ns)}
+        return {
+            **self.counters,
+            **self.playback_counters(),
+            **self.capture.stats(),
+            **_percentiles("audio_chunk_ns", self.audio_chunk_ns),
+        }
 
     async def close(self, drain: bool) -> None:
         """End the session; with `drain` the buffered audio is played out first."""
         self._closed = True
+        await self.capture.close()
         players = list(self._players.values())
         self._players.clear()
         for p in players:

@@ -31,10 +31,10 @@ class DmaCredit:
         self.hold_limit = hold_limit
         self._channels = [_ChannelCredit() for _ in range(3)]
 
-    def room(self, model: Es1370, channel: int) -> int:
-        """Bytes the channel may move now."""
+    def room(self, model: Es1370, channel: int, hold: bool | None = None) -> int:
+        """Bytes the channel may move now; `hold` (default: the channel's interrupt is pending) holds it."""
         c = self._channels[channel]
-        if model.interrupt_pending(channel):
+        if model.interrupt_pending(channel) if hold is None else hold:
             now = self.clock.now()
             if c.held_since is None:
                 c.held_since = now

@@ -17,5 +17,5 @@ def qemu() -> str:
 
 @pytest.fixture(scope="module")
 def guest_dir() -> Path:
-    """Debian's kernel + a busybox initramfs with snd-ens1370, vmwgfx, evdev and aplay (built once; cached)."""
+    """Debian's kernel + a busybox initramfs with snd-ens1370, vmwgfx, evdev and alsa-utils (built once; cached)."""
     return Path(tool("build_guest.sh", timeout=3600))

@@ -125,12 +125,6 @@ def qemu_unaligned() -> str:
     return tool("build_qemu_vfio_user.sh", "--unaligned-io", timeout=3600)
 
 
-@pytest.fixture(scope="module")
-def guest_dir() -> Path:
-    """Debian's kernel + a busybox initramfs with vmwgfx and evdev (built once; cached)."""
-    return Path(tool("build_guest.sh", timeout=3600))
-
-
 # ----------------------------------------------------------------------------------------------- processes
 def start_svga_shim(work: Path, displays: list[str], mode: str, access_log: Path, *extra: str) -> Shim:
     sock = str(work / "svga.sock")
