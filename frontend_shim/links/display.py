@@ -121,6 +121,9 @@ class DisplayLink(DeviceLink):
 
     def close(self, drain: bool = True, timeout: float = 10.0) -> None:
         if drain:
+            for slot in self.slots:  # live video streams end: the services keep an exact last picture
+                with self.lock:
+                    slot.builder.video.expire(float("inf"))
             self.flush(timeout)
         self.stopping.set()
         self.wake_supervisor.set()
