@@ -100,7 +100,13 @@ def check_tls_dir(tls_dir: str) -> Check:
 def check_endpoint(device: str, target: str, tls_dir: str | None, timeout: float) -> Iterator[Check]:
     name = f"{device} {target}"
     hint = f"start `python -m {_SERVICE[device]}` there (or `docker compose up` in deploy/ on that node)"
-    with tls.channel(endpoints.resolve(target), tls_dir) as channel:
+    try:
+        address = endpoints.resolve(target, device)
+    except endpoints.NodeNotFound as exc:
+        yield Check(f"{name} discovery", False, str(exc), "start the node's services (they announce themselves "
+                    "when listening beyond loopback), or write HOST:PORT instead of node:NAME")  # fmt: skip
+        return
+    with tls.channel(address, tls_dir) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError as exc:

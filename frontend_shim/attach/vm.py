@@ -131,7 +131,7 @@ class VmDevices:
                     DeviceOptions(
                         device=device,
                         socket=sock,
-                        targets=[endpoints.resolve(t) for t in targets],
+                        targets=[endpoints.resolve(t, device) for t in targets],
                         mode=cfg.mode,
                         vm=cfg.name,
                         encoding=cfg.display.encoding if cfg.display else "auto",
@@ -153,7 +153,7 @@ class VmDevices:
             if cfg.input:
                 self.input = _InputThread(
                     InputForwarder(
-                        endpoints.resolve(cfg.input.endpoint),
+                        endpoints.resolve(cfg.input.endpoint, "input"),
                         cfg.qmp,
                         cfg.name,
                         device=cfg.input.qmp_device,
@@ -161,12 +161,15 @@ class VmDevices:
                     )
                 )
                 self.input.start()
+        except endpoints.NodeNotFound as exc:
+            self.close()
+            raise AttachError(str(exc)) from None
         except BaseException:
             self.close()
             raise
-        for target in self._targets().values():
+        for device, target in self._targets().items():
             if target not in self.probes:
-                self.probes[target] = Probe(endpoints.resolve(target), cfg.tls_dir)
+                self.probes[target] = Probe(endpoints.resolve(target, device), cfg.tls_dir)
 
     def _targets(self) -> dict[str, str]:
         out = {d.opts.device: d.opts.targets[0] for d in self.devices}

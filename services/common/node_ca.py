@@ -47,12 +47,16 @@ def _replace(path: Path, data: bytes) -> None:
 
 
 def default_hosts(listen: str) -> list[str]:
-    """Names a shim may use for this node: loopback, the host name, and the address listened on."""
+    """Names a shim may use for this node: loopback, the host name, and the addresses listened on."""
+    from services.common import discovery
+
     host = listen.rpartition(":")[0].strip("[]")
     name = socket.gethostname()
     hosts = ["localhost", "127.0.0.1", "::1", name, f"{name}.local"]
-    if host and host not in ("0.0.0.0", "::") and host not in hosts:
-        hosts.append(host)
+    # Listening on every address, the node is reached at any of them (discovery announces them all).
+    for address in discovery.addresses(host):
+        if address not in hosts:
+            hosts.append(address)
     return hosts
 
 
