@@ -238,7 +238,7 @@ def _attempt(qemu: str, guest_dir: Path, work: Path, pcm: bytes) -> dict:
 
 def test_one_command_attaches_audio_display_and_input(qemu_unaligned: str, guest_dir: Path, tmp_path: Path) -> None:
     pcm = melody(FMT, 1.0)
-    for attempt in (1, 2):
+    for attempt in (1,):  # one boot: a guest that does not boot fails the test, never retried
         work = tmp_path / f"attempt{attempt}"
         work.mkdir()
         try:
@@ -249,7 +249,7 @@ def test_one_command_attaches_audio_display_and_input(qemu_unaligned: str, guest
                 f"[live] one command: boot attempt {attempt} failed ({exc}):\n{_console(work / 'console.log')[-3000:]}"
             )
     else:
-        pytest.fail("the guest did not boot in two attempts")
+        pytest.fail("the guest did not boot")
     console = r["console"]
     assert re.search(r"RDV-BOUND \S+/snd_ens1370 0000:", console) and re.search(r"RDV-BOUND \S+/vmwgfx", console), (
         console

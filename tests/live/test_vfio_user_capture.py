@@ -65,7 +65,7 @@ def test_guest_arecord_through_vfio_user(
     qemu: str, guest_dir: Path, tmp_path: Path, mode: str, shared_ram: bool
 ) -> None:
     source = melody(FMT, SECONDS + 2.0)
-    for attempt in (1, 2):  # a boot that never reaches RDV-DONE (TCG on a loaded host) is retried once
+    for attempt in (1,):  # one boot: a guest that never reaches RDV-DONE fails the test, never retried
         work = tmp_path / f"attempt{attempt}"
         work.mkdir()
         src = work / "mic.wav"
