@@ -20,6 +20,7 @@ from rdv.common.v1 import common_pb2
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat
+from tests.fault_helpers import list_sessions, wait_for
 from tests.helpers import run_shim
 
 SCALE = "4"  # both ends run their clocks 4x faster than real time
@@ -106,7 +107,15 @@ def test_killing_the_service_never_hangs_the_guest(services, tmp_path: Path) -> 
     write_wav(str(wav), fmt, melody(fmt, 3.0))
     for mode in ("backend", "mirrored"):
         svc = services("audio", "--sink", "null")
-        killer = threading.Timer(0.7, svc.stop, kwargs={"sig_kill": True})
+
+        def kill_while_playing(svc=svc) -> None:  # noqa: ANN001
+            # Once the guest's session is open and playing (a shim's start-up time varies with the host's load),
+            # never on a fixed timer that may fire before the session exists.
+            assert wait_for(lambda: bool(list_sessions("audio", svc.address)), 20, 0.02) is not None
+            time.sleep(0.5)
+            svc.stop(sig_kill=True)
+
+        killer = threading.Thread(target=kill_while_playing)
         killer.start()
         started = time.monotonic()
         res = run_shim("play", "--wav", str(wav), "--audio", svc.address, "--mode", mode, "--json", timeout=30)
