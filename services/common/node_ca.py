@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from services.common import certs, logs
-from services.common.tls import DEVICE_URI_PREFIX, REVOKED_FILE, VM_URI_PREFIX, TlsError
+from services.common.tls import DEVICE_URI_PREFIX, REVOKED_FILE, VM_URI_PREFIX, RevocationList, TlsError
 
 PAIRINGS_FILE = "pairings.json"
 CERT_DAYS = 730
@@ -138,11 +138,7 @@ class NodeCa:
         return records if isinstance(records, list) else []
 
     def revoked(self) -> set[str]:
-        try:
-            text = (self.folder / REVOKED_FILE).read_text()
-        except FileNotFoundError:
-            return set()
-        return {line.strip().lower() for line in text.splitlines() if line.strip()}
+        return set(RevocationList(str(self.folder)).serials())
 
     def pairings(self) -> list[dict]:
         revoked = self.revoked()
