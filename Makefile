@@ -6,9 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rdv-installed
 # Debian packages: ALSA and LZO headers to build pyalsaaudio and python-lzo, ALSA's plugins and tools,
-# QEMU for the tests against real peers, gcc for the live test's static timing tool, stress-ng for make test-stress.
+# QEMU for the tests against real peers, gcc for the live test's static timing tool, stress-ng for make test-stress,
+# libvirt and systemd-analyze for the VM attach tests.
 APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils \
-	xvfb xauth xdotool imagemagick gcc libc6-dev stress-ng
+	xvfb xauth xdotool imagemagick gcc libc6-dev stress-ng libvirt-daemon-system libvirt-clients \
+	libvirt-daemon-driver-qemu systemd
 PYTEST_ARGS ?=
 
 .PHONY: setup proto test test-live test-stress test-deploy lock run bench profile fuzz lint clean

@@ -12,11 +12,15 @@ from services.common.version import VERSION
 # Each command lives in its own module with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = (
     "frontend_shim.commands.play",
+    "frontend_shim.commands.record",
     "frontend_shim.commands.demo",
     "frontend_shim.commands.draw_demo",
     "frontend_shim.commands.forward_input",
     "frontend_shim.commands.serve_vfio_user",
     "frontend_shim.commands.replay",
+    "frontend_shim.commands.vm",
+    "frontend_shim.commands.run",
+    "frontend_shim.commands.doctor",
     "frontend_shim.commands.replay_frames",
     "frontend_shim.commands.pair",
     "frontend_shim.commands.discover",

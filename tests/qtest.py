@@ -13,11 +13,9 @@ space is reached through ports 0xcf8/0xcfc.
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -116,8 +114,11 @@ class Qtest:
         env = {**os.environ, "QEMU_MODULE_DIR": str(module_dir())}
         self._stderr = open(self.dir / "stderr.log", "w+b")  # noqa: SIM115 - lives as long as the process
         out = self._stderr
+        # QEMU gets SIGTERM when the test process dies (a killed test must not leave QEMUs), set by util-linux's
+        # setpriv: a preexec_fn would run Python in a forked copy of this threaded process, where gRPC's fork
+        # handler now and then aborted the child before it could exec QEMU.
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, preexec_fn=_die_with_parent
+            ["setpriv", "--pdeathsig", "SIGTERM", "--", *cmd], stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env
         )
         try:
             self._sock = self._accept(listener)
@@ -321,12 +322,6 @@ class Qtest:
         path = self.dir / "screen.ppm"
         self.qmp("screendump", filename=str(path))
         return read_ppm(path.read_bytes())
-
-
-def _die_with_parent() -> None:
-    """In the child: QEMU gets SIGTERM when the test process dies (a killed test must not leave QEMUs)."""
-    PR_SET_PDEATHSIG = 1  # noqa: N806 - prctl(2)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def read_ppm(data: bytes) -> tuple[int, int, bytes]:

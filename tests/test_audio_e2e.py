@@ -111,12 +111,13 @@ def test_killing_the_service_never_hangs_the_guest(services, tmp_path: Path) -> 
     write_wav(str(wav), fmt, melody(fmt, 3.0))
     for mode in ("backend", "mirrored"):
         svc = services("audio", "--sink", "null")
+
         shim = subprocess.Popen(
             [sys.executable, "-m", "frontend_shim", "play", "--wav", str(wav), "--audio", svc.address,
              "--mode", mode, "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        wait_playing(svc.address)
+        wait_playing(svc.address)  # once the guest's session plays: a slow shim start-up never beats the kill
         svc.stop(sig_kill=True)
         killed = time.monotonic()
         stdout, stderr = shim.communicate(timeout=60)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from frontend_shim.attach import endpoints
+from services.common import discovery
 from tests.helpers import run_shim, start_service
 
 NS = f"rdvd{os.getpid() % 100000}"
@@ -58,6 +60,10 @@ def test_the_shim_finds_the_nodes_three_services_and_their_txt(link: list[str], 
     ]
     try:
         found = _discover()
+        # A VM config may name the node instead of an address: `audio = "node:livingroom"`.
+        assert discovery.resolve("livingroom", "audio", 3, [LOCAL]) == started[0].address
+        with pytest.raises(LookupError):
+            discovery.resolve("kitchen", "audio", 1, [LOCAL])
     finally:
         for svc in started:
             svc.stop()
@@ -77,3 +83,10 @@ def test_no_advertise_announces_nothing(link: list[str], tmp_path: Path) -> None
     finally:
         svc.stop()
     assert [f for f in found if f["node"] == "quiet"] == []
+
+
+def test_a_vm_config_names_a_node_by_name() -> None:
+    assert endpoints.check("node:livingroom") == "node:livingroom"
+    assert endpoints.resolve("127.0.0.1:50051", "audio") == "127.0.0.1:50051"  # an address stays as it is
+    with pytest.raises(ValueError, match="node:NAME"):
+        endpoints.check("node:")

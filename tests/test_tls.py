@@ -133,3 +133,26 @@ def test_display_and_input_over_mtls(services, pki: Path, tmp_path: Path) -> Non
     finally:
         fwd.terminate()
         fwd.wait(10)
+
+
+def test_certs_service_names_the_compose_services_and_shares_the_key_with_a_group(tmp_path: Path) -> None:
+    """The node's services reach each other by compose service name (display -> input:50053); `--group` makes
+    the key readable to a group (0640) for a service running as another user."""
+    import os
+    import stat
+
+    from cryptography import x509
+
+    assert certs.main(["ca", "--dir", str(tmp_path / "ca")]) == 0
+    group = os.getgid()
+    out = tmp_path / "node"
+    assert certs.main(["service", "--ca", str(tmp_path / "ca"), "--out", str(out), "--host", "tv.lan",
+                       "--group", str(group)]) == 0  # fmt: skip
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "audio", "display", "input", "tv.lan"]
+    key = (out / "key.pem").stat()
+    assert (stat.S_IMODE(key.st_mode), key.st_gid) == (0o640, group)
+    shim = tmp_path / "vm1"
+    assert certs.main(["shim", "--ca", str(tmp_path / "ca"), "--out", str(shim), "--name", "vm1"]) == 0
+    assert stat.S_IMODE((shim / "key.pem").stat().st_mode) == 0o600  # without --group: the owner alone

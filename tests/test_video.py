@@ -3,6 +3,7 @@ and a scripted guest playing the synthetic clip end to end (PSNR, exact text aro
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -19,9 +20,10 @@ from frontend_shim.links.video_streams import MIN_AREA, VideoSettings, VideoStre
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import raster, video_codec
+from services.common.png import decode
 from services.common.raster import Rect, Surface
 from tests.display_helpers import first_difference, guest_rgb, screenshot, start_guest
-from tests.helpers import start_service
+from tests.helpers import run_shim, start_service
 from tests.test_display_xvfb import crop, grab, window_geometry, xserver  # noqa: F401 - xserver is a fixture
 
 # ------------------------------------------------------------------------------------------------ detection
@@ -320,8 +322,8 @@ def test_scripted_guest_plays_the_clip(display, codec: str) -> None:
             state = display_pb2_grpc.DisplayServiceStub(ch).GetDisplayState(
                 display_pb2.GetDisplayStateRequest(session_id=link.slots[0].conn.session_id), timeout=10
             )
-        assert [s.rect.width for s in state.video_streams] == [VIDEO.w]
-        assert state.video_streams[0].codec == {"h264": 1, "jpeg": 2}[codec]
+        # (a screenshot slower than the still time on a loaded machine may have ended the stream meanwhile)
+        assert all(s.rect.width == VIDEO.w and s.codec == {"h264": 1, "jpeg": 2}[codec] for s in state.video_streams)
         assert state.stats.video_frames >= 20 and link.stats.video_frames == state.stats.video_frames
         # The clip stops: within a second (still time 1 s here, at most) the whole screen is exact.
         stopped = time.monotonic()
@@ -331,7 +333,8 @@ def test_scripted_guest_plays_the_clip(display, codec: str) -> None:
                 break
             time.sleep(0.1)
         assert rgb == guest_rgb(driver), first_difference(rgb, guest_rgb(driver), DW)
-        assert link.video_state()[0]["ended"] == 1
+        ended = link.video_state()[0]
+        assert ended["ended"] >= 1 and ended["started"] == ended["ended"]
     finally:
         link.close()
 
@@ -392,3 +395,24 @@ def test_sdl_window_shows_the_clip(services, xserver: str, tmp_path) -> None:  #
 
 def _rgb(bgrx: bytes) -> bytes:
     return np.frombuffer(bgrx, np.uint8).reshape(-1, 4)[:, 2::-1].tobytes()
+
+
+@pytest.mark.parametrize("video", ["jpeg", "off"])
+def test_draw_demo_plays_the_clip_and_leaves_an_exact_screen(services, tmp_path, video: str) -> None:
+    svc = services("display", "--headless")
+    png = tmp_path / "guest.png"
+    args = ["--seconds", "3", "--clip", "--video", video, "--width", "640", "--height", "480"]
+    res = run_shim("draw-demo", "--display", svc.address, *args, "--save-guest-png", str(png), "--json", timeout=120)
+    assert res.returncode == 0, res.stderr
+    state = json.loads(res.stdout)["video"][0]
+    assert state["codec"] == video
+    if video != "off":
+        assert state["started"] >= 1 and state["frames"] > 10 and state["streams"] == []
+    _, _, guest = decode(png.read_bytes())
+    _, _, shown, _ = screenshot(svc.address)  # closing ended the stream with a lossless refresh
+    assert shown == guest, first_difference(shown, guest, 640)
+
+
+def test_video_options_are_checked() -> None:
+    res = run_shim("draw-demo", "--video-max-mbps", "-3")
+    assert res.returncode == 2 and "argument --video-max-mbps" in res.stderr and "-3" in res.stderr

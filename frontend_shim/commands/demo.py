@@ -1,6 +1,7 @@
 """`demo`: the whole system on loopback. Starts the remote node's services, then a scripted guest plays a
-generated song through the shim in both coherence modes, with live status and a side-by-side summary, and
-then draws an animated desktop on the display service (a window when DISPLAY is set, offscreen otherwise)."""
+generated song through the shim in both coherence modes, with live status and a side-by-side summary, records
+a few seconds from the audio service's capture source (a WAV of the song) in both modes, and then draws an
+animated desktop on the display service (a window when DISPLAY is set, offscreen otherwise)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from frontend_shim.commands import draw_demo as cmd_draw_demo
+from frontend_shim.commands import record as cmd_record
 from frontend_shim.commands.play import PlayError, describe, play
 from frontend_shim.commands.processes import ROOT, ServiceProcess, start_service
 from frontend_shim.guests.pcm import melody, write_wav
@@ -28,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: the default ALSA device when this machine has a sound card, else WAV files in --out",
     )
+    p.add_argument("--record-seconds", type=float, default=2.0, help="how long the guest records after playing")
     p.add_argument("--display-seconds", type=float, default=3.0, help="how long the guest draws on the display")
     p.set_defaults(run=run)
 
@@ -47,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     song = out / "song.wav"
     write_wav(str(song), DEMO_FORMAT, melody(DEMO_FORMAT, args.seconds))
     print(f"rdv demo: a {args.seconds:.0f} s song ({DEMO_FORMAT}) generated at {song}")
+    audio_args += ["--source", "wav", "--source-path", str(song)]  # the remote node's "microphone"
 
     started: list[ServiceProcess] = []
     try:
@@ -62,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
             summary = play(melody(DEMO_FORMAT, args.seconds), DEMO_FORMAT, audio=audio, mode=mode, status=True)
             print(describe(summary))
             summaries.append(summary)
+        print(f"\n  the scripted guest records {args.record_seconds:.0f} s from the audio service's source (the song)")
+        for mode in ("mirrored", "backend"):
+            rec_out = out / f"recorded-{mode}.wav"
+            captured, rec = cmd_record.record(DEMO_FORMAT, args.record_seconds, audio=audio, mode=mode)
+            write_wav(str(rec_out), DEMO_FORMAT, captured)
+            exact = captured == melody(DEMO_FORMAT, args.seconds)[: len(captured)]
+            print(cmd_record.describe(rec, str(rec_out)) + f"; equal to the source: {'yes' if exact else 'NO'}")
         screen = "a window on $DISPLAY" if os.environ.get("DISPLAY") else "SDL's offscreen driver (no DISPLAY)"
         print(f"\n  the scripted guest now draws a desktop for {args.display_seconds:.0f} s on the display service, "
               f"shown in {screen}")  # fmt: skip

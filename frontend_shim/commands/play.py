@@ -8,6 +8,7 @@ import sys
 import threading
 
 from frontend_shim.commands import options
+from frontend_shim.guests.guest import EventLine, GuestMemory
 from frontend_shim.guests.pcm import read_wav
 from frontend_shim.guests.scripted_audio import GuestError, ScriptedEs1370Driver, dac_for, expressible, new_guest
 from frontend_shim.links.audio import AudioLink
@@ -22,16 +23,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     options.audio(p)
     options.mode(p)
     p.add_argument("--dac", choices=["dac1", "dac2"], default="dac2", help="DAC to play on (DAC1: 4 rates only)")
+    add_guest_options(p)
+    p.add_argument("--status", action="store_true", help="print live progress on stderr")
+    p.add_argument("--dma-log", help=argparse.SUPPRESS)  # tests: every DMA read of guest memory, to this file
+    p.set_defaults(run=run)
+
+
+def add_guest_options(p: argparse.ArgumentParser) -> None:
+    """The scripted sound card guest's options `play` and `record` share (read back by `guest_options`)."""
     p.add_argument("--period-frames", type=int, default=1024)
     p.add_argument("--periods", type=int, default=4)
     p.add_argument("--access-timeout-ms", type=float, default=50.0, help="longest a register read may wait")
     p.add_argument("--vm", default="scripted-guest", help="name shown in the service's session list")
     options.tls_dir(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    p.add_argument("--status", action="store_true", help="print live progress on stderr")
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
-    p.add_argument("--dma-log", help=argparse.SUPPRESS)  # tests: every DMA read of guest memory, to this file
-    p.set_defaults(run=run)
 
 
 class PlayError(RuntimeError):
@@ -57,15 +63,9 @@ def play(
     """The scripted guest plays `pcm` through a shim link to `audio`; returns the summary."""
     if not expressible(fmt):
         raise PlayError(f"an ES1370 cannot play {fmt} exactly")
-    memory, irq = new_guest(record=dma_log is not None)
-    credentials = tls.channel_credentials(tls_dir) if tls_dir else None
-    link = AudioLink(
-        audio, mode, memory, irq, vm=vm, clock=clock, access_timeout=access_timeout, credentials=credentials
+    link, memory, irq = open_link(
+        audio, mode, access_timeout=access_timeout, vm=vm, clock=clock, tls_dir=tls_dir, record=dma_log is not None
     )
-    try:
-        link.start()
-    except ConnectionError as exc:
-        raise PlayError(f"{exc} (is `python -m services.audio` running there?)") from exc
     driver = ScriptedEs1370Driver(link, memory, irq, irq_timeout=max(2.0, 4 * period_frames / fmt.rate), clock=clock)
     stop_status = threading.Event()
     reporter = threading.Thread(target=_status, args=(link, len(pcm), stop_status), daemon=True)
@@ -98,23 +98,54 @@ def play(
     }
 
 
+def open_link(
+    audio: str,
+    mode: str,
+    *,
+    access_timeout: float,
+    vm: str,
+    clock: Clock | None,
+    tls_dir: str | None,
+    record: bool = False,
+) -> tuple[AudioLink, GuestMemory, EventLine]:
+    """A scripted guest's RAM and interrupt line (`record`: RAM that logs every DMA read), and the shim's ES1370
+    link to `audio`, connected."""
+    memory, irq = new_guest(record=record)
+    credentials = tls.channel_credentials(tls_dir) if tls_dir else None
+    link = AudioLink(
+        audio, mode, memory, irq, vm=vm, clock=clock, access_timeout=access_timeout, credentials=credentials
+    )
+    try:
+        link.start()
+    except ConnectionError as exc:
+        raise PlayError(f"{exc} (is `python -m services.audio` running there?)") from exc
+    return link, memory, irq
+
+
+def guest_options(args: argparse.Namespace) -> dict:
+    """The scripted guest's settings `play` and `record` share, from their command lines."""
+    return {
+        "audio": args.audio,
+        "mode": args.mode,
+        "period_frames": args.period_frames,
+        "periods": args.periods,
+        "access_timeout": args.access_timeout_ms / 1000,
+        "vm": args.vm,
+        "clock": Clock(args.clock_scale),
+        "tls_dir": args.tls_dir,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         fmt, pcm = read_wav(args.wav)
         summary = play(
             pcm,
             fmt,
-            audio=args.audio,
-            mode=args.mode,
             dac=args.dac,
-            period_frames=args.period_frames,
-            periods=args.periods,
-            access_timeout=args.access_timeout_ms / 1000,
-            vm=args.vm,
-            clock=Clock(args.clock_scale),
             status=args.status,
-            tls_dir=args.tls_dir,
             dma_log=args.dma_log,
+            **guest_options(args),
         )
     except (OSError, ValueError, PlayError, tls.TlsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,26 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
-from typing import Any, Protocol
 
 from frontend_shim.commands import options
-from frontend_shim.guests.guest import DmaLog
-from frontend_shim.links.audio import AudioLink
 from frontend_shim.links.display import ENCODINGS
-from frontend_shim.vfio_user.devices import es1370_over_link, svga_over_link
-from frontend_shim.vfio_user.irq import IrqController
-from frontend_shim.vfio_user.memory import DmaMemory
-from frontend_shim.vfio_user.server import VfioUserServer
-from frontend_shim.vfio_user.svga import SvgaLink, SvgaMemory
-from frontend_shim.vfio_user.trace import AccessLog
-from services.common import logs, tls
-from services.common.clock import Clock
-
-log = logs.get("shim.vfio_user")
+from frontend_shim.vfio_user.served import DeviceOptions, ServedDevice
+from services.common import tls
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -63,19 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--irq-recheck-ms", type=float, default=5.0, help="INTx re-check delay after writes and UNMASK")
     p.add_argument("--access-log", default=None, help="write the register traffic here (.gz: gzip)")
+    p.add_argument("--dma-log", default=None, help=argparse.SUPPRESS)  # tests: es1370 DMA reads, saved on exit
     p.add_argument("--json", action="store_true", help="print a JSON summary on exit")
     options.tls_dir(p)
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
-    p.add_argument("--dma-log", help=argparse.SUPPRESS)  # tests: es1370's DMA reads of guest memory, to this file
     p.set_defaults(run=run)
-
-
-class _Link(Protocol):
-    """What `run` needs of the device's link, whichever device it is."""
-
-    stats: Any
-
-    def close(self, drain: bool = True, timeout: float = 10.0) -> None: ...
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,102 +72,42 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
 
-    access_log = AccessLog(args.access_log, f"device={args.device} mode={args.mode}") if args.access_log else None
-    memory = DmaMemory()
-    dma_log = DmaLog(memory) if args.dma_log else None
-    irq = IrqController(args.irq_recheck_ms / 1000, on_event=access_log.event if access_log else None)
-    vm = args.vm or f"vfio-user:{os.path.basename(args.socket)}"
-    svga_memory: SvgaMemory | None = None
-    link: _Link
-    try:
-        if args.device == "svga":
-            svga_memory = SvgaMemory.create()
-            link = SvgaLink(
-                options.displays(args),
-                args.mode,
-                svga_memory,
-                vm=vm,
-                encoding=args.encoding,
-                tile_diff=args.tile_diff,
-                access_timeout=args.access_timeout_ms / 1000,
-                credentials=credentials,
-                vram_scan_period=args.vram_scan_ms / 1000,
-                video=options.video_settings(args),
-            )
-            link.start()
-            function = svga_over_link(link)
-        else:
-            link = AudioLink(
-                args.audio,
-                args.mode,
-                dma_log or memory,
-                irq,
-                vm=vm,
-                clock=Clock(args.clock_scale),
-                access_timeout=args.access_timeout_ms / 1000,
-                credentials=credentials,
-            )
-            link.start()
-            function = es1370_over_link(link, irq)
-    except ConnectionError as exc:
-        service = "services.display" if args.device == "svga" else "services.audio"
-        print(f"error: {exc} (is `python -m {service}` running there?)", file=sys.stderr)
-        irq.close()
-        if svga_memory is not None:
-            svga_memory.close()
-        if access_log:
-            access_log.close()
-        return 1
-    server = VfioUserServer(
-        function,
-        memory,
-        irq,
-        on_access=access_log.access if access_log else None,
-        on_event=access_log.event if access_log else None,
+    device = ServedDevice(
+        DeviceOptions(
+            device=args.device,
+            socket=args.socket,
+            targets=options.displays(args) if args.device == "svga" else [args.audio],
+            mode=args.mode,
+            vm=args.vm,
+            encoding=args.encoding,
+            tile_diff=args.tile_diff,
+            vram_scan_ms=args.vram_scan_ms,
+            access_timeout_ms=args.access_timeout_ms,
+            irq_recheck_ms=args.irq_recheck_ms,
+            access_log=args.access_log,
+            dma_log=args.dma_log,
+            credentials=credentials,
+            clock_scale=args.clock_scale,
+            video=options.video_settings(args),
+        )
     )
     try:
-        server.listen(args.socket)
-    except OSError as exc:
-        print(f"error: cannot listen on {args.socket}: {exc}", file=sys.stderr)
-        link.close(drain=False)
-        irq.close()
-        function.close()
-        if svga_memory is not None:
-            svga_memory.close()
-        if access_log:
-            access_log.close()
-        return 1
-    print(f"listening on {args.socket}", flush=True)
-    log.info("serving", extra={"socket": args.socket, "device": args.device, "mode": args.mode})
-    serving = threading.Thread(target=server.serve_forever, name="vfio-user-accept", daemon=True)
-    serving.start()
-    try:
-        while not stop.wait(0.5) and serving.is_alive():
+        try:
+            device.start()
+        except ConnectionError as exc:
+            print(f"error: {exc} (is `python -m {device.service}` running there?)", file=sys.stderr)
+            return 1
+        try:
+            device.listen()
+        except OSError as exc:
+            print(f"error: cannot listen on {args.socket}: {exc}", file=sys.stderr)
+            return 1
+        print(f"listening on {args.socket}", flush=True)
+        device.serve()
+        while not stop.wait(0.5) and device.alive:
             pass
     finally:
-        server.stop()
-        server.wait_idle(5.0)
-        link.close(drain=True, timeout=5.0)
-        irq.close()
-        function.close()
-        if svga_memory is not None:
-            svga_memory.close()
-        if access_log:
-            access_log.close()
-        if dma_log is not None:
-            dma_log.save(args.dma_log)
+        device.close()
     if args.json:
-        summary = {
-            "device": args.device,
-            "mode": args.mode,
-            **server.stats.as_dict(),
-            "irq": vars(irq.stats),
-            "irq_timeline": list(irq.timeline),  # (cause, eventfd write) in monotonic ns
-            "memory": vars(memory.stats),
-            "link": link.stats.as_dict(),
-            "access_log_lines": access_log.count if access_log else 0,
-        }
-        if isinstance(link, SvgaLink):
-            summary["vram_scan"] = link.scan_stats.as_dict()
-        print(json.dumps(summary), flush=True)
+        print(json.dumps(device.summary()), flush=True)
     return 0

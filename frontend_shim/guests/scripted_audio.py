@@ -19,6 +19,7 @@ from services.devices.es1370 import PcmFormat
 
 GUEST_RAM = 4 * 1024 * 1024
 BUFFER_ADDR = 0x100000  # where the driver's DMA buffer lives in guest RAM
+CAPTURE_ADDR = 0x200000  # where the capture buffer lives
 PHANTOM_ADDR = 0x80000  # the driver points the ADC's "phantom" frame at a scratch page (a chip bug workaround)
 _SILENCE = {8: b"\x80", 16: b"\x00"}  # U8 silence is mid-scale
 
@@ -35,6 +36,7 @@ class PlayResult:
     spurious: int  # interrupts with nothing pending
     accesses: int
     seconds: float
+    queued: bytes  # every byte of the song the guest placed in the DMA buffer, in playback order
     xruns: int  # times the guest found the DMA past what it had written, stopped and restarted (like ALSA)
 
 
@@ -140,12 +142,29 @@ class ScriptedEs1370Driver:
             self.ctrl = (self.ctrl & ~R.CTRL_PCLKDIV) | (R.dac2_divider(fmt.rate) << R.CTRL_SH_PCLKDIV)
         self.outl(R.CONTROL, self.ctrl)
 
-    def _interrupt(self, dac: int) -> tuple[bool, bool]:
-        """The driver's interrupt handler up to snd_pcm_period_elapsed: (was it ours, did this DAC complete a
-        period)."""
+    def _prepare_capture(self, fmt: PcmFormat, buffer_bytes: int, period_bytes: int) -> None:
+        """snd_ensoniq_capture_prepare: the ADC's frame on page 0xd, R1 format and INT_EN, count, rate. The ADC
+        shares PCLKDIV with DAC2: the driver leaves the rate alone while DAC2 plays (both run at one rate)."""
+        mode = (R.FMT_BIT_16 if fmt.bits == 16 else 0) | (R.FMT_BIT_STEREO if fmt.channels == 2 else 0)
+        shift = (mode & 1) + (mode >> 1)
+        self.ctrl &= ~R.CTRL_ADC_EN
+        self.outl(R.CONTROL, self.ctrl)
+        self.outl(R.MEMPAGE, R.FRAME_PAGE_ADC)
+        self.outl(R.ADC_FRAMEADR & 0xFF, CAPTURE_ADDR)
+        self.outl(R.ADC_FRAMECNT & 0xFF, buffer_bytes // 4 - 1)
+        self.sctrl &= ~(R.SCTRL_R1LOOPSEL | R.SCTRL_R1FMT)
+        self.sctrl |= R.SCTRL_R1INTEN | (mode << R.SCTRL_SH_R1FMT)
+        self.outl(R.SERIAL_CONTROL, self.sctrl)
+        self.outl(R.ADC_SCOUNT, (period_bytes >> shift) - 1)
+        if not self.ctrl & R.CTRL_DAC2_EN:
+            self.ctrl = (self.ctrl & ~R.CTRL_PCLKDIV) | (R.dac2_divider(fmt.rate) << R.CTRL_SH_PCLKDIV)
+        self.outl(R.CONTROL, self.ctrl)
+
+    def _interrupt(self, channels: tuple[int, ...]) -> tuple[bool, dict[int, int]]:
+        """The driver's interrupt handler: (was it ours, {channel that interrupted: its DMA position})."""
         status = self.inl(R.STATUS)
         if not status & R.STAT_INTR:
-            return False, False
+            return False, {}
         ack = self.sctrl
         for stat, inten in (
             (R.STAT_DAC1, R.SCTRL_P1INTEN),
@@ -156,95 +175,248 @@ class ScriptedEs1370Driver:
                 ack &= ~inten
         self.outl(R.SERIAL_CONTROL, ack)
         self.outl(R.SERIAL_CONTROL, self.sctrl)
-        mine = R.STAT_DAC1 if dac == R.DAC1 else R.STAT_DAC2
-        return True, bool(status & mine)
+        done = {}
+        for channel in channels:
+            if status & _STAT_BIT[channel]:
+                for _ in range(2):  # snd_pcm_period_elapsed asks for the pointer, ALSA asks again to update
+                    done[channel] = self._pointer(channel)
+        return True, done
 
-    def _pointer(self, dac: int) -> int:
+    def _pointer(self, channel: int) -> int:
         self.inl(R.CONTROL)
+        if channel == R.ADC:
+            self.outl(R.MEMPAGE, R.FRAME_PAGE_ADC)
+            return (self.inl(R.ADC_FRAMECNT & 0xFF) >> 16) * 4
         self.outl(R.MEMPAGE, R.FRAME_PAGE_DAC)
-        return (self.inl((R.DAC1_FRAMECNT if dac == R.DAC1 else R.DAC2_FRAMECNT) & 0xFF) >> 16) * 4
+        return (self.inl((R.DAC1_FRAMECNT if channel == R.DAC1 else R.DAC2_FRAMECNT) & 0xFF) >> 16) * 4
 
     def play(
         self, pcm: bytes, fmt: PcmFormat, *, dac: int = R.DAC2, period_frames: int = 1024, periods: int = 4
     ) -> PlayResult:
-        """Play `pcm` (the guest's format) start to finish, like aplay: the ring filled before the start, one
-        period refilled per period interrupt, xruns detected and recovered from; returns what the guest saw."""
-        if periods < 2:
-            raise ValueError("the driver needs at least two periods")
-        period_bytes = period_frames * fmt.frame_bytes
-        buffer_bytes = period_bytes * periods
-        if period_bytes % 4 or buffer_bytes > 0x40000:
-            raise ValueError("period must be whole dwords and the buffer at most 256 KiB")
-        total_periods = max(1, math.ceil(len(pcm) / period_bytes))
-        silence = _SILENCE[fmt.bits] * period_bytes
-        chunks = [pcm[i * period_bytes : (i + 1) * period_bytes] for i in range(total_periods)]
-        chunks[-1] = chunks[-1] + silence[len(chunks[-1]) :]
-        ring = _AlsaRing(period_bytes, buffer_bytes, fmt.rate * fmt.frame_bytes, self.clock)
-        written = 0  # periods of the song written to the ring so far (then silence, until the song has played)
+        """Play `pcm` (the guest's format) start to finish; returns what the guest saw."""
+        return self.run(Playback(pcm, fmt, dac, period_frames, periods), None)[0]  # type: ignore[return-value]
 
-        def write_period() -> None:
-            """aplay's write of one period at the application pointer."""
-            nonlocal written
-            data = chunks[written] if written < total_periods else silence
-            self.memory.write(BUFFER_ADDR + ring.appl % buffer_bytes, data)
-            ring.appl += period_bytes
-            written += 1
+    def record(self, fmt: PcmFormat, seconds: float, *, period_frames: int = 1024, periods: int = 4) -> RecordResult:
+        """Record `seconds` (rounded up to whole periods) like arecord; returns what landed in the ring."""
+        return self.run(None, Capture(fmt, seconds, period_frames, periods))[1]  # type: ignore[return-value]
 
-        def start() -> int:
-            """snd_pcm_prepare, the ring filled (aplay's start threshold is the whole buffer), then the trigger;
-            returns the ring offset where the song's end will be."""
-            ring.reset()
-            first = written
-            for _ in range(periods):
-                write_period()
-            self._prepare(dac, fmt, buffer_bytes, period_bytes)
-            self.ctrl |= R.CTRL_DAC1_EN if dac == R.DAC1 else R.CTRL_DAC2_EN
-            self.outl(R.CONTROL, self.ctrl)
-            ring.updated = self.clock.now()  # ALSA's hw_ptr_jiffies starts with the trigger
-            return (total_periods - first) * period_bytes
+    def run(self, play: Playback | None, capture: Capture | None) -> tuple[PlayResult | None, RecordResult | None]:
+        """Playback, capture or both at once (full duplex), each stream's periods handled as they complete."""
+        streams: list[_Stream] = []
+        if play is not None:
+            streams.append(_PlayStream(self, play))
+        if capture is not None:
+            streams.append(_CaptureStream(self, capture))
+        if play is not None and capture is not None and play.dac == R.DAC2 and play.fmt.rate != capture.fmt.rate:
+            raise ValueError("DAC2 and the ADC share one clock: play and record at the same rate")
+        start = time.monotonic()
+        for s in streams:
+            s.prepare()
+        for s in streams:
+            self.ctrl |= _CTL_EN[s.channel]
+        self.outl(R.CONTROL, self.ctrl)  # one trigger starts the linked streams together (snd_pcm_link)
+        for s in streams:
+            s.triggered()
+        interrupts = spurious = 0
+        try:
+            while not all(s.finished for s in streams):
+                if not self.irq.wait_high(self.irq_timeout):
+                    progress = ", ".join(f"{R.CHANNEL_NAMES[s.channel]} {s.done}/{s.total}" for s in streams)
+                    raise GuestError(f"no interrupt for {self.irq_timeout} s ({progress} periods)")
+                ours, done = self._interrupt(tuple(s.channel for s in streams))
+                if not ours:
+                    spurious += 1
+                    continue
+                interrupts += 1
+                for s in streams:
+                    if s.channel in done and not s.finished:
+                        s.period_elapsed(done[s.channel])
+                        if s.finished and self.ctrl & _CTL_EN[s.channel]:
+                            self.ctrl &= ~_CTL_EN[s.channel]
+                            self.outl(R.CONTROL, self.ctrl)
+        finally:  # each stream was stopped as it finished (the trigger ALSA sends); here only what is left
+            running = sum(_CTL_EN[s.channel] for s in streams) & self.ctrl
+            if running:
+                self.ctrl &= ~running
+                self.outl(R.CONTROL, self.ctrl)
+        seconds = time.monotonic() - start
+        results: list[PlayResult | RecordResult | None] = [None, None]
+        for s in streams:
+            results[0 if isinstance(s, _PlayStream) else 1] = s.result(interrupts, spurious, self.dev.accesses, seconds)
+        return results[0], results[1]  # type: ignore[return-value]
 
-        started = time.monotonic()
-        end = start()
-        interrupts = spurious = xruns = elapsed = 0  # elapsed: period interrupts since the last start
-        while elapsed * period_bytes < end:  # the song has played: one period interrupt for each of its periods
-            if not self.irq.wait_high(self.irq_timeout):
-                self._stop(dac)
-                raise GuestError(f"no interrupt for {self.irq_timeout} s after {written} of {total_periods} periods")
-            ours, period = self._interrupt(dac)
-            if not ours:
-                spurious += 1
-                continue
-            interrupts += 1
-            if not period:
-                continue
-            elapsed += 1
-            xrun = ring.update(self._pointer(dac), in_interrupt=True)
-            while not xrun and ring.avail() >= period_bytes:  # past the song's end: silence, as ALSA drains
-                before = ring.appl
-                write_period()
-                # ALSA updates the position again at aplay's next write. The test guest asks one thing more than
-                # ALSA can: had the DMA passed the start of what we just wrote? Then it took some of it before we
-                # wrote it, and the card played the ring's old contents there.
-                xrun = ring.update(self._pointer(dac)) or ring.hw > before
-            if xrun:
-                # ALSA stops the stream (the driver's trigger STOP) and aplay prepares and restarts it.
-                xruns += 1
-                self._stop(dac)
-                end, elapsed = (start() if written < total_periods else 0), 0
-        self._stop(dac)
+
+@dataclass(frozen=True)
+class Playback:
+    pcm: bytes
+    fmt: PcmFormat
+    dac: int = R.DAC2
+    period_frames: int = 1024
+    periods: int = 4
+
+
+@dataclass(frozen=True)
+class Capture:
+    fmt: PcmFormat
+    seconds: float
+    period_frames: int = 1024
+    periods: int = 4
+
+
+@dataclass
+class RecordResult:
+    periods: int  # periods recorded
+    interrupts: int  # interrupts the guest's handler saw (all channels)
+    spurious: int
+    accesses: int
+    seconds: float
+    captured: bytes  # every byte the guest took out of its ring, in order (what arecord writes)
+
+
+_CTL_EN = {R.DAC1: R.CTRL_DAC1_EN, R.DAC2: R.CTRL_DAC2_EN, R.ADC: R.CTRL_ADC_EN}
+_STAT_BIT = {R.DAC1: R.STAT_DAC1, R.DAC2: R.STAT_DAC2, R.ADC: R.STAT_ADC}
+
+
+def _ring(fmt: PcmFormat, period_frames: int, periods: int) -> tuple[int, int]:
+    if periods < 2:
+        raise ValueError("the driver needs at least two periods")
+    period_bytes = period_frames * fmt.frame_bytes
+    if period_bytes % 4 or period_bytes * periods > 0x40000:
+        raise ValueError("period must be whole dwords and the buffer at most 256 KiB")
+    return period_bytes, period_bytes * periods
+
+
+class _Stream:
+    channel: int
+    done: int = 0
+    total: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
+
+    def prepare(self) -> None: ...
+
+    def triggered(self) -> None:
+        """The stream's trigger START has just been written."""
+
+    def period_elapsed(self, position: int) -> None: ...
+
+    def result(self, interrupts: int, spurious: int, accesses: int, seconds: float) -> PlayResult | RecordResult: ...
+
+
+class _PlayStream(_Stream):
+    """aplay: the buffer filled ahead, one period refilled per period interrupt, xruns detected as ALSA does and
+    recovered from as aplay does (stop, prepare, fill, start again)."""
+
+    def __init__(self, driver: ScriptedEs1370Driver, p: Playback) -> None:
+        self.driver, self.p, self.channel = driver, p, p.dac
+        self.period_bytes, self.buffer_bytes = _ring(p.fmt, p.period_frames, p.periods)
+        self.total = max(1, math.ceil(len(p.pcm) / self.period_bytes))
+        self.silence = _SILENCE[p.fmt.bits] * self.period_bytes
+        self.chunks = [p.pcm[i * self.period_bytes : (i + 1) * self.period_bytes] for i in range(self.total)]
+        self.chunks[-1] = self.chunks[-1] + self.silence[len(self.chunks[-1]) :]
+        self.queued = bytearray()
+        self.ring = _AlsaRing(self.period_bytes, self.buffer_bytes, p.fmt.rate * p.fmt.frame_bytes, driver.clock)
+        self.written = 0  # periods of the song written to the ring so far (then silence, until the song has played)
+        self.end = 0  # bytes from the last start to the song's end
+        self.elapsed = 0  # period interrupts since the last start
+        self.xruns = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.elapsed * self.period_bytes >= self.end
+
+    def _write_period(self) -> None:
+        """aplay's write of one period at the application pointer."""
+        ring = self.ring
+        data = self.chunks[self.written] if self.written < self.total else self.silence
+        self.driver.memory.write(BUFFER_ADDR + ring.appl % self.buffer_bytes, data)
+        if self.written < self.total:
+            self.queued.extend(data)
+        ring.appl += self.period_bytes
+        self.written += 1
+
+    def prepare(self) -> None:
+        """snd_pcm_prepare with the ring filled (aplay's start threshold is the whole buffer)."""
+        self.ring.reset()
+        self.end = (self.total - self.written) * self.period_bytes
+        self.elapsed = 0
+        for _ in range(self.p.periods):
+            self._write_period()
+        self.driver._prepare(self.p.dac, self.p.fmt, self.buffer_bytes, self.period_bytes)
+
+    def triggered(self) -> None:
+        self.ring.updated = self.driver.clock.now()  # ALSA's hw_ptr_jiffies starts with the trigger
+
+    def period_elapsed(self, position: int) -> None:
+        self.done += 1
+        self.elapsed += 1
+        ring = self.ring
+        xrun = ring.update(position, in_interrupt=True)
+        while not xrun and ring.avail() >= self.period_bytes and not self.finished:
+            before = ring.appl
+            self._write_period()
+            # ALSA updates the position again at aplay's next write. The test guest asks one thing more than
+            # ALSA can: had the DMA passed the start of what we just wrote? Then it took some of it before we
+            # wrote it, and the card played the ring's old contents there.
+            xrun = ring.update(self.driver._pointer(self.channel)) or ring.hw > before
+        if xrun and not self.finished:
+            # ALSA stops the stream (the driver's trigger STOP) and aplay prepares and restarts it.
+            self.xruns += 1
+            driver = self.driver
+            driver.ctrl &= ~_CTL_EN[self.channel]
+            driver.outl(R.CONTROL, driver.ctrl)
+            if self.written < self.total:
+                self.prepare()
+                driver.ctrl |= _CTL_EN[self.channel]
+                driver.outl(R.CONTROL, driver.ctrl)
+                self.triggered()
+            else:
+                self.end = 0  # what is left of the song was in the ring: it is lost, as with aplay's drain
+
+    def result(self, interrupts: int, spurious: int, accesses: int, seconds: float) -> PlayResult:
         return PlayResult(
-            frames=len(pcm) // fmt.frame_bytes,
-            periods=total_periods,
+            frames=len(self.p.pcm) // self.p.fmt.frame_bytes,
+            periods=self.total,
             interrupts=interrupts,
             spurious=spurious,
-            accesses=self.dev.accesses,
-            seconds=time.monotonic() - started,
-            xruns=xruns,
+            accesses=accesses,
+            seconds=seconds,
+            queued=bytes(self.queued),
+            xruns=self.xruns,
         )
 
-    def _stop(self, dac: int) -> None:
-        self.ctrl &= ~(R.CTRL_DAC1_EN if dac == R.DAC1 else R.CTRL_DAC2_EN)
-        self.outl(R.CONTROL, self.ctrl)
+
+class _CaptureStream(_Stream):
+    """arecord: what the hardware pointer says was recorded is copied out of the ring, period by period (as ALSA
+    moves its hw_ptr from the pointer, not from interrupt counts: a stale interrupt brings no data). The capture
+    ring lives apart from playback's."""
+
+    channel = R.ADC
+
+    def __init__(self, driver: ScriptedEs1370Driver, c: Capture) -> None:
+        self.driver, self.c = driver, c
+        self.period_bytes, self.buffer_bytes = _ring(c.fmt, c.period_frames, c.periods)
+        self.total = max(1, math.ceil(c.seconds * c.fmt.rate / c.period_frames))
+        self.captured = bytearray()
+        self.hw_ptr = 0  # bytes recorded since start, from the hardware pointer
+        self.position = 0  # the pointer's last value (bytes into the ring)
+
+    def prepare(self) -> None:
+        self.driver.memory.write(CAPTURE_ADDR, b"\xa5" * self.buffer_bytes)  # stale bytes a DMA bug would show
+        self.driver._prepare_capture(self.c.fmt, self.buffer_bytes, self.period_bytes)
+
+    def period_elapsed(self, position: int) -> None:
+        self.hw_ptr += (position - self.position) % self.buffer_bytes
+        self.position = position
+        while self.hw_ptr - self.done * self.period_bytes >= self.period_bytes and not self.finished:
+            slot = self.done % self.c.periods
+            self.captured += self.driver.memory.read(CAPTURE_ADDR + slot * self.period_bytes, self.period_bytes)
+            self.done += 1
+
+    def result(self, interrupts: int, spurious: int, accesses: int, seconds: float) -> RecordResult:
+        return RecordResult(self.total, interrupts, spurious, accesses, seconds, bytes(self.captured))
 
 
 class _AlsaRing:

@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import grpc
 
 from frontend_shim.guests.guest import GuestMemory, GuestMemoryError, InterruptLine
 from frontend_shim.links.base import MODES, CoherenceMode, DeviceLink, LinkStats, ServiceEnd
+from frontend_shim.links.ordered_dma import OrderedDma
 from frontend_shim.links.session_stream import SessionStream
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.common import logs
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
+from services.devices.capture_pacing import CaptureQueue, adc_credit, adc_room
 from services.devices.dma import DmaCredit
-from services.devices.es1370 import AccessError, Es1370, check_access
+from services.devices.es1370 import AccessError, Es1370, PcmFormat, check_access
 from services.devices.es1370_convert import state_to_proto
 
 log = logs.get("shim.audio")
@@ -44,6 +47,7 @@ class AudioStats(LinkStats):
     pcm_bytes: int = 0
     dma_requests: int = 0
     dma_errors: int = 0
+    capture_bytes: int = 0  # recorded audio written into the guest's ring
     played: dict[int, int] = field(default_factory=dict)
     # per channel, as the service reports them: playback underruns, and (backend mode) late DMA
     underruns: dict[int, int] = field(default_factory=dict)
@@ -77,6 +81,7 @@ class _AudioService(ServiceEnd):
         opening = audio_pb2.Open(vm=link.vm, mode=MODES[link.mode])
         if link.model is not None:
             opening.state.CopyFrom(state_to_proto(link.model.state))
+            link._follow_adc(restart=True)  # the new session records afresh
         conn.send(audio_pb2.FrontendMessage(open=opening))
         for channel in (R.DAC1, R.DAC2):  # the count goes on across reconnects
             link._late_before[channel] += link._credit.late(channel)
@@ -121,12 +126,26 @@ class AudioLink(DeviceLink):
         self._kick = threading.Event()  # pacer: DMA may be possible
         self.last_interrupt_sent_ns = 0  # backend mode: when the service raised the latest interrupt
         self._dma_failing = False  # guest memory was unreadable at the last DMA attempt
+        self.capture_info = audio_pb2.CaptureSourceInfo()  # what the service records from (set when opened)
+        # Capture latency (ns): the source delivered a chunk at the service -> its first byte is in guest memory.
+        self.capture_latency_ns: deque[int] = deque(maxlen=4096)
+        # Mirrored mode's ADC: the capture jitter buffer, and the format of the capture it is for.
+        self._capture = CaptureQueue(self.clock, latency=0.04)
+        self._adc_credit = adc_credit(self.clock)
+        self._adc_fmt: PcmFormat | None = None
+        self._capture_accepting = False  # the service's first chunk of the current capture has arrived
+        self._ordered = OrderedDma(self._dma_failed)  # backend mode: DMA writes and interrupts, in stream order
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, connect_timeout: float = 5.0) -> None:
-        """Connect (raising ConnectionError if the service cannot be reached) and start background work."""
+    def start(self, connect_timeout: float = 5.0, required: bool = True) -> None:
+        """Connect and start background work. A service that cannot be reached raises ConnectionError when
+        `required`; otherwise the link starts offline and keeps trying, as after a lost session."""
         if not self._end.connect(connect_timeout):
-            raise ConnectionError(f"cannot open an audio session at {self.target}")
+            if required:
+                raise ConnectionError(f"cannot open an audio session at {self.target}")
+            log.warning("audio service unreachable, retrying in the background", extra={"target": self.target})
+            self._end.offline_since = time.monotonic()
+            self.wake_supervisor.set()
         self._spawn(self._supervise, "audio-link-supervisor")
         if self.mode == "mirrored":
             self._spawn(self._pace, "audio-link-pacer")
@@ -165,6 +184,7 @@ class AudioLink(DeviceLink):
         self._kick.set()
         self._end.close(drain, timeout)
         self._join(timeout)
+        self._ordered.close()
 
     @property
     def connected(self) -> bool:
@@ -210,6 +230,8 @@ class AudioLink(DeviceLink):
                 self._credit.follow(self.model)  # a stop, a new ring, a restart
             if self.model.irq != self._irq_level:
                 self._update_irq()
+            if offset & ~3 in _DMA_REGISTERS:
+                self._follow_adc()
         if offset in _DMA_REGISTERS:
             self._kick.set()  # the guest may have started a DAC or acknowledged a period
 
@@ -246,6 +268,52 @@ class AudioLink(DeviceLink):
                 self.stats.interrupts += 1
             self.irq.set_level(level)
 
+    def _follow_adc(self, restart: bool = False) -> None:
+        """Mirrored mode, under the lock: the guest started, stopped or reformatted its ADC (or the session is
+        new): whatever was queued belongs to the old capture, and chunks still in flight from it are dropped
+        until the service's first chunk of the new one."""
+        model = self.model
+        assert model is not None
+        fmt = model.channel_format(R.ADC) if model.channel_running(R.ADC) else None
+        if fmt == self._adc_fmt and not restart:
+            return
+        self._adc_fmt = fmt
+        self._capture_accepting = False
+        if fmt is None:
+            self._capture.stop()
+        else:
+            self._capture.start(fmt)
+
+    def _captured(self, c: audio_pb2.CaptureData) -> None:
+        """Mirrored mode: recorded audio from the service, into the jitter buffer (reader thread)."""
+        with self.lock:
+            if c.start and self._adc_fmt is not None:
+                self._capture.start(self._adc_fmt)
+                self._capture_accepting = True
+            if self._capture_accepting and c.channel == R.ADC:
+                self._capture.push(c.data, c.captured_ns)
+        self._kick.set()
+
+    def _interrupt(self, i: audio_pb2.Interrupt) -> None:
+        """Backend mode: the service's line."""
+        if i.level:
+            self.stats.interrupts += 1
+            self.last_interrupt_sent_ns = i.sent_ns
+        self.irq.set_level(i.level)
+
+    def _dma_write(self, conn: _AudioServiceStream, w: audio_pb2.DmaWrite) -> None:
+        """Backend mode: the service's ADC writes recorded audio into guest memory (through `_ordered`: a
+        GuestMemoryError makes it wait and retry), then hears that it is there."""
+        self.memory.write(w.addr, w.data)
+        self._dma_failing = False
+        self._dma_written(conn, w, ok=True)
+        self.stats.capture_bytes += len(w.data)
+        if w.captured_ns:
+            self.capture_latency_ns.append(time.monotonic_ns() - w.captured_ns)
+
+    def _dma_written(self, conn: _AudioServiceStream, w: audio_pb2.DmaWrite, ok: bool) -> None:
+        conn.send(audio_pb2.FrontendMessage(dma_written=audio_pb2.DmaWritten(request_id=w.request_id, ok=ok)))
+
     def _dispatch(self, conn: _AudioServiceStream, msg: audio_pb2.BackendMessage) -> None:
         """Runs on the connection's reader thread."""
         self._received(msg)
@@ -253,12 +321,14 @@ class AudioLink(DeviceLink):
         if kind == "value" or kind == "barrier_ack":
             self._reply(kind, getattr(msg, kind))
         elif kind == "interrupt":
-            if msg.interrupt.level:
-                self.stats.interrupts += 1
-                self.last_interrupt_sent_ns = msg.interrupt.sent_ns
-            self.irq.set_level(msg.interrupt.level)
+            self._interrupt(msg.interrupt)
         elif kind == "dma_request":
             self._serve_dma(conn, msg.dma_request)
+        elif kind == "dma_write":
+            w = msg.dma_write
+            self._ordered.submit(lambda: self._dma_write(conn, w), lambda: self._dma_written(conn, w, ok=False))
+        elif kind == "capture" and conn is self._conn and self.model is not None:
+            self._captured(msg.capture)
         elif kind == "position" and conn is self._conn:
             p = msg.position
             self._credit.played(p.channel, p.bytes_played)
@@ -271,6 +341,8 @@ class AudioLink(DeviceLink):
             conn.session_id = msg.opened.session_id
             if msg.opened.lead_ms:
                 self._credit.lead = msg.opened.lead_ms / 1000
+            self.capture_info = msg.opened.capture
+            self._capture.latency = msg.opened.capture.latency_ms / 1000
             conn.opened.set()
 
     def _serve_dma(self, conn: _AudioServiceStream, req: audio_pb2.DmaRequest) -> None:
@@ -314,6 +386,7 @@ class AudioLink(DeviceLink):
                     self._play_offline(now - last)
                 for channel in (R.DAC1, R.DAC2):
                     self._run_channel(channel)
+                self._run_capture()
             last = now
 
     def _run_channel(self, channel: int) -> None:
@@ -345,6 +418,37 @@ class AudioLink(DeviceLink):
             self.stats.late_dma[channel] = late
             msg = audio_pb2.PcmChunk(channel=channel, data=bytes(chunk), sent_ns=time.monotonic_ns(), late_dma=late)
             self._send(audio_pb2.FrontendMessage(pcm=msg))
+
+    def _run_capture(self) -> None:
+        """Mirrored mode's ADC: write what the jitter buffer releases into the guest's ring (caller holds the
+        lock), then tell the service the steps taken, coalesced like playback's chunks."""
+        model = self.model
+        assert model is not None
+        written = 0
+        for _ in range(_MAX_WINDOWS):
+            room = adc_room(self._adc_credit, model, self._capture)
+            addr, length = model.dma_window(R.ADC, room) if room > 0 else (0, 0)
+            if not length:
+                break
+            data, captured_ns = self._capture.take(length)
+            try:
+                self.memory.write(addr, data)
+            except GuestMemoryError as exc:
+                # Not now (e.g. QEMU waits for our reply and serves no DMA_WRITE): the audio goes back to the head
+                # of the jitter buffer and the ADC does not move, so both copies stay equal; the next pass retries.
+                self._capture.unget(data, captured_ns)
+                self._dma_failed(exc)
+                break
+            self._dma_failing = False
+            model.dma_commit(R.ADC, length)
+            self._adc_credit.moved(R.ADC, length)
+            self.stats.capture_bytes += length
+            if captured_ns:
+                self.capture_latency_ns.append(time.monotonic_ns() - captured_ns)
+            written += length
+            self._update_irq()
+        if written:
+            self._send(audio_pb2.FrontendMessage(capture_step=audio_pb2.CaptureStep(channel=R.ADC, length=written)))
 
     def _play_offline(self, elapsed: float) -> None:
         """No service: pretend the sink played in real time, so the guest keeps its interrupts and never hangs."""

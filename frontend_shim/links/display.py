@@ -95,12 +95,16 @@ class DisplayLink(DeviceLink):
         self.slots = [ScreenEnd(self, t, i == 0) for i, t in enumerate(targets)]
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, connect_timeout: float = 5.0) -> None:
-        """Connect to every service (ConnectionError if one cannot be reached) and start the background work."""
+    def start(self, connect_timeout: float = 5.0, required: bool = True) -> None:
+        """Connect to every service and start the background work. A service that cannot be reached raises
+        ConnectionError when `required`; otherwise its screen starts offline and the link keeps trying."""
         for slot in self.slots:
             if not slot.connect(connect_timeout):
-                self.close(drain=False)
-                raise ConnectionError(f"cannot open a display session at {slot.target}: {slot.last_error}")
+                if required:
+                    self.close(drain=False)
+                    raise ConnectionError(f"cannot open a display session at {slot.target}: {slot.last_error}")
+                log.warning("display service unreachable, retrying in the background", extra={"target": slot.target})
+                self.wake_supervisor.set()
         for slot in self.slots:
             self._spawn(slot.run_sender, f"display-tx-{slot.target}")
         self._spawn(self._supervise, "display-supervisor")
@@ -117,6 +121,9 @@ class DisplayLink(DeviceLink):
 
     def close(self, drain: bool = True, timeout: float = 10.0) -> None:
         if drain:
+            for slot in self.slots:  # live video streams end: the services keep an exact last picture
+                with self.lock:
+                    slot.builder.video.expire(float("inf"))
             self.flush(timeout)
         self.stopping.set()
         self.wake_supervisor.set()

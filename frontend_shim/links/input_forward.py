@@ -9,18 +9,20 @@ the subscription breaks, so a lost service cannot leave a key stuck in the guest
 One command carries at most one pointer report: QEMU's tablet only samples the pointer state at the end of a
 command, so a press and its release in the same command would be a click the guest never sees, and a move
 after a press would move the press. Keys queue individually in QEMU's keyboards and can share a command.
+
+QMP is QEMU's own client library, `qemu.qmp` (greeting, capability negotiation, command ids, events).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 
 import grpc
+from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError, Runstate
 
 from rdv.input.v1 import input_pb2, input_pb2_grpc
 from services.common import logs, tls
@@ -33,97 +35,9 @@ BACKOFF_FIRST = 0.05  # seconds before retrying a lost subscription or QMP socke
 BACKOFF_MAX = 1.0
 _MAX_PENDING = 4096
 _QMP_TIMEOUT = 5.0  # seconds QEMU may take to answer; longer means it is stuck and the connection is redone
-
-
-class QmpError(Exception):
-    def __init__(self, cls: str, desc: str) -> None:
-        super().__init__(f"{cls}: {desc}")
-        self.cls = cls
-        self.desc = desc
-
-
-class QmpClient:
-    """A small QMP client over QEMU's UNIX socket: greeting, capabilities, commands; async events ignored."""
-
-    def __init__(self, path: str, on_close: Callable[[], None] | None = None) -> None:
-        self.path = path
-        self.on_close = on_close
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
-        self._rx: asyncio.Task | None = None
-        self.closed = asyncio.Event()
-        self.version = ""
-
-    async def connect(self, timeout: float = 5.0) -> None:
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(self.path, limit=1 << 20), timeout
-        )
-        greeting = json.loads(await asyncio.wait_for(self._reader.readline(), timeout) or b"null")
-        if not isinstance(greeting, dict) or "QMP" not in greeting:
-            self.close()
-            raise ConnectionError(f"{self.path} is not a QMP socket (greeting {greeting!r})")
-        v = greeting["QMP"].get("version", {}).get("qemu", {})
-        self.version = f"{v.get('major')}.{v.get('minor')}.{v.get('micro')}"
-        self._rx = asyncio.create_task(self._receive())
-        await asyncio.wait_for(self.execute("qmp_capabilities"), timeout)
-
-    async def execute(self, command: str, arguments: dict | None = None) -> object:
-        """Run one command; returns its `return`, raises QmpError for an error reply, ConnectionError if gone."""
-        if self._writer is None or self.closed.is_set():
-            raise ConnectionError("QMP connection closed")
-        cid = next(self._ids)
-        msg: dict = {"execute": command, "id": cid}
-        if arguments is not None:
-            msg["arguments"] = arguments
-        future = asyncio.get_running_loop().create_future()
-        self._waiting[cid] = future
-        try:
-            self._writer.write(json.dumps(msg).encode() + b"\n")
-            await self._writer.drain()
-            return await future
-        except (OSError, RuntimeError) as exc:
-            self.close()
-            raise ConnectionError(f"QMP connection lost: {exc}") from None
-        finally:
-            self._waiting.pop(cid, None)
-
-    async def _receive(self) -> None:
-        assert self._reader is not None
-        try:
-            while line := await self._reader.readline():
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    log.warning("unparsable QMP line", extra={"line": line[:200]})
-                    continue
-                future = self._waiting.get(msg.get("id")) if isinstance(msg, dict) else None
-                if future is None or future.done():
-                    continue  # an async event (SHUTDOWN, RESET...) or a reply nobody waits for
-                if "error" in msg:
-                    err = msg["error"]
-                    future.set_exception(QmpError(err.get("class", "?"), err.get("desc", "")))
-                else:
-                    future.set_result(msg.get("return"))
-        except (OSError, ValueError):
-            pass
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self.closed.is_set():
-            return
-        self.closed.set()
-        if self.on_close is not None:
-            self.on_close()
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(ConnectionError("QMP connection closed"))
-        if self._writer is not None:
-            self._writer.close()
-        if self._rx is not None and self._rx is not asyncio.current_task():
-            self._rx.cancel()
+# qemu.qmp logs every failed connect, and at CRITICAL when a connect attempt is cancelled at shutdown: we log
+# what matters ourselves (reachability, losses, refusals)
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL + 1)
 
 
 def scale(pos: int, size: int) -> int:
@@ -216,6 +130,7 @@ class InputForwarder:
         self._held_keys: set[str] = set()
         self._held_buttons: set[int] = set()
         self._stop = asyncio.Event()
+        self._closing = False  # the injector's loops end at their next turn
 
     async def run(self) -> None:
         """Run until `stop()`; then release what the guest still holds and deliver what is pending (1 s)."""
@@ -224,15 +139,18 @@ class InputForwarder:
         try:
             await self._stop.wait()
         finally:
-            subscriber.cancel()
-            await asyncio.gather(subscriber, return_exceptions=True)  # queues the releases
+            subscriber.cancel()  # its loop also ends by itself once stopped (a lost cancel, see below)
+            await asyncio.wait({subscriber}, timeout=5.0)  # queues the releases
             if self.qmp_ready.is_set():
                 try:
                     await asyncio.wait_for(self._idle.wait(), 1.0)
                 except TimeoutError:
                     pass
+            self._closing = True  # each loop also ends by itself: a cancel that meets a finishing wait_for is lost
             injector.cancel()
-            await asyncio.gather(injector, return_exceptions=True)
+            _, pending = await asyncio.wait({injector}, timeout=5.0)
+            if pending:
+                log.warning("the QMP side did not stop within 5 s")
 
     def stop(self) -> None:
         self._stop.set()
@@ -254,7 +172,7 @@ class InputForwarder:
 
     async def _subscribe_loop(self) -> None:
         backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
-        while True:
+        while not self._stop.is_set():
             options = [("grpc.keepalive_time_ms", 10_000)]
             channel = (
                 grpc.aio.secure_channel(self.target, tls.channel_credentials(self.tls_dir), options)
@@ -303,25 +221,30 @@ class InputForwarder:
     async def _inject_loop(self) -> None:
         backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX)
         warned = False
-        while True:
-            qmp = QmpClient(self.qmp_path, on_close=self._wake.set)
+        while not self._closing:
+            qmp = QMPClient(self.vm)
             try:
-                await qmp.connect()
-            except (OSError, ConnectionError, TimeoutError) as exc:
+                await asyncio.wait_for(qmp.connect(self.qmp_path), _QMP_TIMEOUT)
+            except (OSError, QMPError, TimeoutError) as exc:
                 if not warned:
                     error = str(exc) or type(exc).__name__
+                    if isinstance(exc, ConnectError) and exc.exc is not None:
+                        error = str(exc.exc) or error
                     if isinstance(exc, TimeoutError):  # QEMU serves one client per QMP socket
                         error = "no QMP greeting: is another client connected to this socket?"
                     log.warning("cannot reach QMP, retrying", extra={"qmp": self.qmp_path, "error": error})
                     warned = True
-                qmp.close()
+                await _disconnect(qmp)
                 await asyncio.sleep(backoff.next())
                 continue
             warned = False
             backoff.reset()
             self.stats["qmp_connects"] += 1
             self.qmp_ready.set()
-            log.info("QMP connected", extra={"qmp": self.qmp_path, "qemu": qmp.version})
+            version = (qmp.greeting.QMP.version if qmp.greeting else {}).get("qemu", {})
+            log.info("QMP connected", extra={"qmp": self.qmp_path, "qemu": "{major}.{minor}.{micro}".format_map(
+                {"major": "?", "minor": "?", "micro": "?", **version})})  # fmt: skip
+            watch = asyncio.create_task(self._watch(qmp))
             try:
                 await self._inject(qmp)
             except ConnectionError as exc:
@@ -331,16 +254,23 @@ class InputForwarder:
                 await asyncio.sleep(BACKOFF_MAX)
             finally:
                 self.qmp_ready.clear()
-                qmp.close()
+                watch.cancel()
+                await _disconnect(qmp)
 
-    async def _inject(self, qmp: QmpClient) -> None:
-        while True:
-            if qmp.closed.is_set():
+    async def _watch(self, qmp: QMPClient) -> None:
+        """Wake the injector when the QMP connection leaves RUNNING (QEMU went away)."""
+        while qmp.runstate == Runstate.RUNNING:
+            await qmp.runstate_changed()
+        self._wake.set()
+
+    async def _inject(self, qmp: QMPClient) -> None:
+        while not self._closing:
+            if qmp.runstate != Runstate.RUNNING:
                 raise ConnectionError("QEMU closed the QMP socket")
             if not self._pending:
                 self._idle.set()
                 self._wake.clear()
-                await self._wake.wait()  # new events, or the QMP client closing
+                await self._wake.wait()  # new events, or the QMP connection ending
                 continue
             batch = list(self._pending)
             self._pending.clear()
@@ -353,7 +283,7 @@ class InputForwarder:
                     self._pending.extendleft(reversed([e for c in commands[i:] for e in c]))
                     raise
 
-    async def _send(self, qmp: QmpClient, command: list[input_pb2.InputEvent]) -> None:
+    async def _send(self, qmp: QMPClient, command: list[input_pb2.InputEvent]) -> None:
         args: dict = {"events": [q for e in command for q in qmp_events(e)]}
         if self.device:
             args["device"] = self.device
@@ -361,10 +291,9 @@ class InputForwarder:
             await asyncio.wait_for(qmp.execute("input-send-event", args), _QMP_TIMEOUT)
         except TimeoutError:
             self.stats["qmp_timeouts"] += 1
-            qmp.close()
             raise ConnectionError(f"QEMU did not answer input-send-event within {_QMP_TIMEOUT} s") from None
-        except QmpError as exc:
-            if len(command) > 1 and exc.cls == "GenericError":
+        except ExecuteError as exc:
+            if len(command) > 1 and exc.error_class == "GenericError":
                 # QEMU refuses the whole command if one event has no handler (e.g. no tablet for abs):
                 # deliver what it can take, one event at a time
                 for e in command:
@@ -372,8 +301,11 @@ class InputForwarder:
                 return
             self.stats["qmp_errors"] += 1
             if self.stats["qmp_errors"] in (1, 10, 100) or self.stats["qmp_errors"] % 1000 == 0:
-                log.warning("QEMU refused input", extra={"error": str(exc), "errors": self.stats["qmp_errors"]})
+                log.warning("QEMU refused input", extra={"error": f"{exc.error_class}: {exc.error.error.desc}",
+                                                         "errors": self.stats["qmp_errors"]})  # fmt: skip
             return
+        except (QMPError, OSError, EOFError) as exc:  # the connection went while the command was out
+            raise ConnectionError(str(exc) or type(exc).__name__) from None
         acked = time.monotonic_ns()
         self.stats["commands"] += 1
         self.stats["injected"] += len(command)
@@ -385,3 +317,11 @@ class InputForwarder:
                 (self._held_buttons.add if e.button.pressed else self._held_buttons.discard)(e.button.button)
         if self.on_ack is not None:
             self.on_ack(command, acked)
+
+
+async def _disconnect(qmp: QMPClient) -> None:
+    """Close a QMP client whatever state it is in; what made it fail was already reported."""
+    try:
+        await qmp.disconnect()
+    except Exception:  # the reader's own failure (QEMU gone) is re-raised here
+        pass

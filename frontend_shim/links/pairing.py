@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 
 from rdv.pairing.v1 import pairing_pb2, pairing_pb2_grpc
 from services.common import pake, tls
@@ -117,7 +117,3 @@ def write(out: Path, paired: Paired) -> None:
     fd = os.open(out / "key.pem", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(paired.key_pem)
-
-
-def load_key(pem: bytes) -> object:
-    return serialization.load_pem_private_key(pem, password=None)

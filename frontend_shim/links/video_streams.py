@@ -283,10 +283,13 @@ class VideoStreams:
         return out
 
     def expire(self, now: float) -> bool:
-        """End the streams that have been still long enough (the link's video timer calls this); True if any."""
+        """End the streams that have been still long enough (the link's video timer calls this; the link closing
+        passes now = inf to end them all); True if any."""
         still = [s for s in self.streams if now - s.last_update >= self.settings.still_seconds]
         for s in still:
             self._end(s)
+            # its candidates go too: a stream ended early (now = inf: the link closes) must not start again
+            self.candidates = [c for c in self.candidates if c.rect.intersection(s.rect).empty]
         return bool(still)
 
     # ------------------------------------------------------------------ sender thread

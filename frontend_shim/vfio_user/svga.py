@@ -96,8 +96,8 @@ class SvgaLink(DisplayLink):
         self._seen = bytearray()  # the visible framebuffer as last accounted for, packed rows
         self._seen_surface: Surface | None = None
 
-    def start(self, connect_timeout: float = 5.0) -> None:
-        super().start(connect_timeout)
+    def start(self, connect_timeout: float = 5.0, required: bool = True) -> None:
+        super().start(connect_timeout, required)
         if self.vram_scan_period > 0:
             self._spawn(self._scan_loop, "svga-vram-scan")
 

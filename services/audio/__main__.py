@@ -8,6 +8,8 @@ from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from services.audio.service import AudioServicer
 from services.audio.session import SessionConfig
 from services.audio.sinks import SinkConfig
+from services.audio.sources import SourceConfig, SourceError
+from services.audio.sources.wav import read_format
 from services.common import server, settings
 from services.common.clock import Clock
 from services.common.settings import Setting
@@ -23,9 +25,17 @@ SETTINGS = [
             "{session} and {channel} are replaced per stream"),
     Setting("--wav-path", "rdv-{session}-{channel}.wav", "RDV_WAV_PATH", metavar="FILE", help="with --sink wav"),
     Setting("--pace", "auto", None, settings.choice("auto", "clock", "device"),
-            help="who paces playback: the sound card (device) or our clock (null, file: and WAV sinks)"),
+            help="who paces playback and capture: the sound card (device) or our clock (null, file:, WAV, tone)"),
     Setting("--target-latency-ms", 60.0, "RDV_TARGET_LATENCY_MS", settings.number(0, 10_000), metavar="MS",
             help="jitter buffer: audio held before playing starts"),
+    Setting("--source", "alsa", "RDV_SOURCE", settings.choice("alsa", "wav", "tone"),
+            help="what the guest's ADC records: an ALSA capture device, a WAV file (its format is the one offered) "
+            "or a test tone"),
+    Setting("--capture-device", "default", "RDV_CAPTURE_DEVICE", metavar="PCM",
+            help="ALSA capture PCM with --source alsa (default, hw:1,0, plug:hw:1,0, dsnoop to share one microphone)"),
+    Setting("--source-path", "", "RDV_SOURCE_PATH", metavar="FILE", help="the WAV file with --source wav"),
+    Setting("--capture-latency-ms", 40.0, "RDV_CAPTURE_LATENCY_MS", settings.number(0, 10_000), metavar="MS",
+            help="capture jitter buffer: recorded audio held before the guest's ring gets any"),
     Setting("--clock-scale", 1.0, None, settings.number(0.001, 1000), hidden=True),  # tests: faster than real time
 ]  # fmt: skip
 
@@ -39,14 +49,41 @@ def build_parser() -> settings.SettingsParser:
     )
 
 
+def source_config(args: argparse.Namespace) -> SourceConfig:
+    """The capture settings, checked now: a usage error names the setting instead of failing at the first capture."""
+    if args.source == "wav":
+        if not args.source_path:
+            raise SystemExit("rdv audio: --source wav needs --source-path FILE")
+        try:
+            read_format(args.source_path)
+        except SourceError as exc:
+            raise SystemExit(f"rdv audio: {exc}") from exc
+    return SourceConfig(
+        kind=args.source,
+        alsa_device=args.capture_device,
+        path=args.source_path,
+        pace=args.pace,
+        latency=args.capture_latency_ms / 1000,
+    )
+
+
 def build(args: argparse.Namespace) -> server.ServiceParts:
     sink = SinkConfig(kind=args.sink, alsa_device=args.alsa_device, wav_path=args.wav_path, pace=args.pace)
-    config = SessionConfig(sink=sink, clock=Clock(args.clock_scale), target_latency=args.target_latency_ms / 1000)
+    config = SessionConfig(
+        sink=sink,
+        clock=Clock(args.clock_scale),
+        target_latency=args.target_latency_ms / 1000,
+        source=source_config(args),
+    )
     info = server.service_info(
         "audio",
         args.listen,
-        ["es1370", "coherence:backend", "coherence:mirrored", f"sink:{args.sink}"],
-        {"alsa_device": args.alsa_device, "target_latency_ms": str(args.target_latency_ms)},
+        ["es1370", "coherence:backend", "coherence:mirrored", f"sink:{args.sink}", f"source:{args.source}"],
+        {
+            "alsa_device": args.alsa_device,
+            "target_latency_ms": str(args.target_latency_ms),
+            "capture_latency_ms": str(args.capture_latency_ms),
+        },
     )
     servicer = AudioServicer(config, info, server.open_gate(args))
 

@@ -9,6 +9,8 @@ import grpc
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
 from services.audio.session import AudioSession, SessionConfig
+from services.audio.sources import SourceConfig
+from services.audio.sources.wav import read_format
 from services.common import logs
 from services.common.server import live_info
 from services.common.sessions import DeviceSession, OpenGate, SessionError, SessionServicer
@@ -27,6 +29,7 @@ class AudioServicer(SessionServicer, audio_pb2_grpc.AudioServiceServicer):
         super().__init__(info, gate)
         self.config = config
         self.sessions: dict[str, AudioSession] = {}  # type: ignore[assignment]
+        self._capture_info = capture_info(config.source)
 
     # ------------------------------------------------------------------ the device stream
     def open_session(
@@ -41,9 +44,13 @@ class AudioServicer(SessionServicer, audio_pb2_grpc.AudioServiceServicer):
         return AudioSession(session_id, opening.vm or "vm", opening.mode, state, self.config, send, peer)
 
     def opened(self, session: DeviceSession) -> audio_pb2.BackendMessage:
-        lead_ms = round(self.config.lead * 1000)
-        return audio_pb2.BackendMessage(opened=audio_pb2.Opened(session_id=session.session_id, info=self.info,
-                                                                lead_ms=lead_ms))  # fmt: skip
+        opened = audio_pb2.Opened(
+            session_id=session.session_id,
+            info=self.info,
+            lead_ms=round(self.config.lead * 1000),
+            capture=self._capture_info,
+        )
+        return audio_pb2.BackendMessage(opened=opened)
 
     def pump_interval(self) -> float:
         return self.config.clock.real_seconds(PUMP_INTERVAL)
@@ -73,6 +80,7 @@ def device_state(session: AudioSession) -> audio_pb2.DeviceState:
     for channel, name in enumerate(R.CHANNEL_NAMES):
         fmt = model.channel_format(channel)
         stats = session.player_stats(channel)
+        moved = stats.bytes_played if stats else session.counters["capture_bytes"] if channel == R.ADC else 0
         ch = model.state.channels[channel]
         views.append(
             audio_pb2.ChannelView(
@@ -86,7 +94,7 @@ def device_state(session: AudioSession) -> audio_pb2.DeviceState:
                 buffer_bytes=model.buffer_bytes(channel),
                 position_bytes=model.position_bytes(channel),
                 samples_left=(ch.scount >> 16) + 1,
-                bytes_played=stats.bytes_played if stats else 0,
+                bytes_played=moved,
             )
         )
     counters = session.playback_counters()
@@ -98,3 +106,12 @@ def device_state(session: AudioSession) -> audio_pb2.DeviceState:
         underruns=counters["underruns"],
         late_dma=counters["late_dma"],
     )
+
+
+def capture_info(source: SourceConfig) -> audio_pb2.CaptureSourceInfo:
+    """What the shim learns about the capture source when its session opens."""
+    info = audio_pb2.CaptureSourceInfo(kind=source.kind, latency_ms=round(source.latency * 1000))
+    if source.kind == "wav":
+        fmt = read_format(source.path)
+        info.rate, info.channels, info.bits = fmt.rate, fmt.channels, fmt.bits
+    return info

@@ -13,13 +13,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
 
 from rdv.audio.v1 import audio_pb2
 from rdv.common.v1 import common_pb2
+from services.audio.capture_session import SessionCapture, replay_steps
 from services.audio.player import ChannelPlayer, PlayerStats
 from services.audio.sinks import SinkConfig, make_sink
+from services.audio.sources import SourceConfig
 from services.common import logs, metrics
 from services.common.clock import Clock
 from services.common.sessions import BACKEND, MIRRORED, DeviceSession, SessionError
@@ -39,6 +42,7 @@ class SessionConfig:
     clock: Clock
     target_latency: float = 0.06
     lead_margin: float = 0.04
+    source: SourceConfig = SourceConfig()  # what the ADC records
 
     @property
     def lead(self) -> float:
@@ -88,6 +92,8 @@ class AudioSession(DeviceSession):
             "underruns": logs.Bursts(log, "playback underrun: the sink starved (repeats within 1 s not logged)"),
             "late_dma": logs.Bursts(log, "late DMA: the guest had not refilled its ring in time (its xrun)"),
         }
+        self.capture = SessionCapture(self.model, mode, config.source, config.clock, send, self.pump, self.counters)
+        self.capture.update()  # a resynced state may have the ADC running already
 
     def _chunk_latency(self, ns: int) -> None:
         self.audio_chunk_ns.append(ns)
@@ -99,6 +105,13 @@ class AudioSession(DeviceSession):
             self._pcm(msg.pcm)
         elif kind == "dma_data":
             self._dma_data(msg.dma_data)
+        elif kind == "capture_step":
+            self._capture_step(msg.capture_step)
+        elif kind == "dma_written":
+            if self.mode != BACKEND:
+                raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "DMA writes are asked only in backend mode")
+            if self.capture.written(msg.dma_written):
+                self._after_change()
         elif kind == "resync":
             raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "resync is sent in `open` of a new session")
         else:
@@ -119,7 +132,9 @@ class AudioSession(DeviceSession):
 
     def write_register(self, offset: int, size: int, value: int) -> None:
         self.model.write(offset, size, value)
+        # Follow every write, not only a batch's end: a stop and a start in one batch are a restart.
         self._credit.follow(self.model)
+        self.capture.update()
 
     def settle(self) -> None:
         self._after_change()
@@ -155,23 +170,28 @@ class AudioSession(DeviceSession):
             self._chunk_latency(time.monotonic_ns() - req.sent_ns)
         self.pump()
 
+    def _capture_step(self, step: audio_pb2.CaptureStep) -> None:
+        if self.mode != MIRRORED:
+            raise SessionError(grpc.StatusCode.FAILED_PRECONDITION, "capture steps come only in mirrored mode")
+        if step.channel != R.ADC or not 0 < step.length <= MAX_PCM_CHUNK:
+            raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"capture step {step.length} B on {step.channel}")
+        self._check_replayed(R.ADC, step.length, self.capture.step(step.length))
+        self._after_change()
+
+    def _check_replayed(self, channel: int, nbytes: int, done: int) -> None:
+        if done < nbytes:
+            # The copies disagree about where the DMA is; the shim reconnects and resyncs its full state.
+            self.counters["coherence_errors"] += 1
+            raise SessionError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"mirror diverged: {nbytes} bytes moved, but the DMA of channel {channel} stops after {done}",
+            )
+
     def _play(self, channel: int, data: bytes) -> None:
-        """Mirrored mode: replay the DMA steps that moved `data` (one window, or several the shim coalesced: the
-        same steps on both copies, since a window only ever ends at the caller's room, the ring's end or a
-        period's end)."""
+        """Mirrored mode: replay the DMA steps that moved `data` (see `replay_steps`), then play it."""
         fmt = self.model.channel_format(channel)
-        done = 0
-        while done < len(data):
-            _, window = self.model.dma_window(channel, len(data) - done)
-            if not window:
-                # The copies disagree about where the DMA is; the shim reconnects and resyncs its full state.
-                self.counters["coherence_errors"] += 1
-                raise SessionError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"mirror diverged: {len(data)} PCM bytes, but the DMA of channel {channel} stops after {done}",
-                )
-            self._credit.commit(self.model, channel, window)
-            done += window
+        step = partial(self._credit.commit, self.model, channel)
+        self._check_replayed(channel, len(data), replay_steps(self.model, channel, len(data), step))
         self._push(channel, fmt, data)
         self._after_change()
 
@@ -193,11 +213,12 @@ class AudioSession(DeviceSession):
 
     # ------------------------------------------------------------------ device side effects
     def _after_change(self) -> None:
-        self._signal_irq()  # first what the guest changed (an acknowledgement lowers the line) ...
+        self._sync_irq()  # first what the guest changed (an acknowledgement lowers the line) ...
+        self.capture.update()
         if self.mode == BACKEND:
             self.pump()  # ... then what the DMA does next (a new period raises it again: a new edge)
 
-    def _signal_irq(self) -> None:
+    def _sync_irq(self) -> None:
         irq = self.model.irq
         if irq != self._irq:
             self._irq = irq
@@ -207,12 +228,13 @@ class AudioSession(DeviceSession):
                 self._send(audio_pb2.BackendMessage(interrupt=msg))
 
     def pump(self) -> None:
-        """Backend mode: the DMA of each running DAC takes what it may now. The card takes the bytes when it asks
-        the shim for them (position, period, interrupt): the shim reads guest memory for the request before it
-        hears anything said after it, so the guest sees the interrupt after the read, as on a real card, and a
-        network round trip never delays a period's end."""
+        """Backend mode: write what the ADC recorded into guest memory, and let the DMA of each running DAC take
+        what it may now. The card takes the bytes when it asks the shim for them (position, period, interrupt):
+        the shim reads guest memory for the request before it hears anything said after it, so the guest sees the
+        interrupt after the read, as on a real card, and a network round trip never delays a period's end."""
         if self.mode != BACKEND or self._closed:
             return
+        self.capture.pump()
         for channel in (R.DAC1, R.DAC2):
             if channel in self._pending:
                 continue
@@ -229,7 +251,7 @@ class AudioSession(DeviceSession):
             msg = audio_pb2.DmaRequest(request_id=req.request_id, channel=channel, segments=[seg])
             self._send(audio_pb2.BackendMessage(dma_request=msg))
             self._credit.commit(self.model, channel, length)
-        self._signal_irq()
+        self._sync_irq()
 
     def _progress(self, channel: int, stats: PlayerStats) -> None:
         if self._closed:
@@ -276,11 +298,17 @@ class AudioSession(DeviceSession):
         }
 
     def session_counters(self) -> dict[str, int]:
-        return {**self.counters, **self.playback_counters(), **_percentiles("audio_chunk_ns", self.audio_chunk_ns)}
+        return {
+            **self.counters,
+            **self.playback_counters(),
+            **self.capture.stats(),
+            **_percentiles("audio_chunk_ns", self.audio_chunk_ns),
+        }
 
     async def close(self, drain: bool) -> None:
         """End the session; with `drain` the buffered audio is played out first."""
         self._closed = True
+        await self.capture.close()
         players = list(self._players.values())
         self._players.clear()
         for p in players:

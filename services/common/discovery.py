@@ -28,7 +28,8 @@ def service_type(device: str) -> str:
     return f"_rdv-{device}._tcp.local."
 
 
-def _addresses(host: str) -> list[str]:
+def addresses(host: str) -> list[str]:
+    """`host`, or every non-loopback address of this machine for a wildcard listen address."""
     if host not in ("", "0.0.0.0", "::"):
         return [host]
     out = []
@@ -58,15 +59,15 @@ async def advertise(
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     node = node or socket.gethostname()
-    addresses = _addresses(host)
-    if not addresses:
+    announced = addresses(host)
+    if not announced:
         _log.warning("nothing to advertise on: no network address", extra={"listen": listen})
         return None
-    interfaces = addresses if host not in ("", "0.0.0.0", "::") else None
+    interfaces = announced if host not in ("", "0.0.0.0", "::") else None
     info = AsyncServiceInfo(
         service_type(device),
         f"{node} {device}.{service_type(device)}",
-        addresses=[socket.inet_aton(a) if ":" not in a else socket.inet_pton(socket.AF_INET6, a) for a in addresses],
+        addresses=[socket.inet_aton(a) if ":" not in a else socket.inet_pton(socket.AF_INET6, a) for a in announced],
         port=int(port),
         properties={
             "node": node,
@@ -84,12 +85,12 @@ async def advertise(
         await zc.async_close()
         _log.warning("cannot advertise", extra={"device": device, "error": str(exc)})
         return None
-    _log.info("advertised", extra={"device": device, "node": node, "addresses": ",".join(addresses), "port": port})
+    _log.info("advertised", extra={"device": device, "node": node, "addresses": ",".join(announced), "port": port})
     return Advertiser(zc, info)
 
 
 def _all_interfaces() -> list[str]:
-    return [a for a in _addresses("0.0.0.0") if ":" not in a]
+    return [a for a in addresses("0.0.0.0") if ":" not in a]
 
 
 @dataclass
@@ -121,13 +122,13 @@ async def browse(seconds: float = 3.0, interfaces: list[str] | None = None) -> l
             if not await info.async_request(zc.zeroconf, 1500):
                 continue
             txt = {k.decode(): (v or b"").decode(errors="replace") for k, v in info.properties.items()}
-            addresses = info.parsed_addresses(IPVersion.V4Only)
-            if not addresses or info.port is None:
+            at = info.parsed_addresses(IPVersion.V4Only)
+            if not at or info.port is None:
                 continue
             found[name] = Found(
                 node=txt.get("node", ""),
                 device=txt.get("device", ""),
-                address=f"{addresses[0]}:{info.port}",
+                address=f"{at[0]}:{info.port}",
                 tls=txt.get("tls") == "on",
                 api=txt.get("api", ""),
                 pairing=txt.get("pairing") == "yes",
@@ -139,10 +140,10 @@ async def browse(seconds: float = 3.0, interfaces: list[str] | None = None) -> l
     return sorted(found.values(), key=lambda f: (f.node, f.device))
 
 
-def resolve(node: str, device: str, seconds: float = 3.0) -> str:
+def resolve(node: str, device: str, seconds: float = 3.0, interfaces: list[str] | None = None) -> str:
     """HOST:PORT of `device` on the node named `node` (a VM config may name a node instead of an address);
     LookupError when no such node answers."""
-    for f in asyncio.run(browse(seconds)):
+    for f in asyncio.run(browse(seconds, interfaces)):
         if f.node == node and f.device == device:
             return f.address
     raise LookupError(f"no rdv node named {node!r} with a {device} service answered on the local network")

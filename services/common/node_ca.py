@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from services.common import certs, logs
-from services.common.tls import DEVICE_URI_PREFIX, REVOKED_FILE, VM_URI_PREFIX, TlsError
+from services.common.tls import DEVICE_URI_PREFIX, REVOKED_FILE, VM_URI_PREFIX, RevocationList, TlsError
 
 PAIRINGS_FILE = "pairings.json"
 CERT_DAYS = 730
@@ -47,12 +47,16 @@ def _replace(path: Path, data: bytes) -> None:
 
 
 def default_hosts(listen: str) -> list[str]:
-    """Names a shim may use for this node: loopback, the host name, and the address listened on."""
+    """Names a shim may use for this node: loopback, the host name, and the addresses listened on."""
+    from services.common import discovery
+
     host = listen.rpartition(":")[0].strip("[]")
     name = socket.gethostname()
     hosts = ["localhost", "127.0.0.1", "::1", name, f"{name}.local"]
-    if host and host not in ("0.0.0.0", "::") and host not in hosts:
-        hosts.append(host)
+    # Listening on every address, the node is reached at any of them (discovery announces them all).
+    for address in discovery.addresses(host):
+        if address not in hosts:
+            hosts.append(address)
     return hosts
 
 
@@ -134,11 +138,7 @@ class NodeCa:
         return records if isinstance(records, list) else []
 
     def revoked(self) -> set[str]:
-        try:
-            text = (self.folder / REVOKED_FILE).read_text()
-        except FileNotFoundError:
-            return set()
-        return {line.strip().lower() for line in text.splitlines() if line.strip()}
+        return set(RevocationList(str(self.folder)).serials())
 
     def pairings(self) -> list[dict]:
         revoked = self.revoked()

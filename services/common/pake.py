@@ -72,10 +72,6 @@ def anonymous_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     return key, cert
 
 
-def is_anonymous(cert: x509.Certificate) -> bool:
-    return cert.issuer == ANONYMOUS_NAME
-
-
 def anonymous_client() -> tuple[bytes, bytes]:
     """A throwaway client certificate from the anonymous CA: (key PEM, certificate PEM)."""
     ca_key, _ = anonymous_ca()

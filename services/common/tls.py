@@ -168,12 +168,6 @@ class PeerCheck:
         return Peer(True, devices, vms[0] if vms else "", f"{cert.serial_number:x}")
 
 
-def peer_devices(context: grpc.aio.ServicerContext) -> set[str]:
-    """Devices the peer's certificate names (empty without TLS); what it may use is PeerCheck's answer."""
-    sans = context.auth_context().get("x509_subject_alternative_name", [])
-    return {san.decode()[len(DEVICE_URI_PREFIX) :] for san in sans if san.decode().startswith(DEVICE_URI_PREFIX)}
-
-
 def is_loopback_peer(context: grpc.aio.ServicerContext) -> bool:
     """The caller runs on this machine (gRPC's peer string: ipv4:127.0.0.1:PORT, ipv6:[::1]:PORT, unix:...)."""
     peer = context.peer()

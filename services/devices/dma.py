@@ -50,12 +50,12 @@ class DmaCredit:
         self.hold_limit = hold_limit
         self._channels = [_ChannelCredit() for _ in range(3)]
 
-    def room(self, model: Es1370, channel: int) -> int:
-        """Bytes the channel may move now."""
+    def room(self, model: Es1370, channel: int, hold: bool | None = None) -> int:
+        """Bytes the channel may move now; `hold` (default: the channel's interrupt is pending) holds it."""
         c = self._channels[channel]
         self._follow(model, channel, c)
         now = self.clock.now()
-        if model.interrupt_pending(channel):
+        if model.interrupt_pending(channel) if hold is None else hold:
             if c.held_since is None:
                 c.held_since = now
             if now - c.held_since < self.hold_limit:
@@ -97,6 +97,10 @@ class DmaCredit:
         c = self._channels[channel]
         self._follow(model, channel, c)
         c.known = c.moved - model.state.channels[channel].leftover  # the register shows whole dwords
+
+    def moved(self, channel: int, nbytes: int) -> None:
+        """Bytes moved outside the period bookkeeping (the ADC's capture pacing counts only volume)."""
+        self._channels[channel].moved += nbytes
 
     def lost(self, channel: int, nbytes: int) -> None:
         """Bytes the card took and could not read: the sink will never play them."""

@@ -3,8 +3,11 @@
 Used unchanged in three places: the shim (mirrored mode answers the guest from it), the audio service (the
 authoritative copy in backend mode, the mirror in mirrored mode) and the tests. It owns no thread, socket or
 clock. DMA is split in two steps so that the caller decides where guest memory comes from:
-`dma_window()` says which guest bytes the next transfer would read, `dma_commit()` advances the channel by
-the bytes actually moved. Register semantics follow the chip as QEMU models it; the few deliberate
+`dma_window()` says which guest bytes the next transfer would read (DACs) or write (the ADC), `dma_commit()`
+advances the channel by the bytes actually moved. The three channels share one engine, as on the chip: the ADC
+records at DAC2's clock (PCLKDIV) in its own format (R1 bits of SERIAL_CONTROL), has no pause bit, and raises
+STAT_ADC per period; what it records and from which input (AK4531 registers behind the write-only CODEC port)
+is the caller's business. Register semantics follow the chip as QEMU models it; the few deliberate
 differences are marked "Deviation".
 """
 

@@ -105,6 +105,12 @@ PCLK_HZ = 1411200  # DAC2/ADC rate = PCLK_HZ / (PCLKDIV + 2)
 MAX_PCLKDIV = CTRL_PCLKDIV >> CTRL_SH_PCLKDIV
 
 AK4531_REGISTERS = 0x1A  # the mixer codec behind CODEC: (addr << 8) | data
+# AK4531 registers that choose what the ADC records (input mixer switches) and the mic preamp.
+AK4531_IN_MIX_L1 = 0x12
+AK4531_IN_MIX_R1 = 0x13
+AK4531_IN_MIX_L2 = 0x14
+AK4531_IN_MIX_R2 = 0x15
+AK4531_MIC_GAIN = 0x19
 
 # Channels, in hardware order.
 DAC1 = 0

@@ -228,6 +228,7 @@ class SvgaState:
         "index", "svga_id", "enable", "width", "height", "bpp", "pitchlock", "config_done", "guest_id",
         "cursor_id", "cursor_x", "cursor_y", "cursor_on", "irq_mask", "irq_status",
     )  # fmt: skip
+    PLAIN: ClassVar[tuple[str, ...]] = (*SCALARS, "cursor_visible", "busy", "fb_start", "mem_start")  # as on the wire
 
     index: int = 0
     svga_id: int = R.ID_2

@@ -19,13 +19,7 @@ VIDEO_CODEC_NAME: dict[int, str] = {v: k for k, v in VIDEO_CODEC_ENUM.items()}
 
 def registers_to_proto(state: SvgaState) -> display_pb2.SvgaRegisters:
     msg = display_pb2.SvgaRegisters(
-        **{name: getattr(state, name) for name in SvgaState.SCALARS},
-        cursor_visible=state.cursor_visible,
-        busy=state.busy,
-        fb_start=state.fb_start,
-        mem_start=state.mem_start,
-        scratch=state.scratch,
-        palette=state.palette,
+        **{name: getattr(state, name) for name in SvgaState.PLAIN}, scratch=state.scratch, palette=state.palette
     )
     if state.cursor is not None:
         msg.cursor.CopyFrom(cursor_to_proto(state.cursor))
@@ -35,16 +29,9 @@ def registers_to_proto(state: SvgaState) -> display_pb2.SvgaRegisters:
 def registers_from_proto(msg: display_pb2.SvgaRegisters) -> SvgaState:
     """The state a message describes; SnapshotError when it is not one an SVGA II can be in."""
     c = msg.cursor
-    return SvgaState(
-        **{name: getattr(msg, name) for name in SvgaState.SCALARS},
-        cursor_visible=msg.cursor_visible,
-        busy=msg.busy,
-        fb_start=msg.fb_start,
-        mem_start=msg.mem_start,
-        scratch=tuple(msg.scratch),
-        palette=tuple(msg.palette),
-        cursor=Cursor(c.width, c.height, c.hot_x, c.hot_y, c.argb) if msg.HasField("cursor") else None,
-    )
+    cursor = Cursor(c.width, c.height, c.hot_x, c.hot_y, c.argb) if msg.HasField("cursor") else None
+    plain = {name: getattr(msg, name) for name in SvgaState.PLAIN}
+    return SvgaState(**plain, scratch=tuple(msg.scratch), palette=tuple(msg.palette), cursor=cursor)
 
 
 def cursor_to_proto(cursor: Cursor) -> display_pb2.CursorDefine:

@@ -7,6 +7,10 @@
   the guest's handler thread running.
 - audio_chunk: one chunk of PCM from guest memory to the service's model: one way when the shim pushes it
   (mirrored), the DMA request's round trip when the service has to ask (backend).
+- capture_latency: the remote microphone, from the moment the service's source delivered a chunk to its first
+  byte landing in the guest's capture ring (the scripted guest records a tone). It includes the capture jitter
+  buffer (CAPTURE_LATENCY_MS, released at the sample rate) and the wait of a chunk behind the period the guest
+  has not acknowledged yet; `capture_transport` is the same minus the jitter buffer.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370, PcmFormat
 from tests.bench.netlinks import Link
 from tests.bench.stats import record, resource_usage
+
+CAPTURE_LATENCY_MS = 40  # the service's default capture jitter buffer
 
 # The paper's Table 2 in ns: (local card, remote card 1 = backend, remote card 2 = mirrored).
 PAPER = {
@@ -73,8 +79,10 @@ def run(quick: bool, workdir: Path, link: Link | None = None) -> list[dict]:
             ),
         ]
     svc = start_service(
-        "audio", workdir / "logs", "--sink", "null", listen=f"{link.remote_host}:0", prefix=link.prefix, env=link.env
-    )
+        "audio", workdir / "logs", "--sink", "null", "--source", "tone",
+        "--capture-latency-ms", str(CAPTURE_LATENCY_MS),
+        listen=f"{link.remote_host}:0", prefix=link.prefix, env=link.env,
+    )  # fmt: skip
     try:
         for mode in ("mirrored", "backend"):
             with resource_usage(f"audio {mode}", link.name, {"audio service": svc.proc.pid}) as usage:
@@ -98,17 +106,20 @@ def _measure_mode(address: str, mode: str, n: int, seconds: float) -> list[dict]
     irq_latency: list[float] = []
 
     class Guest(ScriptedEs1370Driver):
-        def _interrupt(self, dac: int) -> tuple[bool, bool]:
+        def _interrupt(self, channels: tuple[int, ...]) -> tuple[bool, dict[int, int]]:
             woke = time.monotonic_ns()
             raised = link.last_interrupt_sent_ns if mode == "backend" else line.raised_ns
             irq_latency.append(woke - raised)
-            return super()._interrupt(dac)
+            return super()._interrupt(channels)
 
     fmt = PcmFormat(44100, 2, 16)
     pcm = melody(fmt, seconds)
     guest = Guest(link, memory, line)
     guest.probe()
     guest.play(pcm, fmt, period_frames=1024)
+    irq_latency_playback = list(irq_latency)
+    guest.record(fmt, seconds, period_frames=1024)
+    capture = list(link.capture_latency_ns)
     with grpc.insecure_channel(address) as ch:
         (session,) = audio_pb2_grpc.AudioServiceStub(ch).ListSessions(common_pb2.ListSessionsRequest()).sessions
         counters = dict(session.counters)
@@ -119,9 +130,12 @@ def _measure_mode(address: str, mode: str, n: int, seconds: float) -> list[dict]
         p99=counters["audio_chunk_ns_p99"],
         samples=counters.get("pcm_bytes", 0) // 4096,
     )
+    jitter = CAPTURE_LATENCY_MS * 1_000_000
     return [
         record("register_read", mode, reads, PAPER["register_read"][mode]),
         record("register_write", mode, writes, PAPER["register_write"][mode]),
-        record("interrupt", mode, irq_latency, PAPER["interrupt"][mode], path="link → scripted guest thread"),
+        record("interrupt", mode, irq_latency_playback, PAPER["interrupt"][mode], path="link → scripted guest thread"),
         chunk,
+        record("capture_latency", mode, capture, None, workload=f"jitter buffer {CAPTURE_LATENCY_MS} ms"),
+        record("capture_transport", mode, [max(0, c - jitter) for c in capture], None, workload="minus the buffer"),
     ]

@@ -31,7 +31,7 @@ from frontend_shim.guests.pcm import PcmFormat, melody, write_wav
 from services.common.png import decode
 from tests.helpers import ROOT
 
-pytestmark = pytest.mark.deploy
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(2400)]  # a first build on a busy machine
 
 README = ROOT / "deploy" / "README.md"
 DEFAULT_PORTS = {"50051": "audio", "50052": "display", "50053": "input"}
@@ -245,3 +245,26 @@ def test_a_window_on_the_nodes_x_screen(node: Node, x_screen: tuple[str, Path]) 
         assert len(lines) == 1 and f"display={display}" in lines[0] and "uid=10001" in lines[0], logs
     finally:
         node.compose("down", timeout=120)
+
+
+def test_alsa_has_the_pulse_device_and_its_plugin_loads(node: Node) -> None:
+    """pulse.yml plays to ALSA's "pulse" device: ALSA reads its definition (opening it fails for want of a sound
+    server here, not as an unknown device) and the plugin's libraries all resolve (without libasound2-plugins'
+    codec dependencies)."""
+    script = """
+import alsaaudio, glob, subprocess
+for name in ("pulse", "no-such-device"):
+    try:
+        alsaaudio.PCM(device=name)
+        print("opened")
+    except alsaaudio.ALSAAudioError as exc:
+        print(exc)
+for plugin in glob.glob("/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so"):
+    print(subprocess.run(["ldd", plugin], capture_output=True, text=True).stdout)
+"""
+    res = node.compose("run", "--rm", "--no-deps", "--entrypoint", "python", "audio", "-c", script, timeout=120)
+    assert res.returncode == 0, res.stderr
+    pulse, unknown, *libraries = res.stdout.splitlines()
+    assert "no-such-device" in unknown and pulse != unknown.replace("no-such-device", "pulse"), res.stdout
+    assert any("libpulse.so" in line for line in libraries), res.stdout
+    assert not any("not found" in line for line in libraries), res.stdout

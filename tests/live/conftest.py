@@ -16,6 +16,12 @@ def qemu() -> str:
 
 
 @pytest.fixture(scope="module")
+def qemu_unaligned() -> str:
+    """QEMU 10.2.2 with the test-only unaligned vfio region ops (see test_vfio_user_display.py; cached)."""
+    return tool("build_qemu_vfio_user.sh", "--unaligned-io", timeout=3600)
+
+
+@pytest.fixture(scope="module")
 def guest_dir() -> Path:
-    """Debian's kernel + a busybox initramfs with snd-ens1370, vmwgfx, evdev and aplay (built once; cached)."""
+    """Debian's kernel + a busybox initramfs with snd-ens1370, vmwgfx, evdev and alsa-utils (built once; cached)."""
     return Path(tool("build_guest.sh", timeout=3600))

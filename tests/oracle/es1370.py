@@ -151,14 +151,18 @@ class ModelEs1370:
                 return False
         return True
 
-    def run_period(self, channels: tuple[int, ...] = (R.DAC1, R.DAC2)) -> bool:
-        """Move each running channel to its next boundary (period or buffer end); False if nothing moved."""
+    def run_period(self, channels: tuple[int, ...] = (R.DAC1, R.DAC2, R.ADC)) -> bool:
+        """Move each running channel to its next boundary (period or buffer end); False if nothing moved.
+        The ADC records what QEMU's `none` audiodev captures (`silence`)."""
         moved = False
         for channel in channels:
             addr, length = self.model.dma_window(channel, 1 << 30)
             if not length:
                 continue
-            self.pcm[channel] += self.memory.read(addr, length)
+            if channel == R.ADC:
+                self.memory.write(addr, silence(self.model.channel_format(channel)) * length)
+            else:
+                self.pcm[channel] += self.memory.read(addr, length)
             before = self.model.irq
             self.model.dma_commit(channel, length)
             moved = True
@@ -166,6 +170,12 @@ class ModelEs1370:
                 self.raised += 1
                 break
         return moved
+
+
+def silence(fmt: PcmFormat) -> bytes:
+    """One byte of what QEMU's `none` audiodev records: silence, which QEMU's mixer converts to 0x7f in U8 (one
+    below mid-scale; a property of its audio layer, not of the ES1370, which DMAs whatever it is given)."""
+    return b"\x7f" if fmt.bits == 8 else b"\x00"
 
 
 def read_qemu_wav(path: Path, fmt: PcmFormat) -> bytes:

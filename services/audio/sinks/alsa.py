@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import alsaaudio
 
+from services.audio.alsa_pcm import UNPACED_PREFIXES, open_pcm
 from services.audio.sinks.base import SinkError
 from services.common import logs
 from services.devices.es1370 import PcmFormat
-
-# PCMs that accept data without waiting for a sound card: the player must pace them with its clock.
-_UNPACED_PREFIXES = ("null", "file:", "pcm.null")
 
 
 class AlsaSink:
     def __init__(self, device: str) -> None:
         self.device = device
-        self.paces_itself = not device.startswith(_UNPACED_PREFIXES)
+        self.paces_itself = not device.startswith(UNPACED_PREFIXES)
         self.underruns = 0
         self._pcm: alsaaudio.PCM | None = None
         self._frame_bytes = 1
@@ -23,15 +21,7 @@ class AlsaSink:
     def open(self, fmt: PcmFormat) -> None:
         self.close()
         try:
-            self._pcm = alsaaudio.PCM(
-                type=alsaaudio.PCM_PLAYBACK,
-                mode=alsaaudio.PCM_NORMAL,
-                device=self.device,
-                rate=fmt.rate,
-                channels=fmt.channels,
-                format=alsaaudio.PCM_FORMAT_S16_LE if fmt.bits == 16 else alsaaudio.PCM_FORMAT_U8,
-                periodsize=max(64, fmt.rate // 100),
-            )
+            self._pcm = open_pcm(alsaaudio.PCM_PLAYBACK, self.device, fmt)
         except alsaaudio.ALSAAudioError as exc:
             raise SinkError(f"ALSA device {self.device!r} refused {fmt}: {exc}") from exc
         self._frame_bytes = fmt.frame_bytes

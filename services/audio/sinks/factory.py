@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.audio.sinks.base import AudioSink, SinkConfig, SinkError
+from services.audio.sources.base import CaptureSource
 
 
 def make_sink(config: SinkConfig, session: str, channel: str) -> AudioSink:
@@ -20,8 +21,13 @@ def make_sink(config: SinkConfig, session: str, channel: str) -> AudioSink:
         sink = NullSink()
     else:
         raise SinkError(f"unknown sink {config.kind!r} (alsa, wav, null)")
-    if config.pace == "clock":
-        sink.paces_itself = False
-    elif config.pace == "device":
-        sink.paces_itself = True
+    apply_pace(sink, config.pace)
     return sink
+
+
+def apply_pace(device: AudioSink | CaptureSource, pace: str) -> None:
+    """--pace clock / device overrides what a sink or capture source says about pacing itself (auto keeps it)."""
+    if pace == "clock":
+        device.paces_itself = False
+    elif pace == "device":
+        device.paces_itself = True

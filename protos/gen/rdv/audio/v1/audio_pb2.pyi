@@ -73,8 +73,24 @@ class DmaData(_message.Message):
     ok: bool
     def __init__(self, request_id: _Optional[int] = ..., data: _Optional[bytes] = ..., ok: _Optional[bool] = ...) -> None: ...
 
+class CaptureStep(_message.Message):
+    __slots__ = ("channel", "length")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    channel: int
+    length: int
+    def __init__(self, channel: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class DmaWritten(_message.Message):
+    __slots__ = ("request_id", "ok")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    ok: bool
+    def __init__(self, request_id: _Optional[int] = ..., ok: _Optional[bool] = ...) -> None: ...
+
 class FrontendMessage(_message.Message):
-    __slots__ = ("open", "access", "pcm", "dma_data", "barrier", "resync", "writes")
+    __slots__ = ("open", "access", "pcm", "dma_data", "barrier", "resync", "writes", "capture_step", "dma_written")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     ACCESS_FIELD_NUMBER: _ClassVar[int]
     PCM_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +98,8 @@ class FrontendMessage(_message.Message):
     BARRIER_FIELD_NUMBER: _ClassVar[int]
     RESYNC_FIELD_NUMBER: _ClassVar[int]
     WRITES_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_STEP_FIELD_NUMBER: _ClassVar[int]
+    DMA_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     open: Open
     access: _common_pb2.RegisterAccess
     pcm: PcmChunk
@@ -89,17 +107,35 @@ class FrontendMessage(_message.Message):
     barrier: _common_pb2.Barrier
     resync: Es1370State
     writes: _common_pb2.RegisterWrites
-    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., access: _Optional[_Union[_common_pb2.RegisterAccess, _Mapping]] = ..., pcm: _Optional[_Union[PcmChunk, _Mapping]] = ..., dma_data: _Optional[_Union[DmaData, _Mapping]] = ..., barrier: _Optional[_Union[_common_pb2.Barrier, _Mapping]] = ..., resync: _Optional[_Union[Es1370State, _Mapping]] = ..., writes: _Optional[_Union[_common_pb2.RegisterWrites, _Mapping]] = ...) -> None: ...
+    capture_step: CaptureStep
+    dma_written: DmaWritten
+    def __init__(self, open: _Optional[_Union[Open, _Mapping]] = ..., access: _Optional[_Union[_common_pb2.RegisterAccess, _Mapping]] = ..., pcm: _Optional[_Union[PcmChunk, _Mapping]] = ..., dma_data: _Optional[_Union[DmaData, _Mapping]] = ..., barrier: _Optional[_Union[_common_pb2.Barrier, _Mapping]] = ..., resync: _Optional[_Union[Es1370State, _Mapping]] = ..., writes: _Optional[_Union[_common_pb2.RegisterWrites, _Mapping]] = ..., capture_step: _Optional[_Union[CaptureStep, _Mapping]] = ..., dma_written: _Optional[_Union[DmaWritten, _Mapping]] = ...) -> None: ...
 
 class Opened(_message.Message):
-    __slots__ = ("session_id", "info", "lead_ms")
+    __slots__ = ("session_id", "info", "lead_ms", "capture")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
     LEAD_MS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     info: _common_pb2.ServiceInfo
     lead_ms: int
-    def __init__(self, session_id: _Optional[str] = ..., info: _Optional[_Union[_common_pb2.ServiceInfo, _Mapping]] = ..., lead_ms: _Optional[int] = ...) -> None: ...
+    capture: CaptureSourceInfo
+    def __init__(self, session_id: _Optional[str] = ..., info: _Optional[_Union[_common_pb2.ServiceInfo, _Mapping]] = ..., lead_ms: _Optional[int] = ..., capture: _Optional[_Union[CaptureSourceInfo, _Mapping]] = ...) -> None: ...
+
+class CaptureSourceInfo(_message.Message):
+    __slots__ = ("kind", "latency_ms", "rate", "channels", "bits")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    latency_ms: int
+    rate: int
+    channels: int
+    bits: int
+    def __init__(self, kind: _Optional[str] = ..., latency_ms: _Optional[int] = ..., rate: _Optional[int] = ..., channels: _Optional[int] = ..., bits: _Optional[int] = ...) -> None: ...
 
 class Interrupt(_message.Message):
     __slots__ = ("level", "status", "sent_ns")
@@ -143,6 +179,32 @@ class Position(_message.Message):
     late_dma: int
     def __init__(self, channel: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_played: _Optional[int] = ..., underruns: _Optional[int] = ..., late_dma: _Optional[int] = ...) -> None: ...
 
+class CaptureData(_message.Message):
+    __slots__ = ("channel", "data", "start", "captured_ns")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_NS_FIELD_NUMBER: _ClassVar[int]
+    channel: int
+    data: bytes
+    start: bool
+    captured_ns: int
+    def __init__(self, channel: _Optional[int] = ..., data: _Optional[bytes] = ..., start: _Optional[bool] = ..., captured_ns: _Optional[int] = ...) -> None: ...
+
+class DmaWrite(_message.Message):
+    __slots__ = ("channel", "addr", "data", "captured_ns", "request_id")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_NS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    channel: int
+    addr: int
+    data: bytes
+    captured_ns: int
+    request_id: int
+    def __init__(self, channel: _Optional[int] = ..., addr: _Optional[int] = ..., data: _Optional[bytes] = ..., captured_ns: _Optional[int] = ..., request_id: _Optional[int] = ...) -> None: ...
+
 class BarrierAck(_message.Message):
     __slots__ = ("seq", "sent_ns", "state", "bytes_received")
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -156,20 +218,24 @@ class BarrierAck(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., sent_ns: _Optional[int] = ..., state: _Optional[_Union[Es1370State, _Mapping]] = ..., bytes_received: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BackendMessage(_message.Message):
-    __slots__ = ("opened", "value", "interrupt", "dma_request", "position", "barrier_ack")
+    __slots__ = ("opened", "value", "interrupt", "dma_request", "position", "barrier_ack", "capture", "dma_write")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     INTERRUPT_FIELD_NUMBER: _ClassVar[int]
     DMA_REQUEST_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     BARRIER_ACK_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_FIELD_NUMBER: _ClassVar[int]
+    DMA_WRITE_FIELD_NUMBER: _ClassVar[int]
     opened: Opened
     value: _common_pb2.RegisterValue
     interrupt: Interrupt
     dma_request: DmaRequest
     position: Position
     barrier_ack: BarrierAck
-    def __init__(self, opened: _Optional[_Union[Opened, _Mapping]] = ..., value: _Optional[_Union[_common_pb2.RegisterValue, _Mapping]] = ..., interrupt: _Optional[_Union[Interrupt, _Mapping]] = ..., dma_request: _Optional[_Union[DmaRequest, _Mapping]] = ..., position: _Optional[_Union[Position, _Mapping]] = ..., barrier_ack: _Optional[_Union[BarrierAck, _Mapping]] = ...) -> None: ...
+    capture: CaptureData
+    dma_write: DmaWrite
+    def __init__(self, opened: _Optional[_Union[Opened, _Mapping]] = ..., value: _Optional[_Union[_common_pb2.RegisterValue, _Mapping]] = ..., interrupt: _Optional[_Union[Interrupt, _Mapping]] = ..., dma_request: _Optional[_Union[DmaRequest, _Mapping]] = ..., position: _Optional[_Union[Position, _Mapping]] = ..., barrier_ack: _Optional[_Union[BarrierAck, _Mapping]] = ..., capture: _Optional[_Union[CaptureData, _Mapping]] = ..., dma_write: _Optional[_Union[DmaWrite, _Mapping]] = ...) -> None: ...
 
 class GetDeviceStateRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -1,0 +1,9 @@
+-m 2G \
+-object memory-backend-memfd,id=rdv-ram,size=2G,share=on \
+-machine memory-backend=rdv-ram \
+-device '{"driver":"vfio-user-pci","id":"rdv-audio","socket":{"type":"unix","path":"/run/rdv/vm1/es1370.sock"}}' \
+-device '{"driver":"vfio-user-pci","id":"rdv-display","socket":{"type":"unix","path":"/run/rdv/vm1/svga.sock"}}' \
+-vga none \
+-qmp unix:/run/rdv/vm1/qmp.sock,server=on,wait=off \
+-device usb-ehci,id=rdv-usb \
+-device usb-tablet,bus=rdv-usb.0
