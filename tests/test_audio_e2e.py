@@ -170,8 +170,8 @@ def test_two_sessions_play_side_by_side(services, tmp_path: Path) -> None:
 
 def test_a_starved_guest_is_seen_at_both_ends(services, tmp_path: Path) -> None:
     """A guest that stalls in its interrupt handler for many rings: the card plays on (what the ring holds), the
-    service counts late DMA and logs it once, the guest sees the xrun and restarts, and the sink still played
-    exactly what the card took from the ring."""
+    service counts late DMA and logs it once, the shim hears the count, the guest restarts if ALSA's arithmetic
+    sees the xrun, and the sink still played exactly what the card took from the ring."""
     out = tmp_path / "out.raw"
     svc = services("audio", "--alsa-device", f"file:FILE={out},FORMAT=raw", "--clock-scale", SCALE)
     memory, irq = new_guest(record=True)
@@ -200,7 +200,10 @@ def test_a_starved_guest_is_seen_at_both_ends(services, tmp_path: Path) -> None:
         state = audio_pb2_grpc.AudioServiceStub(ch).GetDeviceState(audio_pb2.GetDeviceStateRequest())
     link.close()
     wait_sessions_closed(svc.address)
-    assert status_reads == 1 and result.xruns >= 1
+    assert status_reads == 1
+    # The guest's own view is ALSA's pointer arithmetic, which sees a stall of many rings only where the position
+    # it reads back lands behind the last one (snd_pcm_update_hw_ptr0 adds at most one ring): it may report the
+    # xrun or not. The card's ends count every late DMA, whatever the guest saw.
     assert session.counters["late_dma"] >= 1 and state.late_dma == session.counters["late_dma"]
     assert link.stats.as_dict()["late_dma"] == session.counters["late_dma"]  # the shim heard it too
     assert svc.logs().count("late DMA") == 1  # one warning line for the burst, not one per period
