@@ -43,7 +43,11 @@ class InterruptLine(Protocol):
 
 
 class GuestMemoryError(Exception):
-    """DMA to an address where the guest has no memory."""
+    """DMA that cannot be done: guest memory unreachable now (the client busy or away) or not there at all."""
+
+
+class GuestMemoryUnmapped(GuestMemoryError):
+    """DMA to an address where the guest has no memory (or none the device may use): retrying cannot help."""
 
 
 class RamMemory:
@@ -56,7 +60,7 @@ class RamMemory:
     def _span(self, addr: int, length: int) -> int:
         start = addr - self.base
         if length < 0 or start < 0 or start + length > len(self.data):
-            raise GuestMemoryError(f"DMA of {length} bytes at {addr:#x} is outside guest RAM")
+            raise GuestMemoryUnmapped(f"DMA of {length} bytes at {addr:#x} is outside guest RAM")
         return start
 
     def read(self, addr: int, length: int) -> bytes:

@@ -321,9 +321,12 @@ class AudioLink(DeviceLink):
         if kind == "value" or kind == "barrier_ack":
             self._reply(kind, getattr(msg, kind))
         elif kind == "interrupt":
-            self._interrupt(msg.interrupt)
+            i = msg.interrupt
+            self._ordered.submit(lambda: self._interrupt(i))  # after a DMA read still waiting: the card read first
         elif kind == "dma_request":
-            self._serve_dma(conn, msg.dma_request)
+            req = msg.dma_request
+            self.stats.dma_requests += 1
+            self._ordered.submit(lambda: self._serve_dma(conn, req), lambda: self._dma_unread(conn, req))
         elif kind == "dma_write":
             w = msg.dma_write
             self._ordered.submit(lambda: self._dma_write(conn, w), lambda: self._dma_written(conn, w, ok=False))
@@ -346,23 +349,20 @@ class AudioLink(DeviceLink):
             conn.opened.set()
 
     def _serve_dma(self, conn: _AudioServiceStream, req: audio_pb2.DmaRequest) -> None:
-        """Read guest memory for the service. The read and its reply enter the stream under the lock that guest
-        reads are sent under, so a DMA that took a slot before the guest refilled it reaches the service before
-        the guest's next position read: the position the guest sees then tells it (an xrun)."""
-        self.stats.dma_requests += 1
+        """Read guest memory for the service (through `_ordered`: a read QEMU cannot serve just now, over DMA
+        messages, is retried, and the interrupts after it wait). The read and its reply enter the stream under the
+        lock that guest reads are sent under, so a DMA that took a slot before the guest refilled it reaches the
+        service before the guest's next position read: the position the guest sees then tells it (an xrun)."""
         with self.lock:
-            data, ok = bytearray(), True
-            try:
-                for seg in req.segments:
-                    data += self.memory.read(seg.addr, seg.length)
-            except GuestMemoryError as exc:
-                self._dma_failed(exc)
-                data, ok = bytearray(), False
-            else:
-                self._dma_failing = False
-                self.stats.pcm_bytes += len(data)
-            reply = audio_pb2.DmaData(request_id=req.request_id, data=bytes(data), ok=ok)
+            data = b"".join(self.memory.read(seg.addr, seg.length) for seg in req.segments)
+            self._dma_failing = False
+            self.stats.pcm_bytes += len(data)
+            reply = audio_pb2.DmaData(request_id=req.request_id, data=data, ok=True)
             conn.send(audio_pb2.FrontendMessage(dma_data=reply))
+
+    def _dma_unread(self, conn: _AudioServiceStream, req: audio_pb2.DmaRequest) -> None:
+        """Guest memory stayed unreadable (the VM is gone): the card took nothing it can play."""
+        conn.send(audio_pb2.FrontendMessage(dma_data=audio_pb2.DmaData(request_id=req.request_id, ok=False)))
 
     def _dma_failed(self, exc: GuestMemoryError) -> None:
         """The DMA engine retries every few ms while guest memory is unreachable (e.g. the VM is gone): warn
