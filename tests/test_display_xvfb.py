@@ -118,7 +118,8 @@ def test_window_input_reaches_the_input_service_in_guest_coordinates(services, x
     svc = services("display", "--viewport", f"{W // 2},0,{W // 2},{H}", "--input", inp.address,
                    env={"DISPLAY": xserver})  # fmt: skip
     with grpc.insecure_channel(inp.address) as ch:
-        sub = input_pb2_grpc.InputServiceStub(ch).Subscribe(input_pb2.SubscribeRequest(vm="vm"), timeout=20)  # the window's VM
+        # The window's VM (start_guest's default name): a window's events go to its own VM only.
+        sub = input_pb2_grpc.InputServiceStub(ch).Subscribe(input_pb2.SubscribeRequest(vm="vm"), timeout=20)
         sub.initial_metadata()  # registered
         driver, link = start_guest([svc.address], "mirrored", "lz4")
         try:

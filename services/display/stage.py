@@ -495,7 +495,10 @@ class Stage:
             view = self._view_at(ev.window)
             if self._hot_key(ev, view) or view is None:
                 continue
-            if ev.kind == "close":
+            if ev.kind == "redraw":
+                with self._cond:
+                    view.pending.full = True
+            elif ev.kind == "close":
                 self._close(view)
             elif ev.kind == "focus_in":
                 with self._cond:

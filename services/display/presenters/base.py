@@ -57,7 +57,8 @@ class WindowEvent:
 
     kind: "motion" (x, y), "button" (button name, pressed, x, y), "wheel" (dx, dy), "key" (scancode = USB HID
     usage, pressed), "close" (the user closed the window), "focus_in" / "focus_out" (the window got / lost the
-    keyboard). x and y are in the pixels of the picture the window shows (window_w x window_h), whatever size
+    keyboard), "redraw" (resized or uncovered: draw it whole again). x and y are in the pixels of the picture
+    the window shows (window_w x window_h), whatever size
     the window has: the presenter undoes its scaling.
     """
 

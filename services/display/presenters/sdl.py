@@ -40,6 +40,7 @@ class _Window:
     label_text: str = ""
     label_size: tuple[int, int] = (0, 0)
     size: tuple[int, int] = (0, 0)  # the picture's (logical) size
+    restore: tuple[int, int, int, int] | None = None  # full screen: where the window was before
 
 
 class SdlPresenter:
@@ -110,9 +111,8 @@ class SdlPresenter:
 
     def _make_window(self, key: int, title: str, w: int, h: int, fullscreen: bool = False) -> _Window:
         sdl2 = self._sdl
-        flags = sdl2.SDL_WINDOW_RESIZABLE | (sdl2.SDL_WINDOW_FULLSCREEN_DESKTOP if fullscreen else 0)
         x, y = self._free_place(w, h)
-        window = sdl2.SDL_CreateWindow(title.encode(), x, y, w, h, flags)
+        window = sdl2.SDL_CreateWindow(title.encode(), x, y, w, h, sdl2.SDL_WINDOW_RESIZABLE)
         if not window:
             raise self._error("SDL_CreateWindow")
         flags = sdl2.SDL_RENDERER_SOFTWARE if self.name == "sdl:dummy" else 0
@@ -123,6 +123,8 @@ class SdlPresenter:
         win = _Window(window, renderer, title)
         self._windows[key] = win
         self._keys[sdl2.SDL_GetWindowID(window)] = key
+        if fullscreen:
+            self.toggle_fullscreen(key)
         return win
 
     def _free_place(self, w: int, h: int) -> tuple[int, int]:
@@ -169,12 +171,30 @@ class SdlPresenter:
             self._sdl.SDL_SetWindowTitle(win.window, title.encode())
 
     def toggle_fullscreen(self, window: int) -> None:
+        """A borderless window over the whole screen and back: it needs no window manager's cooperation (SDL's
+        own full-screen asks the window manager, and without one nothing happens)."""
         win = self._windows.get(window)
         if win is None:
             return
         sdl2 = self._sdl
-        full = sdl2.SDL_GetWindowFlags(win.window) & sdl2.SDL_WINDOW_FULLSCREEN_DESKTOP
-        sdl2.SDL_SetWindowFullscreen(win.window, 0 if full else sdl2.SDL_WINDOW_FULLSCREEN_DESKTOP)
+        if win.restore is not None:
+            x, y, w, h = win.restore
+            win.restore = None
+            sdl2.SDL_SetWindowBordered(win.window, True)
+            sdl2.SDL_SetWindowSize(win.window, w, h)
+            sdl2.SDL_SetWindowPosition(win.window, x, y)
+            return
+        x, y, w, h = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        sdl2.SDL_GetWindowPosition(win.window, ctypes.byref(x), ctypes.byref(y))
+        sdl2.SDL_GetWindowSize(win.window, ctypes.byref(w), ctypes.byref(h))
+        bounds = sdl2.SDL_Rect()
+        if sdl2.SDL_GetDisplayBounds(max(0, sdl2.SDL_GetWindowDisplayIndex(win.window)), ctypes.byref(bounds)):
+            return
+        win.restore = (x.value, y.value, w.value, h.value)
+        sdl2.SDL_SetWindowBordered(win.window, False)
+        sdl2.SDL_SetWindowPosition(win.window, bounds.x, bounds.y)
+        sdl2.SDL_SetWindowSize(win.window, bounds.w, bounds.h)
+        sdl2.SDL_RaiseWindow(win.window)
 
     def set_grab(self, window: int, grab: bool) -> None:
         win = self._windows.get(window)
@@ -206,8 +226,7 @@ class SdlPresenter:
         self.set_title(job.window, job.title)
         key = (w, h, bpp)
         if key != win.texture_key:
-            fullscreen = sdl2.SDL_GetWindowFlags(win.window) & sdl2.SDL_WINDOW_FULLSCREEN_DESKTOP
-            if win.texture_key is not None and win.texture_key[:2] != (w, h) and not fullscreen:
+            if win.texture_key is not None and win.texture_key[:2] != (w, h) and win.restore is None:
                 sdl2.SDL_SetWindowSize(win.window, w, h)
             if win.texture:
                 sdl2.SDL_DestroyTexture(win.texture)
@@ -358,6 +377,8 @@ class SdlPresenter:
                     sdl2.SDL_WINDOWEVENT_CLOSE: "close",
                     sdl2.SDL_WINDOWEVENT_FOCUS_GAINED: "focus_in",
                     sdl2.SDL_WINDOWEVENT_FOCUS_LOST: "focus_out",
+                    sdl2.SDL_WINDOWEVENT_SIZE_CHANGED: "redraw",
+                    sdl2.SDL_WINDOWEVENT_EXPOSED: "redraw",
                 }.get(event.window.event)
                 if kind:
                     out.append(self._event(kind, event.window.windowID))
