@@ -272,6 +272,9 @@ class Stage:
     def _set_focus(self, view: View | None, tell: bool) -> None:
         """Under the lock."""
         old = self._focus
+        if view is not None and (view.hidden or self._switcher_hidden):  # focusing a VM shows it again
+            view.hidden = self._switcher_hidden = False
+            view.pending.full = True
         if view is old:
             return
         self._focus = view
@@ -283,8 +286,6 @@ class Stage:
             self._retitle(old)
         if view is not None:
             log.info("focus", extra={"vm": view.vm, "window": view.key})
-            if view.hidden or self._switcher_hidden:
-                view.hidden = self._switcher_hidden = False
             view.pending.full = True
             self._retitle(view)
             key = self._window(view)
