@@ -1,11 +1,14 @@
-"""Several VMs on one node, over mTLS: a certificate paired for one VM (an `rdv:vm:` name) sees and controls only
-that VM's sessions; another VM's screenshot, state, focus, input or session name is PERMISSION_DENIED; a bad or
-unknown VM name is INVALID_ARGUMENT / NOT_FOUND with a message naming what there is."""
+"""Several VMs on one node kept apart. Over mTLS a certificate paired for one VM (an `rdv:vm:` name) sees and
+controls only that VM's sessions; another VM's screenshot, state, focus, input or session name is
+PERMISSION_DENIED; a bad or unknown VM name is INVALID_ARGUMENT / NOT_FOUND with a message naming what there is.
+A VM that floods, stalls or crashes holds back no other VM's pictures."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +121,52 @@ def test_bad_and_unknown_vm_names(node, pki: Path) -> None:
         with pytest.raises(grpc.RpcError) as err:
             d.GetDisplayState(display_pb2.GetDisplayStateRequest(vm="two words"), timeout=10)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "vm must be" in err.value.details()
+
+
+def test_a_flooding_stalled_or_crashed_vm_does_not_hold_another_back(services) -> None:
+    """VM B floods full-screen frames and never reads its acknowledgements (a slow consumer), then stalls, then
+    vanishes; VM A draws on meanwhile: every frame of A is presented and its picture stays exact."""
+    from tests.display_helpers import guest_rgb, screenshot, start_guest
+    from tests.test_display_bad_input import MODE, frame, pixels, rect
+
+    disp = services("display", "--presenter", "sdl", "--headless")  # SDL's dummy driver: the real render path
+    stalled = threading.Event()
+    release = threading.Event()
+    noise = random.Random(5).randbytes(MODE.width * MODE.height * 4)
+
+    def flood() -> Iterator[display_pb2.FrontendMessage]:
+        yield display_pb2.FrontendMessage(open=display_pb2.Open(vm="B", mode=common_pb2.COHERENCE_MODE_MIRRORED))
+        for i in range(1, 3000):  # more acknowledgements than HTTP/2's window holds: B's writes block
+            update = (pixels(rect(0, 0, MODE.width, MODE.height), display_pb2.ENCODING_RAW, noise) if i % 100 == 1
+                      else display_pb2.DisplayUpdate(fill=display_pb2.Fill(rect=rect(0, 0, 8, 8), color=i)))
+            yield frame(update, frame_id=i)  # fmt: skip
+        stalled.set()
+        release.wait(60)  # stalls: sends nothing more, reads nothing
+
+    with grpc.insecure_channel(disp.address) as ch:
+        b = display_pb2_grpc.DisplayServiceStub(ch).Session(flood(), timeout=120)  # its replies are never read
+        driver, link = start_guest([disp.address], "mirrored", "lz4", vm="A", seed=3)
+        try:
+            for phase in ("flooding", "stalled", "gone"):
+                if phase == "stalled":
+                    assert stalled.wait(60), "B did not finish flooding"
+                    stub = display_pb2_grpc.DisplayServiceStub(ch)
+                    deadline = time.monotonic() + 60
+                    while {x.vm: x.counters["frames"] for x in stub.ListSessions(
+                            common_pb2.ListSessionsRequest(), timeout=10).sessions}.get("B") != 2999:  # fmt: skip
+                        assert time.monotonic() < deadline, "the service did not take B's frames"
+                        time.sleep(0.05)
+                elif phase == "gone":
+                    b.cancel()  # B's process died
+                    release.set()
+                started = time.monotonic()
+                driver.run(seconds=30, fps=0, max_ticks=10)
+                driver.sync()
+                assert link.flush(15), phase  # every frame of A acknowledged
+                assert time.monotonic() - started < 15, phase
+                _, _, rgb, _ = screenshot(disp.address, vm="A")
+                assert rgb == guest_rgb(driver), phase
+            assert link.stats.reconnects == 0
+        finally:
+            release.set()
+            link.close()
