@@ -87,12 +87,17 @@ def make(mode: str = "windows") -> tuple[Stage, ScriptedPresenter, list[GuestInp
     return stage, presenter, inputs, told
 
 
+def two_vms(stage: Stage) -> tuple[FakeSession, FakeSession]:
+    a, b = FakeSession("A", 1), FakeSession("B", 2)
+    stage.attach(a)
+    stage.attach(b)
+    return a, b
+
+
 def test_closing_a_window_hides_the_vm_which_runs_on_and_comes_back_on_focus() -> None:
     stage, presenter, _, told = make()
     try:
-        a, b = FakeSession("A", 1), FakeSession("B", 2)
-        stage.attach(a)
-        stage.attach(b)
+        a, b = two_vms(stage)
         frame(stage, a, 1)
         wait_for("A presented", lambda: (1, True) in a.acks)
         key_a = next(j.window for j in presenter.jobs if j.title.startswith("rdv A "))
@@ -114,9 +119,7 @@ def test_closing_a_window_hides_the_vm_which_runs_on_and_comes_back_on_focus() -
 def test_window_events_reach_the_focused_vm_only_and_focus_loss_releases_keys() -> None:
     stage, presenter, inputs, told = make()
     try:
-        a, b = FakeSession("A", 1), FakeSession("B", 2)
-        stage.attach(a)
-        stage.attach(b)
+        a, b = two_vms(stage)
         frame(stage, b, 1)
         wait_for("both windows", lambda: {j.title.split()[1] for j in presenter.jobs} == {"A", "B"})
         keys = {j.title.split()[1]: j.window for j in presenter.jobs}
@@ -145,9 +148,7 @@ def test_window_events_reach_the_focused_vm_only_and_focus_loss_releases_keys() 
 def test_switcher_shows_one_vm_with_its_name_and_the_hot_key_moves_on() -> None:
     stage, presenter, inputs, told = make("switcher")
     try:
-        a, b = FakeSession("A", 1), FakeSession("B", 2)
-        stage.attach(a)
-        stage.attach(b)
+        a, b = two_vms(stage)
         frame(stage, a, 1)
         frame(stage, b, 1)
         wait_for("A shown", lambda: (1, True) in a.acks and (1, False) in b.acks)

@@ -152,6 +152,7 @@ class Stage:
         self._views: list[View] = []  # in the order they were made
         self._by_source: dict[int, View] = {}
         self._focus: View | None = None
+        self._remote_focus: str | None = None  # the input service's focus, as last heard
         self._keys = 1  # window keys (SWITCHER_WINDOW is 0)
         self._actions: list[Callable[[], None]] = []  # presenter calls other threads asked for
         self._switcher_hidden = False
@@ -266,10 +267,13 @@ class Stage:
         with self._cond:
             view = next((v for v in reversed(self._views) if v.vm == vm and v.connected), None)
             view = view or next((v for v in reversed(self._views) if v.vm == vm), None)
-            self._set_focus(view, tell=False)
+            # The same focus again answers a move asked here in vain (that VM takes no input): the titles go back,
+            # the window the user clicked stays in front.
+            moved, self._remote_focus = vm != self._remote_focus, vm
+            self._set_focus(view, tell=False, raise_window=moved)
             self._cond.notify_all()
 
-    def _set_focus(self, view: View | None, tell: bool) -> None:
+    def _set_focus(self, view: View | None, tell: bool, raise_window: bool = True) -> None:
         """Under the lock."""
         old = self._focus
         if view is not None and (view.hidden or self._switcher_hidden):  # focusing a VM shows it again
@@ -289,7 +293,8 @@ class Stage:
             view.pending.full = True
             self._retitle(view)
             key = self._window(view)
-            self._actions.append(lambda: self.presenter.focus_window(key))
+            if raise_window:
+                self._actions.append(lambda: self.presenter.focus_window(key))
         if tell and self.on_focus is not None and view is not None:
             vm = view.vm
             self._actions.append(lambda: self._tell_focus(vm))
