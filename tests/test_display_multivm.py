@@ -230,3 +230,48 @@ def test_resized_and_full_screen_windows_stay_exact_and_click_right(four, xserve
         state = display_pb2_grpc.DisplayServiceStub(ch).GetDisplayState(display_pb2.GetDisplayStateRequest(vm="A"),
                                                                         timeout=10)  # fmt: skip
     assert state.vm == "A" and state.focused and state.window_title.endswith(" - input") and state.connected
+    # The grab key: the title says the pointer and keyboard are held and how to let go.
+    xdo(xserver, "key", "ctrl+alt+g")
+    wait_for("A grabbed", lambda: windows(xserver, pid)["A"][1].endswith(" - grabbed (Ctrl+Alt+G releases)"))
+    xdo(xserver, "key", "ctrl+alt+g")
+    wait_for("A released", lambda: windows(xserver, pid)["A"][1].endswith(" - input"))
+
+
+def test_switcher_mode_one_full_screen_window_with_the_vm_name(services, xserver: str, tmp_path: Path) -> None:  # noqa: F811
+    from services.display.presenters import label
+
+    disp = services("display", "--window-mode", "switcher", env={"DISPLAY": xserver})
+    guests = {}
+    try:
+        for i, vm in enumerate(("A", "B")):
+            driver, link = start_guest([disp.address], "mirrored", "lz4", width=GW, height=GH, vm=vm, seed=7 + i)
+            driver.run(seconds=30, fps=0, max_ticks=2 + 3 * i)
+            driver.move_cursor(0, 0, visible=False)
+            driver.sync()
+            assert link.flush(10)
+            guests[vm] = (driver, link)
+        pid = disp.proc.pid
+        scale = SCREEN_W // GW
+        bar = (SCREEN_H - GH * scale) // 2
+
+        def shows(vm: str) -> bool:
+            wins = windows(xserver, pid)
+            if list(wins) != [vm]:
+                return False
+            geo = geometry(xserver, wins[vm][0])
+            if (geo.w, geo.h) != (SCREEN_W, SCREEN_H):
+                return False
+            got = shown(xserver, tmp_path, Rect(0, bar, GW * scale, GH * scale))
+            lw, lh, _ = label.render(vm)
+            # Below the label: the VM's picture, scaled; the label itself differs from it.
+            below = (label.MARGIN + lh - bar) // scale + 1
+            want = guest_rgb(guests[vm][0])
+            return (downscale(got, GW * scale, GH * scale, scale)[below * GW * 3 :] == want[below * GW * 3 :]
+                    and downscale(got, GW * scale, GH * scale, scale)[: GW * 3] != want[: GW * 3])  # fmt: skip
+
+        wait_for("A full screen with its name", lambda: shows("A"), timeout=30)
+        xdo(xserver, "key", "ctrl+alt+n")
+        wait_for("B full screen with its name", lambda: shows("B"), timeout=30)
+    finally:
+        for _, link in guests.values():
+            link.close()

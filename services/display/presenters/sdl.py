@@ -330,7 +330,9 @@ class SdlPresenter:
             sdl2.SDL_SetTextureBlendMode(tex, sdl2.SDL_BLENDMODE_BLEND)
             win.label_tex, win.label_text, win.label_size = tex, text, (w, h)
         w, h = win.label_size
+        sdl2.SDL_RenderSetLogicalSize(win.renderer, 0, 0)  # the label in window pixels, whatever the scaling
         sdl2.SDL_RenderCopy(win.renderer, win.label_tex, None, sdl2.SDL_Rect(label.MARGIN, label.MARGIN, w, h))
+        sdl2.SDL_RenderSetLogicalSize(win.renderer, *win.size)
 
     def _draw_cursor(self, win: _Window, job: RenderJob) -> None:
         cursor: CursorImage | None = job.cursor
