@@ -45,7 +45,7 @@ def seconds(quick: bool) -> float:
     except ValueError:
         value = -1.0
     if not 5 <= value <= 86400:
-        raise SystemExit(f"{SECONDS_VAR}={text!r}: seconds of load, 5..86400")
+        raise ValueError(f"{SECONDS_VAR}={text!r}: seconds of load, 5..86400")
     return value
 
 
