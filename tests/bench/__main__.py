@@ -26,6 +26,7 @@ SUITES = (
     "tests.bench.input",
     "tests.bench.vfio",
     "tests.bench.load",
+    "tests.bench.multivm",
     "tests.bench.video",
     "tests.bench.slack",
 )
