@@ -8,12 +8,13 @@ import grpc
 
 from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
 from rdv.common.v1 import common_pb2
+from services.audio.mixer import SILENCE_DB, Volume, db_to_gain, gain_to_db
 from services.audio.session import AudioSession, SessionConfig
 from services.audio.sources import SourceConfig
 from services.audio.sources.wav import read_format
-from services.common import logs
+from services.common import logs, tls
 from services.common.server import live_info
-from services.common.sessions import DeviceSession, OpenGate, SessionError, SessionServicer
+from services.common.sessions import VM_NAME, VM_NAME_RULE, DeviceSession, OpenGate, SessionError, SessionServicer
 from services.devices import es1370_regs as R
 from services.devices.es1370_convert import state_from_proto, state_to_proto
 
@@ -72,6 +73,49 @@ class AudioServicer(SessionServicer, audio_pb2_grpc.AudioServiceServicer):
                 f"no session {request.session_id!r}; open sessions: {sorted(self.sessions)}",
             )
         return device_state(session)
+
+    async def SetVolume(self, request, context: grpc.aio.ServicerContext) -> audio_pb2.VolumeState:  # noqa: ANN001
+        mixer = self.config.mixer
+        if mixer is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "per-VM volume needs the service's mixer (--mix service); with --mix alsa use the card's mixer",
+            )
+        target = request.WhichOneof("target")
+        if target == "session_id":
+            session = self.sessions.get(request.session_id)
+            if session is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no session {request.session_id!r}; open sessions: {sorted(self.sessions)}",
+                )
+            vm = session.vm
+        elif target == "vm":
+            vm = request.vm
+            if not VM_NAME.fullmatch(vm):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{VM_NAME_RULE} (got {vm[:80]!r})")
+        else:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name a session_id or a vm")
+        scope = tls.vm_scope()  # a VM's certificate sets its own VM's volume only
+        if scope and vm != scope:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, tls.not_in_scope(vm))
+        level = request.WhichOneof("level")
+        volume = None
+        if level == "volume":
+            volume = request.volume
+            if not 0.0 <= volume <= 1.0:  # also refuses NaN
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"volume {volume} is not within 0..1")
+        elif level == "volume_db":
+            if not request.volume_db <= 0.0:  # also refuses NaN
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"volume_db {request.volume_db} is above 0 dB")
+            volume = db_to_gain(request.volume_db)
+        mute = request.mute if request.HasField("mute") else None
+        return volume_state(vm, mixer.set_volume(vm, volume, mute))
+
+
+def volume_state(vm: str, v: Volume) -> audio_pb2.VolumeState:
+    db = gain_to_db(v.volume)
+    return audio_pb2.VolumeState(vm=vm, volume=v.volume, volume_db=max(db, SILENCE_DB), mute=v.mute)
 
 
 def device_state(session: AudioSession) -> audio_pb2.DeviceState:

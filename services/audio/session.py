@@ -20,8 +20,10 @@ import grpc
 from rdv.audio.v1 import audio_pb2
 from rdv.common.v1 import common_pb2
 from services.audio.capture_session import SessionCapture, replay_steps
+from services.audio.mixer import Mixer
 from services.audio.player import ChannelPlayer, PlayerStats
-from services.audio.sinks import SinkConfig, make_sink
+from services.audio.sinks import AudioSink, SinkConfig, make_sink
+from services.audio.sinks.mixed import MixedSink
 from services.audio.sources import SourceConfig
 from services.common import logs, metrics
 from services.common.clock import Clock
@@ -43,6 +45,7 @@ class SessionConfig:
     target_latency: float = 0.06
     lead_margin: float = 0.04
     source: SourceConfig = SourceConfig()  # what the ADC records
+    mixer: Mixer | None = None  # --mix service: every session's players feed this one mixer
 
     @property
     def lead(self) -> float:
@@ -203,13 +206,19 @@ class AudioSession(DeviceSession):
             name = R.CHANNEL_NAMES[channel]
             player = ChannelPlayer(
                 name,
-                make_sink(self.config.sink, self.session_id, name),
+                self._sink(name),
                 self.config.clock,
                 self.config.target_latency,
                 lambda stats, ch=channel: self._loop.call_soon_threadsafe(self._progress, ch, stats),
             )
             self._players[channel] = player
         player.push(fmt, data, self.model.buffer_bytes(channel))
+
+    def _sink(self, channel: str) -> AudioSink:
+        mixer = self.config.mixer
+        if mixer is None:
+            return make_sink(self.config.sink, self.session_id, channel)  # a PCM of its own (ALSA's dmix mixes)
+        return MixedSink(mixer.input(self.session_id, self.vm, channel))
 
     # ------------------------------------------------------------------ device side effects
     def _after_change(self) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from services.audio.sinks.base import AudioSink, SinkConfig, SinkError
-from services.audio.sources.base import CaptureSource
+
+if TYPE_CHECKING:  # the sources import apply_pace from here
+    from services.audio.sources.base import CaptureSource
 
 
 def make_sink(config: SinkConfig, session: str, channel: str) -> AudioSink:

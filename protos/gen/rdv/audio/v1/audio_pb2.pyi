@@ -284,3 +284,29 @@ class DeviceState(_message.Message):
     underruns: int
     late_dma: int
     def __init__(self, session_id: _Optional[str] = ..., raw: _Optional[_Union[Es1370State, _Mapping]] = ..., irq: _Optional[bool] = ..., channels: _Optional[_Iterable[_Union[ChannelView, _Mapping]]] = ..., underruns: _Optional[int] = ..., late_dma: _Optional[int] = ...) -> None: ...
+
+class SetVolumeRequest(_message.Message):
+    __slots__ = ("session_id", "vm", "volume", "volume_db", "mute")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_DB_FIELD_NUMBER: _ClassVar[int]
+    MUTE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    vm: str
+    volume: float
+    volume_db: float
+    mute: bool
+    def __init__(self, session_id: _Optional[str] = ..., vm: _Optional[str] = ..., volume: _Optional[float] = ..., volume_db: _Optional[float] = ..., mute: _Optional[bool] = ...) -> None: ...
+
+class VolumeState(_message.Message):
+    __slots__ = ("vm", "volume", "volume_db", "mute")
+    VM_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_DB_FIELD_NUMBER: _ClassVar[int]
+    MUTE_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    volume: float
+    volume_db: float
+    mute: bool
+    def __init__(self, vm: _Optional[str] = ..., volume: _Optional[float] = ..., volume_db: _Optional[float] = ..., mute: _Optional[bool] = ...) -> None: ...

@@ -55,6 +55,11 @@ class AudioServiceStub:
                 request_serializer=rdv_dot_audio_dot_v1_dot_audio__pb2.GetDeviceStateRequest.SerializeToString,
                 response_deserializer=rdv_dot_audio_dot_v1_dot_audio__pb2.DeviceState.FromString,
                 _registered_method=True)
+        self.SetVolume = channel.unary_unary(
+                '/rdv.audio.v1.AudioService/SetVolume',
+                request_serializer=rdv_dot_audio_dot_v1_dot_audio__pb2.SetVolumeRequest.SerializeToString,
+                response_deserializer=rdv_dot_audio_dot_v1_dot_audio__pb2.VolumeState.FromString,
+                _registered_method=True)
 
 
 class AudioServiceServicer:
@@ -86,6 +91,13 @@ class AudioServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetVolume(self, request, context):
+        """Per-VM volume and mute in the service's mixer (`--mix service`); FAILED_PRECONDITION with `--mix alsa`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AudioServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +120,11 @@ def add_AudioServiceServicer_to_server(servicer, server):
                     servicer.GetDeviceState,
                     request_deserializer=rdv_dot_audio_dot_v1_dot_audio__pb2.GetDeviceStateRequest.FromString,
                     response_serializer=rdv_dot_audio_dot_v1_dot_audio__pb2.DeviceState.SerializeToString,
+            ),
+            'SetVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVolume,
+                    request_deserializer=rdv_dot_audio_dot_v1_dot_audio__pb2.SetVolumeRequest.FromString,
+                    response_serializer=rdv_dot_audio_dot_v1_dot_audio__pb2.VolumeState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +235,33 @@ class AudioService:
             '/rdv.audio.v1.AudioService/GetDeviceState',
             rdv_dot_audio_dot_v1_dot_audio__pb2.GetDeviceStateRequest.SerializeToString,
             rdv_dot_audio_dot_v1_dot_audio__pb2.DeviceState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rdv.audio.v1.AudioService/SetVolume',
+            rdv_dot_audio_dot_v1_dot_audio__pb2.SetVolumeRequest.SerializeToString,
+            rdv_dot_audio_dot_v1_dot_audio__pb2.VolumeState.FromString,
             options,
             channel_credentials,
             insecure,
