@@ -34,7 +34,7 @@ def add_guest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--period-frames", type=int, default=1024)
     p.add_argument("--periods", type=int, default=4)
     p.add_argument("--access-timeout-ms", type=float, default=50.0, help="longest a register read may wait")
-    p.add_argument("--vm", default="scripted-guest", help="name shown in the service's session list")
+    options.vm(p, "scripted-guest")
     options.tls_dir(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -130,7 +130,7 @@ def guest_options(args: argparse.Namespace) -> dict:
         "period_frames": args.period_frames,
         "periods": args.periods,
         "access_timeout": args.access_timeout_ms / 1000,
-        "vm": args.vm,
+        "vm": options.vm_name(args),
         "clock": Clock(args.clock_scale),
         "tls_dir": args.tls_dir,
     }
