@@ -195,5 +195,6 @@ def test_four_vms_mixed_exactly_while_one_crashes_restarts_and_one_sends_garbage
     assert together > 0, "the four VMs never played at the same time: nothing was mixed"
     figures = assert_mix(out.read_bytes(), runs, streams)
     assert figures["clipped_samples"] > 0
-    print("\nFIGURES mixer-e2e:", {**figures, "all_four_frames": together}, "underruns",
-          {e["vm"]: e["underruns"] for e in ends}, "xruns", {vm: s["xruns"] for vm, s in summaries.items()})  # fmt: skip
+    xruns = {vm: s["xruns"] for vm, s in summaries.items()}
+    underruns = {e["vm"]: e["underruns"] for e in ends}
+    print("\nFIGURES mixer-e2e:", {**figures, "all_four_frames": together}, "underruns", underruns, "xruns", xruns)
