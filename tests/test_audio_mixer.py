@@ -198,3 +198,36 @@ def test_four_vms_mixed_exactly_while_one_crashes_restarts_and_one_sends_garbage
     xruns = {vm: s["xruns"] for vm, s in summaries.items()}
     underruns = {e["vm"]: e["underruns"] for e in ends}
     print("\nFIGURES mixer-e2e:", {**figures, "all_four_frames": together}, "underruns", underruns, "xruns", xruns)
+
+
+def test_mix_settings_and_set_volume_refusals(services) -> None:
+    """A bad --mix value or a per-stream device with one mixed output is a usage error naming the setting;
+    SetVolume refuses what it cannot do with the right status."""
+    for args, words in [
+        (["--mix", "both"], "--mix"),
+        (["--mix", "service", "--alsa-device", "file:FILE=/tmp/{session}.raw"], "--alsa-device"),
+        (["--mix", "service", "--mix-rate", "4000"], "--mix-rate"),
+    ]:
+        res = subprocess.run([sys.executable, "-m", "services.audio", "--listen", "127.0.0.1:0", *args],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 2 or res.returncode == 1, res.stderr
+        assert words in res.stderr and "Traceback" not in res.stderr, res.stderr
+    plain = services("audio", "--sink", "null")
+    mixing = services("audio", "--sink", "null", "--mix", "service")
+    cases = [
+        (plain, audio_pb2.SetVolumeRequest(vm="a", volume=0.5), grpc.StatusCode.FAILED_PRECONDITION),
+        (mixing, audio_pb2.SetVolumeRequest(vm="a", volume=1.5), grpc.StatusCode.INVALID_ARGUMENT),
+        (mixing, audio_pb2.SetVolumeRequest(vm="a", volume=float("nan")), grpc.StatusCode.INVALID_ARGUMENT),
+        (mixing, audio_pb2.SetVolumeRequest(vm="a", volume_db=3.0), grpc.StatusCode.INVALID_ARGUMENT),
+        (mixing, audio_pb2.SetVolumeRequest(vm="a b", mute=True), grpc.StatusCode.INVALID_ARGUMENT),
+        (mixing, audio_pb2.SetVolumeRequest(mute=True), grpc.StatusCode.INVALID_ARGUMENT),
+        (mixing, audio_pb2.SetVolumeRequest(session_id="s99", mute=True), grpc.StatusCode.NOT_FOUND),
+    ]
+    for svc, request, code in cases:
+        with grpc.insecure_channel(svc.address) as ch:
+            with pytest.raises(grpc.RpcError) as err:
+                audio_pb2_grpc.AudioServiceStub(ch).SetVolume(request, timeout=30)
+            assert err.value.code() == code, (request, err.value.details())
+    with grpc.insecure_channel(mixing.address) as ch:
+        got = audio_pb2_grpc.AudioServiceStub(ch).SetVolume(audio_pb2.SetVolumeRequest(vm="a", volume_db=-120))
+        assert got.volume == 0.0 and got.volume_db == -120.0 and not got.mute
