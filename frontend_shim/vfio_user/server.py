@@ -34,7 +34,7 @@ log = logs.get("shim.vfio_user")
 _RAM_HINT = 64 << 20  # a DMA map without fd at least this big is guest RAM QEMU did not share
 NUM_IRQS = 3  # INTx, MSI, MSI-X: the minimum QEMU accepts; ERR/REQ queries get EINVAL, which QEMU takes quietly
 
-_INLINE = 64 * 1024  # payloads up to this are read into the connection's buffer; bigger ones take the general path
+_FAST_MAX = 4096  # a region access message up to this size takes the fast path (a register access is ~40 bytes)
 _REGION_WRITE = P.Command.REGION_WRITE.value
 _ACCESSES = frozenset((P.Command.REGION_READ.value, _REGION_WRITE))
 _PACK_HEADER = P.HEADER.pack
@@ -213,6 +213,7 @@ class _QemuClientConnection:
         self._busy = False  # a client request is being handled: the client cannot answer DMA now
         self._warned_unshared = False
         self._closed = False
+        self._framer: P.Framer | None = None
         device = self.function.device  # a HoldsWrites device gets its writes' traffic released after the reply
         self._hold_writes = getattr(device, "hold_writes", None)
         self._release_writes = getattr(device, "release_writes", None)
@@ -242,34 +243,21 @@ class _QemuClientConnection:
             )
 
     def _serve(self) -> None:
-        """Read the client's messages in order on this thread. Header and payload are read into buffers made
-        once; a region access without fds after VERSION (every trapped guest access) goes straight to its handler
-        and its reply out in one sendmsg; anything else becomes a `Message` for the general path."""
-        sock = self.sock
-        head = bytearray(P.HEADER_SIZE)
-        head_view = memoryview(head)
-        body_buf = bytearray(_INLINE)
-        body_view = memoryview(body_buf)
-        unpack = P.HEADER.unpack_from
+        """Read the client's messages in order on this thread (`P.Framer`: one read per message QEMU sends, into a
+        buffer made once). A region access without fds after VERSION (every trapped guest access) goes straight
+        to its handler and its reply out in one send; anything else becomes a `Message` for the general path."""
+        framer = self._framer = P.Framer(self.sock)
         while True:
-            fds: list[int] = []
-            truncated = P.recv_into_exact(sock, head_view, fds)
-            mid, command, size, flags, error = unpack(head)
-            body = size - P.HEADER_SIZE
-            if not 0 <= body <= _INLINE:
-                self._general(P.recv_body(sock, P.Header(mid, command, size, flags, error), fds, truncated))
-                continue
-            payload = body_view[:body]
-            if body:
-                truncated |= P.recv_into_exact(sock, payload, fds)
+            mid, command, size, flags, error, payload, fds, truncated = framer.next()
             if (
                 command in _ACCESSES
                 and (flags == 0 or flags == P.FLAG_NO_REPLY)
+                and size <= _FAST_MAX
                 and not fds
                 and not truncated
                 and self.negotiated
             ):
-                self._access(mid, command, flags, bytes(payload))
+                self._access(mid, command, flags, payload)
             else:
                 self._general(P.Message(P.Header(mid, command, size, flags, error), bytes(payload), fds, truncated))
 
@@ -293,6 +281,8 @@ class _QemuClientConnection:
             self.memory.transport = None
         dropped = self.memory.remove_all()
         self.irq.drop_fds()
+        if self._framer is not None:
+            self._framer.close_fds()
         self.sock.close()
         log.debug("connection state dropped", extra={"dma_maps": dropped})
 
@@ -326,10 +316,11 @@ class _QemuClientConnection:
         if after is not None:
             after()
 
-    def _access(self, mid: int, command: int, flags: int, payload: bytes) -> None:
+    def _access(self, mid: int, command: int, flags: int, payload: memoryview | bytes) -> None:
         """REGION_READ / REGION_WRITE, the guest's trapped accesses: what `_handle` does for them, minus the
         general dispatch (the checks it makes hold here by construction). The reply goes out before a write's
-        follow-up (the interrupt re-check), and a mirrored or posted write is applied or queued before it."""
+        follow-up (the interrupt re-check), and a mirrored or posted write is applied or queued before it.
+        `payload` may be a view into the framer's buffer: valid until the next message is read."""
         self.stats.requests[command] += 1
         with self._dma_lock:
             self._busy = True
@@ -340,7 +331,7 @@ class _QemuClientConnection:
         if held:
             self._hold_writes()  # type: ignore[misc]
         try:
-            reply = self._region_write_now(payload) if write else self._region_read_now(payload)
+            reply = self._region_write_now(bytes(payload)) if write else self._region_read_now(payload)
             error = 0
         except P.ProtocolError as exc:
             reply, error = b"", exc.errno
@@ -357,9 +348,7 @@ class _QemuClientConnection:
             head = _PACK_HEADER(mid, command, P.HEADER_SIZE + len(reply), _REPLY_FLAGS[bool(error)], error)
             with self._send_lock:
                 try:
-                    sent = self.sock.sendmsg([head, reply])
-                    if sent < len(head) + len(reply):
-                        self.sock.sendall((head + reply)[sent:])
+                    self.sock.sendall(head + reply)
                 except OSError as exc:
                     log.debug("send failed", extra={"error": str(exc)})
         elif error:
@@ -523,9 +512,18 @@ class _QemuClientConnection:
     def _region_write(self, msg: P.Message) -> tuple[bytes, list[int], Callable[[], None]]:
         return self._region_write_now(msg.payload), [], lambda: self.irq.after_access(True)
 
-    def _region_read_now(self, payload: bytes) -> bytes:
+    def _region_read_now(self, payload: memoryview | bytes) -> bytes:
         if len(payload) == _RW_SIZE:  # a well-formed read (anything else: decode_region_access says what is wrong)
             offset, region, count = _UNPACK_RW(payload)
+            value = self.function.read_register(region, offset, count)
+            if value is not None:  # a guest's register read: one piece
+                if self.server.on_access is None:
+                    self.stats.bar_reads += 1
+                else:
+                    self._account(region, "R", [(offset, count, value)])
+                if self.function.register_shows_interrupt(region, offset, count, value):
+                    self.irq.note_seen()
+                return _PACK_RW(offset, region, count) + value.to_bytes(count, "little")
             if not 0 < count <= P.MAX_DATA_XFER:
                 P.decode_region_access(payload, write=False)  # raises
         else:
