@@ -1054,3 +1054,45 @@ def test_framer_cuts_messages_out_of_reads_and_gives_fds_to_the_message_they_cam
     finally:
         ours.close()
         theirs.close()
+
+
+class RemoteDevice(ModelDevice):
+    """A device that answers reads remotely (guests.guest.RepliesEarly): another thread has the value first and
+    hands it to `reply_early`; io_read returns only once the test lets it."""
+
+    answers_remotely = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply_early: Callable[[int], None] | None = None
+        self.woken = threading.Event()
+
+    def io_read(self, bar: int, offset: int, size: int) -> int:
+        value = self.model.read(offset, size)
+        early = self.reply_early
+        reader = threading.Thread(target=early, args=(value,)) if early is not None else None
+        if reader is not None:
+            reader.start()  # the link's reader thread: it calls reply_early, then wakes us
+        assert self.woken.wait(10), "the test never let the reading thread go on"
+        if reader is not None:
+            reader.join()
+        return value
+
+
+def test_a_device_that_answers_remotely_replies_from_the_thread_that_has_the_value() -> None:
+    """A register read's reply leaves as soon as the value is there, before the connection's thread (waiting
+    for it in io_read) wakes; that thread then sends nothing more, and the next access works as usual."""
+    device = RemoteDevice()
+    r = start_rig(es1370_function(device))
+    try:
+        expected = device.model.read(R.STATUS, 4)
+        assert r.client.read(0, R.STATUS, 4) == expected.to_bytes(4, "little")  # io_read has not returned yet
+        device.woken.set()
+        assert r.client.read(CONFIG_REGION, 0, 2) == R.PCI_VENDOR_ID.to_bytes(2, "little")  # in step: one reply
+        assert r.client.read(0, R.STATUS, 4) == expected.to_bytes(4, "little")
+        r.client.read(CONFIG_REGION, 0, 2)  # answered once the connection's thread is done with the read
+        assert device.reply_early is None  # set around each register read only
+        assert r.server.stats.bar_reads == 2
+    finally:
+        device.woken.set()
+        r.close()

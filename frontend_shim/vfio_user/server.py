@@ -36,6 +36,9 @@ NUM_IRQS = 3  # INTx, MSI, MSI-X: the minimum QEMU accepts; ERR/REQ queries get 
 
 _FAST_MAX = 4096  # a region access message up to this size takes the fast path (a register access is ~40 bytes)
 _REGION_WRITE = P.Command.REGION_WRITE.value
+_REGION_READ = P.Command.REGION_READ.value
+_READ_REPLY_SIZE = P.HEADER_SIZE + P.REGION_RW.size  # plus the data
+_MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 _ACCESSES = frozenset((P.Command.REGION_READ.value, _REGION_WRITE))
 _PACK_HEADER = P.HEADER.pack
 _RW_SIZE, _UNPACK_RW, _PACK_RW = P.REGION_RW.size, P.REGION_RW.unpack, P.REGION_RW.pack
@@ -217,6 +220,10 @@ class _QemuClientConnection:
         device = self.function.device  # a HoldsWrites device gets its writes' traffic released after the reply
         self._hold_writes = getattr(device, "hold_writes", None)
         self._release_writes = getattr(device, "release_writes", None)
+        # A RepliesEarly device whose reads wait for its service: the thread that receives the answer sends the
+        # guest its reply (`_reply_early`), and this thread catches up after.
+        self._early = device if getattr(device, "answers_remotely", False) else None
+        self._early_sent = False
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> None:
@@ -331,7 +338,7 @@ class _QemuClientConnection:
         if held:
             self._hold_writes()  # type: ignore[misc]
         try:
-            reply = self._region_write_now(bytes(payload)) if write else self._region_read_now(payload)
+            reply = self._region_write_now(bytes(payload)) if write else self._region_read_now(payload, mid)
             error = 0
         except P.ProtocolError as exc:
             reply, error = b"", exc.errno
@@ -344,7 +351,9 @@ class _QemuClientConnection:
         finally:
             with self._dma_lock:
                 self._busy = False
-        if not flags & P.FLAG_NO_REPLY:
+        if self._early_sent:
+            self._early_sent = False  # the guest has its answer
+        elif not flags & P.FLAG_NO_REPLY:
             head = _PACK_HEADER(mid, command, P.HEADER_SIZE + len(reply), _REPLY_FLAGS[bool(error)], error)
             with self._send_lock:
                 try:
@@ -512,16 +521,26 @@ class _QemuClientConnection:
     def _region_write(self, msg: P.Message) -> tuple[bytes, list[int], Callable[[], None]]:
         return self._region_write_now(msg.payload), [], lambda: self.irq.after_access(True)
 
-    def _region_read_now(self, payload: memoryview | bytes) -> bytes:
+    def _region_read_now(self, payload: memoryview | bytes, mid: int | None = None) -> bytes:
+        """The reply's payload. With `mid` (a fast-path access that wants a reply), a device that answers
+        remotely may have the reply sent early (`_early_sent`)."""
         if len(payload) == _RW_SIZE:  # a well-formed read (anything else: decode_region_access says what is wrong)
             offset, region, count = _UNPACK_RW(payload)
-            value = self.function.read_register(region, offset, count)
+            early = self._early if mid is not None else None
+            if early is None:
+                value = self.function.read_register(region, offset, count)
+            else:
+                early.reply_early = lambda v: self._reply_early(mid, offset, region, count, v)  # type: ignore[arg-type]
+                try:
+                    value = self.function.read_register(region, offset, count)
+                finally:
+                    early.reply_early = None
             if value is not None:  # a guest's register read: one piece
                 if self.server.on_access is None:
                     self.stats.bar_reads += 1
                 else:
                     self._account(region, "R", [(offset, count, value)])
-                if self.function.register_shows_interrupt(region, offset, count, value):
+                if not self._early_sent and self.function.register_shows_interrupt(region, offset, count, value):
                     self.irq.note_seen()
                 return _PACK_RW(offset, region, count) + value.to_bytes(count, "little")
             if not 0 < count <= P.MAX_DATA_XFER:
@@ -534,6 +553,20 @@ class _QemuClientConnection:
         if self.function.shows_interrupt(region, pieces):
             self.irq.note_seen()
         return _PACK_RW(offset, region, len(data)) + data
+
+    def _reply_early(self, mid: int, offset: int, region: int, count: int, value: int) -> None:
+        """(the link's reader thread, while this connection's thread waits for the value) The guest's reply."""
+        value &= _MASKS[count]
+        if self.function.register_shows_interrupt(region, offset, count, value):
+            self.irq.note_seen()
+        msg = _PACK_HEADER(mid, _REGION_READ, _READ_REPLY_SIZE + count, P.TYPE_REPLY, 0)
+        msg += _PACK_RW(offset, region, count) + value.to_bytes(count, "little")
+        with self._send_lock:
+            try:
+                self.sock.sendall(msg)
+            except OSError as exc:
+                log.debug("send failed", extra={"error": str(exc)})
+        self._early_sent = True
 
     def _region_write_now(self, payload: bytes) -> bytes:
         a = P.decode_region_access(payload, write=True)
