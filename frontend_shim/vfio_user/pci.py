@@ -203,6 +203,7 @@ class PciFunction:
         self._maps_lock = threading.Lock()
         # Trapped BARs by index, for the register accesses of the hot path (see `read`).
         self._trapped = {b.index: b.size for b in spec.bars if b.backing is None}
+        self._whole = {b.index for b in spec.bars if b.backing is None and not b.split_unaligned}
         status = spec.interrupt_status
         self._status_word = (status[0], status[1], status[2]) if status is not None else (-1, -1, 0)
 
@@ -222,11 +223,16 @@ class PciFunction:
 
     # ------------------------------------------------------------------ accesses
     def read_register(self, index: int, offset: int, count: int) -> int | None:
-        """The hot path's read: a naturally aligned 1/2/4-byte access to a trapped BAR (what a CPU makes) is one
-        piece, as _pieces would cut it, and its value is what the Device answers; None for any other access
-        (`read` takes those)."""
+        """The hot path's read: a naturally aligned 1/2/4-byte access to a trapped BAR (what a CPU makes; on a BAR
+        that takes accesses whole, any 1/2/4-byte one) is one piece, as _pieces would cut it, and its value is what
+        the Device answers; None for any other access (`read` takes those)."""
         size = self._trapped.get(index)
-        if size is not None and count in _NATURAL and not offset % count and 0 <= offset <= size - count:
+        if (
+            size is not None
+            and count in _NATURAL
+            and 0 <= offset <= size - count
+            and (not offset % count or index in self._whole)
+        ):
             return self.device.io_read(index, offset, count) & _MASKS[count]  # type: ignore[union-attr]
         return None
 

@@ -66,20 +66,21 @@ class ShimRun:
 
 @contextmanager
 def serve_vfio_user(
-    device: str, mode: str, work: Path, *extra: str, profile: str | None = None
+    device: str, mode: str, work: Path, *extra: str, profile: str | None = None, root: Path = ROOT
 ) -> Iterator[ShimRun]:
-    """The shim and its service; with `profile`, py-spy flame graphs of both go to build/bench/flame-*.svg."""
+    """The shim and its service; with `profile`, py-spy flame graphs of both go to build/bench/flame-*.svg. `root`:
+    the checkout whose shim and service run (another revision's, to compare in one run)."""
     if device == "svga":
-        service = start_service("display", work, "--presenter", "headless")
+        service = start_service("display", work, "--presenter", "headless", cwd=root)
         device_args = ["--device", "svga", "--display", service.address, "--vram-scan-ms", "0"]
     else:
-        service = start_service("audio", work, "--sink", "null")
+        service = start_service("audio", work, "--sink", "null", cwd=root)
         device_args = ["--audio", service.address]
     sock_path = str(work / f"bench-{device}-{mode}-{time.monotonic_ns()}.sock")
     shim = subprocess.Popen(
         [sys.executable, "-m", "frontend_shim", "serve-vfio-user", "--socket", sock_path,
          *device_args, "--mode", mode, "--json", *extra],  # fmt: skip
-        cwd=ROOT,
+        cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -271,6 +272,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--device", choices=["es1370", "svga", "both"], default="both")
     p.add_argument("--interrupts", type=float, default=0.0, metavar="SECONDS", help="measure interrupts instead")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="also time the register read of another revision's shim and service, in the same rounds "
+                        "(DIR: its checkout, e.g. `git archive REV | tar -x -C DIR`)")  # fmt: skip
     args = p.parse_args()
     if args.interrupts:
         with tempfile.TemporaryDirectory() as tmp:
@@ -280,15 +284,25 @@ def main() -> None:
                 print(json.dumps({"mode": mode, **{k: _percentiles(v) for k, v in irq.items()}, "cpu_per_s": cpu}))
         return
     keys = ("p50", "p99", "p99_over_p50", "floor_p50", "ratio_to_floor", "ratio_goal", "ratio_rounds")
-    keys = ("p50", "p99", "p99_over_p50", "floor_p50", "ratio_to_floor", "ratio_goal", "ratio_rounds")
     names = {"bar_read": "vfio_user_read", "bar_write": "vfio_user_write", "config_read": "vfio_user_config_read",
              "stream_read": "register_read"}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, floor_clients(Path(tmp)) as floors:
         for device in ("es1370", "svga") if args.device == "both" else (args.device,):
             for mode in ("mirrored", "backend"):
-                measured = measure_round_trips(mode, args.n, Path(tmp), device, floors=floors, rounds=args.rounds)
+                with contextlib.ExitStack() as stack:
+                    series = dict(floors)
+                    if args.baseline:
+                        base = stack.enter_context(serve_vfio_user(device, mode, Path(tmp), root=args.baseline))
+                        client = SyncVfioUserClient(base.socket)
+                        stack.callback(client.close)
+                        client.version()
+                        if device == "svga":
+                            client.write32(0, S.INDEX_PORT, S.REG_ID)
+                        offset = R.STATUS if device == "es1370" else S.VALUE_PORT
+                        series["bar_read_baseline"] = lambda c=client, o=offset: c.read32(0, o)
+                    measured = measure_round_trips(mode, args.n, Path(tmp), device, floors=series, rounds=args.rounds)
                 timed = measured["rounds"]
-                for op, metric in names.items():
+                for op, metric in {**names, "bar_read_baseline": "vfio_user_read"}.items():
                     if op in timed:
                         r = interleaved_record(metric, mode, timed[op], timed, None)
                         print(json.dumps({"device": device, "op": op, "mode": mode, **{k: r.get(k) for k in keys}}))
