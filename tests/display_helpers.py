@@ -26,13 +26,15 @@ def start_guest(
     height: int = H,
     video: VideoSettings | None = None,
     photo: bool = True,
+    vm: str = "vm",
+    seed: int = 1,
 ) -> tuple[ScriptedSvgaDriver, DisplayLink]:
     """A guest whose desktop is drawn and shown (nothing animated yet)."""
     vram, fifo = new_memory(fifo_size=fifo_size)
     link = DisplayLink(targets, mode, vram, fifo, encoding=encoding, tile_diff=tile_diff, access_timeout=2.0,
-                       video=video)  # fmt: skip
+                       video=video, vm=vm)  # fmt: skip
     link.start()
-    driver = ScriptedSvgaDriver(link, vram, fifo, partial_every=partial_every)
+    driver = ScriptedSvgaDriver(link, vram, fifo, partial_every=partial_every, seed=seed)
     driver.probe()
     driver.set_mode(width, height)
     driver.init_fifo()
@@ -40,10 +42,12 @@ def start_guest(
     return driver, link
 
 
-def screenshot(address: str, session_id: str = "") -> tuple[int, int, bytes, display_pb2.ScreenshotReply]:
+def screenshot(
+    address: str, session_id: str = "", vm: str = ""
+) -> tuple[int, int, bytes, display_pb2.ScreenshotReply]:
     with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)]) as ch:
         reply = display_pb2_grpc.DisplayServiceStub(ch).Screenshot(
-            display_pb2.ScreenshotRequest(session_id=session_id), timeout=10
+            display_pb2.ScreenshotRequest(session_id=session_id, vm=vm), timeout=10
         )
     w, h, rgb = decode(reply.png)
     return w, h, rgb, reply

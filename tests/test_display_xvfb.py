@@ -18,6 +18,7 @@ from rdv.input.v1 import input_pb2, input_pb2_grpc
 from services.common.png import decode
 from services.common.raster import Rect
 from tests.display_helpers import H, W, first_difference, guest_rgb, screenshot, start_guest
+from tests.xvfb import xvfb
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(t) for t in ("Xvfb", "import", "xdotool")), reason="needs Xvfb, imagemagick and xdotool"
@@ -27,22 +28,8 @@ SCREEN_W, SCREEN_H = 1280, 1024
 
 @pytest.fixture
 def xserver(tmp_path: Path) -> Iterator[str]:
-    for n in range(90, 140):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            break
-    display = f":{n}"
-    proc = subprocess.Popen(
-        ["Xvfb", display, "-screen", "0", f"{SCREEN_W}x{SCREEN_H}x24", "-nolisten", "tcp"],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "xvfb.log").open("w"),
-    )
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "Xvfb did not start"
-        time.sleep(0.05)
-    yield display
-    proc.terminate()
-    proc.wait(10)
+    with xvfb(tmp_path / "xvfb.log", SCREEN_W, SCREEN_H) as display:
+        yield display
 
 
 def x_env(display: str) -> dict[str, str]:
@@ -118,7 +105,8 @@ def test_window_input_reaches_the_input_service_in_guest_coordinates(services, x
     svc = services("display", "--viewport", f"{W // 2},0,{W // 2},{H}", "--input", inp.address,
                    env={"DISPLAY": xserver})  # fmt: skip
     with grpc.insecure_channel(inp.address) as ch:
-        sub = input_pb2_grpc.InputServiceStub(ch).Subscribe(input_pb2.SubscribeRequest(vm="guest"), timeout=20)
+        # The window's VM (start_guest's default name): a window's events go to its own VM only.
+        sub = input_pb2_grpc.InputServiceStub(ch).Subscribe(input_pb2.SubscribeRequest(vm="vm"), timeout=20)
         sub.initial_metadata()  # registered
         driver, link = start_guest([svc.address], "mirrored", "lz4")
         try:

@@ -54,7 +54,8 @@ from tests.fuzz_strategies import (
 )
 from tests.helpers import ROOT, ServiceProcess, start_service
 
-ENDLESS = {"Subscribe", "Watch"}  # server streams that only end when the client goes: our deadline ends them
+# Server streams that only end when the client goes: our deadline ends them.
+ENDLESS = {"Subscribe", "Watch", "WatchFocus"}
 VM = "fuzz-vm"
 
 

@@ -17,7 +17,7 @@ def test_click_on_the_tv_window_reaches_the_guest(services, xserver, qemu, forwa
     tv = services("display", "--viewport", f"{W // 2},0,{W // 2},{H}", "--input", inp.address,
                   env={"DISPLAY": xserver})  # fmt: skip
     q = qemu()
-    forwarder(inp.address, q.qmp(), "guest")
+    forwarder(inp.address, q.qmp(), "vm")  # the VM the window shows (start_guest's default name)
     driver, link = start_guest([tv.address], "mirrored", "lz4")
     try:
         geo = window_geometry(xserver, tv.proc.pid)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.common.tls import DEVICE_URI_PREFIX
+from services.common.tls import DEVICE_URI_PREFIX, VM_URI_PREFIX
 from services.common.version import VERSION
 
 DEVICES = ("audio", "display", "input")
@@ -74,9 +74,15 @@ def make_ca(folder: Path, common_name: str = "rdv home CA") -> None:
 
 
 def issue(
-    ca_dir: Path, out: Path, common_name: str, hosts: list[str], devices: list[str], group: int | None = None
+    ca_dir: Path,
+    out: Path,
+    common_name: str,
+    hosts: list[str],
+    devices: list[str],
+    group: int | None = None,
+    vm: str = "",
 ) -> None:
-    """A leaf certificate for a service (hosts) and/or a client paired for `devices`."""
+    """A leaf certificate for a service (hosts) and/or a client paired for `devices` (and for VM `vm` alone)."""
     ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
     ca_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -87,6 +93,8 @@ def issue(
         except ValueError:
             names.append(x509.DNSName(host))
     names += [x509.UniformResourceIdentifier(f"{DEVICE_URI_PREFIX}{d}") for d in devices]
+    if vm:
+        names.append(x509.UniformResourceIdentifier(f"{VM_URI_PREFIX}{vm}"))
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             issue(args.ca, args.out, args.name, hosts, args.devices, args.group)
             print(f"service certificate in {args.out}: start services with --tls-dir {args.out}")
         else:
-            issue(args.ca, args.out, f"rdv shim {args.name}", [], args.devices)
+            issue(args.ca, args.out, f"rdv shim {args.name}", [], args.devices, vm=args.name)
             print(f"shim {args.name} paired for {', '.join(args.devices)}: run the shim with --tls-dir {args.out}")
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ import time
 
 from rdv.input.v1 import input_pb2
 from services.common.input_keys import check_qcode
+from services.common.sessions import VM_NAME, VM_NAME_RULE
 
 MAX_DESKTOP = 32768  # pixels per side; QEMU's absolute axis has 32768 steps, more could not be told apart
 MAX_WHEEL = 64  # clicks per event and direction
@@ -53,6 +54,12 @@ def check(event: input_pb2.InputEvent) -> bool:
         raise InvalidEvent(f"source name longer than {MAX_SOURCE} characters")
     if kind is None:
         raise InvalidEvent("event has no kind: set one of pointer_move, button, wheel, key")
+    if event.vm and not VM_NAME.fullmatch(event.vm):
+        raise InvalidEvent(f"{VM_NAME_RULE} (got {event.vm[:80]!r})")
+    if kind == "focus":
+        if not VM_NAME.fullmatch(event.focus.vm):
+            raise InvalidEvent(f"focus.{VM_NAME_RULE} (got {event.focus.vm[:80]!r})")
+        return False
     if kind == "pointer_move":
         m = event.pointer_move
         for axis, size in (("width", m.width), ("height", m.height)):
@@ -106,6 +113,8 @@ def describe(event: input_pb2.InputEvent) -> str:
         return f"wheel {event.wheel.dx},{event.wheel.dy}"
     if kind == "key":
         return f"key {event.key.qcode} {_ud(event.key.pressed)}"
+    if kind == "focus":
+        return f"focus {event.focus.vm}"
     return "empty"
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -28,11 +29,13 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from rdv.common.v1 import common_pb2
-from services.common import logs, register_writes
+from services.common import logs, register_writes, tls
 
 DEFAULT_OPEN_TIMEOUT = 10.0  # seconds a new stream may take to send `open`
 MAX_WAITING = 32  # streams waiting for `open` at once
 DEFAULT_MAX_SESSIONS = 32  # open sessions per service: a home has a handful of VMs
+VM_NAME = re.compile(r"[\x21-\x7e]{1,64}")  # printable ASCII without spaces: it appears in logs, titles, headers
+VM_NAME_RULE = "vm must be 1-64 printable ASCII characters without spaces"
 
 
 class OpenGate:
@@ -286,6 +289,11 @@ class SessionServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a session starts with an `open` message")
         if first.open.mode not in (BACKEND, MIRRORED):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "open.mode must be BACKEND or MIRRORED")
+        scope = tls.vm_scope()  # a VM's certificate opens sessions for that VM only
+        if scope and first.open.vm not in ("", scope):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, tls.not_in_scope(first.open.vm))
+        if scope:
+            first.open.vm = scope
         outbox = Outbox(context)
         session_id = f"{self.id_prefix}{next(self._ids)}"
         try:
@@ -338,7 +346,9 @@ class SessionServicer:
 
     # ------------------------------------------------------------------ debugging RPCs
     async def ListSessions(self, request: Any, context: grpc.aio.ServicerContext) -> common_pb2.ListSessionsResponse:
+        """Every open session with its VM's name (a VM's certificate sees its own only)."""
         now = time.monotonic()
+        scope = tls.vm_scope()
         return common_pb2.ListSessionsResponse(
             sessions=[
                 common_pb2.SessionInfo(
@@ -350,6 +360,7 @@ class SessionServicer:
                     counters=s.session_counters(),
                 )
                 for s in list(self.sessions.values())
+                if not scope or s.vm == scope
             ]
         )
 

@@ -15,6 +15,7 @@ revoked) is paired for the devices it names; anything else that got through TLS 
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import ipaddress
 import os
@@ -100,6 +101,19 @@ class Peer:
 
 
 ANONYMOUS = Peer(False, frozenset())
+_CALLER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("rdv_tls_caller", default=None)
+
+
+def not_in_scope(vm: str) -> str:
+    """What PERMISSION_DENIED says when the caller's certificate (see vm_scope) names another VM than `vm`."""
+    return f"this certificate is paired for vm {vm_scope()!r}; {vm!r} is another VM"
+
+
+def vm_scope() -> str:
+    """The one VM the RPC being served may see and control: the `rdv:vm:` name of the caller's certificate.
+    Empty: any VM (no TLS, or a certificate without a VM name, like a node's own)."""
+    peer = _CALLER.get()
+    return peer.vm if peer is not None else ""
 
 
 class RevocationList:
@@ -214,6 +228,7 @@ _KINDS = (
 def _guarded(handler: grpc.RpcMethodHandler, peers: PeerCheck, device: str | None) -> grpc.RpcMethodHandler:
     async def check(context: grpc.aio.ServicerContext) -> None:
         peer = peers.peer(context)
+        _CALLER.set(peer)  # the handler runs in this task: vm_scope() answers for this call
         if not peer.paired:
             why = "this certificate was revoked" if peer.serial else "this peer is not paired with this node"
             await context.abort(

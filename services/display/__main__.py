@@ -10,7 +10,7 @@ from services.common.settings import Setting
 from services.display.desktop import DEFAULT_MAX_FRAME_BYTES
 from services.display.presenters import PresentError, make_presenter
 from services.display.service import DisplayServicer
-from services.display.stage import Stage
+from services.display.stage import HOT_KEYS, WINDOW_MODES, Stage
 from services.display.viewport import Viewport
 
 DEFAULT_PORT = 50052
@@ -26,7 +26,11 @@ SETTINGS = [
     Setting("--refresh-hz", 60.0, "RDV_REFRESH_HZ", settings.number(0, 1000), metavar="HZ",
             help="most presents per second"),
     Setting("--input", "", "RDV_INPUT", metavar="HOST:PORT",
-            help="input service to publish the window's mouse and keyboard to (guest coordinates via the viewport)"),
+            help="input service to publish the windows' mouse and keyboard to (guest coordinates via the viewport; "
+                 "the focused VM's window only) and to follow the focus of"),
+    Setting("--window-mode", "windows", "RDV_WINDOW_MODE", settings.choice(*WINDOW_MODES),
+            help="windows: a window per VM; switcher: one full-screen window showing the focused VM, its name "
+                 "over the picture (Ctrl+Alt+N: next VM)"),
     Setting("--max-frame-bytes", DEFAULT_MAX_FRAME_BYTES, None, settings.number(1, 2**31 - 1, integer=True),
             hidden=True),
 ]  # fmt: skip
@@ -38,7 +42,9 @@ def build_parser() -> settings.SettingsParser:
         DEFAULT_PORT,
         "Remote VMware SVGA II display: receives a VM's frames from rdv shims, keeps a copy of the guest desktop\n"
         "and shows its viewport with SDL: a window when DISPLAY is set, SDL's dummy driver otherwise.\n"
-        "Two services with adjacent viewports extend one guest desktop over two screens.",
+        "Several VMs: a window each (or one full-screen switcher); the focused VM gets the mouse and keyboard.\n"
+        "Two services with adjacent viewports extend one guest desktop over two screens.\n"
+        "Keys in a window: " + "; ".join(f"{k} {v}" for k, v in HOT_KEYS.items()) + ".",
         SETTINGS,
     )
 
@@ -56,11 +62,15 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
         args.refresh_hz,
         on_input,
         on_pair_key=window.open if window is not None else None,
+        window_mode=args.window_mode,
+        on_focus=on_input.focus if on_input is not None else None,
     )
     try:
         stage.start()
     except PresentError as exc:
         raise SystemExit(f"rdv display: {exc}") from None
+    if on_input is not None:
+        on_input.watch_focus(stage.follow_focus)
     if window is not None:
         window.on_change = stage.set_notice  # the PIN over the screen while pairing is open
     v: Viewport = args.viewport
@@ -73,6 +83,7 @@ def build(args: argparse.Namespace) -> server.ServiceParts:
             "presenter": stage.presenter.name,
             "refresh_hz": str(args.refresh_hz),
             "input": args.input,
+            "window_mode": args.window_mode,
         },
     )
     servicer = DisplayServicer(info, stage, args.max_frame_bytes, server.open_gate(args))

@@ -10,9 +10,9 @@ import grpc
 
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
-from services.common import logs
+from services.common import logs, tls
 from services.common.server import live_info
-from services.common.sessions import DeviceSession, OpenGate, SessionServicer
+from services.common.sessions import VM_NAME, VM_NAME_RULE, DeviceSession, OpenGate, SessionServicer
 from services.display import video
 from services.display.session import DisplaySession
 from services.display.stage import Stage
@@ -63,23 +63,31 @@ class DisplayServicer(SessionServicer, display_pb2_grpc.DisplayServiceServicer):
     async def GetServiceInfo(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ServiceInfo:  # noqa: ANN001
         return live_info(self.info)
 
-    async def _find(self, session_id: str, context: grpc.aio.ServicerContext) -> DisplaySession:
+    async def _find(self, request, context: grpc.aio.ServicerContext) -> DisplaySession:  # noqa: ANN001
+        """The session a debugging request names: by id, by VM name (its newest session), or neither (the focused
+        VM's, else the newest); a VM's certificate reaches only its own VM's sessions."""
+        session_id, vm, scope = request.session_id, request.vm, tls.vm_scope()
+        if vm and not VM_NAME.fullmatch(vm):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{VM_NAME_RULE} (got {vm[:80]!r})")
+        session: object = None
         if session_id:
             session = self.sessions.get(session_id)
+            if session is not None and vm and session.vm != vm:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"session {session_id!r} belongs to vm {session.vm!r}, not {vm!r}")  # fmt: skip
         else:
-            current = self.stage.current()
-            session = current if isinstance(current, DisplaySession) else None
-        if session is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"no session {session_id!r}"
-                if session_id
-                else "no session is on screen" + f"; open sessions: {sorted(self.sessions)}",
-            )
+            session = self.stage.find(vm or scope)
+        if not isinstance(session, DisplaySession):
+            names = sorted({s.vm for s in self.sessions.values() if not scope or s.vm == scope})
+            what = f"session {session_id!r}" if session_id else f"vm {vm!r}" if vm else "session"
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"no {what} on this display; open VMs: {', '.join(names) or 'none'}")  # fmt: skip
+        if scope and session.vm != scope:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, tls.not_in_scope(session.vm))
         return session
 
     async def Screenshot(self, request, context: grpc.aio.ServicerContext) -> display_pb2.ScreenshotReply:  # noqa: ANN001
-        session = await self._find(request.session_id, context)
+        session = await self._find(request, context)
         view = self.stage.view_rect(session.desktop)
         if view.empty:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the guest has not set a display mode yet")
@@ -94,11 +102,12 @@ class DisplayServicer(SessionServicer, display_pb2_grpc.DisplayServiceServicer):
         )
 
     async def GetDisplayState(self, request, context: grpc.aio.ServicerContext) -> display_pb2.DisplayState:  # noqa: ANN001
-        session = await self._find(request.session_id, context)
+        session = await self._find(request, context)
         c = session.counters
         age = max(1e-9, time.monotonic() - session.started)
         mode = session.desktop.mode
-        view = self.stage.view_rect(session.desktop)
+        view_rect = self.stage.view_rect(session.desktop)
+        view = self.stage.state(session)
         stats = display_pb2.DisplayStats(
             frames=c["frames"],
             frames_presented=c["frames_presented"],
@@ -126,12 +135,16 @@ class DisplayServicer(SessionServicer, display_pb2_grpc.DisplayServiceServicer):
             )
             if mode
             else None,
-            viewport=display_pb2.Viewport(x=view.x, y=view.y, width=view.w, height=view.h),
+            viewport=display_pb2.Viewport(x=view_rect.x, y=view_rect.y, width=view_rect.w, height=view_rect.h),
             presenter=self.stage.presenter.name,
             stats=stats,
             registers=session.registers(),
             cursor=session.cursor_move(),
-            on_screen=self.stage.on_screen(session),
+            on_screen=view.shown,
             refresh_hz=round(self.stage.refresh_hz),
             video_streams=session.video.state(),
+            window_title=view.title,
+            focused=view.focused,
+            window_hidden=view.hidden,
+            connected=view.connected,
         )

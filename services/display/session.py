@@ -202,9 +202,6 @@ class DisplaySession(DeviceSession):
     def palette(self) -> bytes:
         return self.model.palette_rgb() if self.desktop.mode is not None and self.desktop.mode.bpp == 8 else b""
 
-    def title(self) -> str:
-        return f"rdv display: {self.vm}"
-
     def acknowledge(self, acks: list[PendingAck], presented_ns: int, presented: bool) -> None:
         msgs = [
             display_pb2.BackendMessage(

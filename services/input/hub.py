@@ -110,6 +110,7 @@ class Hub:
         self._focused = ""
         self._order = itertools.count(1)
         self._ids = itertools.count(1)
+        self.watchers: set[asyncio.Event] = set()  # WatchFocus streams: set when the focus may have moved
 
     # ------------------------------------------------------------------ subscriptions
     def subscribe(self, vm: str, peer: str) -> Subscriber:
@@ -142,6 +143,19 @@ class Hub:
         self.chosen = vm
         self._refocus()
 
+    def request_focus(self, vm: str) -> bool:
+        """A source's user chose `vm` (a click in its window). Moves the focus when `vm` is subscribed; either way
+        the watchers hear where the focus is, so a window that asked in vain shows it is not focused."""
+        moved = vm in self.subscribers
+        if moved:
+            self.set_focus(vm)
+        self._notify()
+        return moved
+
+    def _notify(self) -> None:
+        for wake in self.watchers:
+            wake.set()
+
     def subscribed(self) -> list[str]:
         return [s.vm for s in sorted(self.subscribers.values(), key=lambda s: s.order)]
 
@@ -156,6 +170,7 @@ class Hub:
             return
         before, self._focused = self._focused, now
         log.info("focus moved", extra={"from": before or "-", "to": now or "-", "chosen": self.chosen or "-"})
+        self._notify()
         losing = self.subscribers.get(before)
         if losing is not None:
             self._release_all(losing)
@@ -204,3 +219,11 @@ class Hub:
             else:
                 result.dropped += 1
         return result
+
+    def deliver_focused(self, event: input_pb2.InputEvent) -> Delivery:
+        """A source's event: to the focused VM; one naming another VM (its window is not focused) goes nowhere
+        (Delivery.vm empty). Raises NoTarget."""
+        sub = self.target()
+        if event.vm and event.vm != sub.vm:
+            return Delivery()
+        return Delivery(sub.vm, *((1, 0) if sub.offer(event) else (0, 1)))

@@ -27,6 +27,7 @@ SUITES = (
     "tests.bench.input",
     "tests.bench.vfio",
     "tests.bench.load",
+    "tests.bench.multivm",
     "tests.bench.video",
 )
 HIGHER_IS_BETTER = ("video_fps", "video_psnr_db")  # their targets are floors

@@ -3,8 +3,8 @@ display card, mixed coherence modes, sample formats and encodings) on one audio 
 
 What is checked (the short version runs in `make test`, tests/test_load.py; this one in `make bench`):
 - no cross-talk: each audio session's output (a WAV per session) is exactly its own guest's PCM, and each
-  display session's framebuffer (Screenshot by session id: the window shows only the newest session, the
-  service keeps them all) equals its own guest's VRAM;
+  display session's framebuffer (Screenshot by session id; each VM has its own window) equals its own guest's
+  VRAM;
 - no underruns at the target latency (the players' counters, per session, from ListSessions);
 - memory flat: the services' RSS sampled over the run; the slope after warm-up is reported.
 

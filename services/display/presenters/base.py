@@ -1,8 +1,9 @@
 """The presenter interface (the factory that picks an implementation is `factory.py`).
 
-A presenter is driven by exactly one thread (the display's stage thread; SDL wants its window, renderer and
-event pump on one thread): `open`, then any number of `render` and `poll_events`, then `close`. It never
-decides when to draw: pacing and damage coalescing are the stage's job.
+A presenter is driven by exactly one thread (the display's stage thread; SDL wants its windows, renderers and
+event pump on one thread): `open`, then any number of `render`, `poll_events` and window calls, then `close`.
+It shows any number of windows, each named by the stage's integer key (one per VM; the switcher mode uses one).
+It never decides when to draw: pacing and damage coalescing are the stage's job.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class RenderJob:
     cursor: CursorImage | None
     palette: bytes
     title: str
+    window: int = 0  # the stage's key of the window to draw in
+    label: str = ""  # drawn over the picture (the switcher's "which VM is this"); empty: none
+    fullscreen: bool = False  # a window made for this job starts full-screen
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +56,10 @@ class WindowEvent:
     """Input seen by the presenter's window, in window pixels (the stage maps it to the guest desktop).
 
     kind: "motion" (x, y), "button" (button name, pressed, x, y), "wheel" (dx, dy), "key" (scancode = USB HID
-    usage, pressed), "quit" (the window was closed).
+    usage, pressed), "close" (the user closed the window), "focus_in" / "focus_out" (the window got / lost the
+    keyboard), "redraw" (resized or uncovered: draw it whole again). x and y are in the pixels of the picture
+    the window shows (window_w x window_h), whatever size
+    the window has: the presenter undoes its scaling.
     """
 
     kind: str
@@ -65,6 +72,7 @@ class WindowEvent:
     scancode: int = 0
     window_w: int = 0
     window_h: int = 0
+    window: int = 0  # the stage's key of the window it happened in
 
 
 class Presenter(Protocol):
@@ -75,6 +83,22 @@ class Presenter(Protocol):
     def render(self, job: RenderJob) -> None: ...
 
     def poll_events(self) -> list[WindowEvent]: ...
+
+    def set_title(self, window: int, title: str) -> None: ...
+
+    def close_window(self, window: int) -> None:
+        """Destroy the window (it is made again by the next `render` for it)."""
+        ...
+
+    def toggle_fullscreen(self, window: int) -> None: ...
+
+    def set_grab(self, window: int, grab: bool) -> None:
+        """Keep the pointer and keyboard in the window (the window manager's keys reach the guest) or not."""
+        ...
+
+    def focus_window(self, window: int) -> None:
+        """Raise the window and give it the keyboard."""
+        ...
 
     def show_notice(self, text: str | None) -> None:
         """Show `text` (the pairing PIN) over the screen from now on, or nothing when None."""

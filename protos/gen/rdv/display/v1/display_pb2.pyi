@@ -347,10 +347,12 @@ class BackendMessage(_message.Message):
     def __init__(self, opened: _Optional[_Union[Opened, _Mapping]] = ..., value: _Optional[_Union[_common_pb2.RegisterValue, _Mapping]] = ..., frame_ack: _Optional[_Union[FrameAck, _Mapping]] = ..., barrier_ack: _Optional[_Union[BarrierAck, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
 
 class ScreenshotRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "vm")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    vm: str
+    def __init__(self, session_id: _Optional[str] = ..., vm: _Optional[str] = ...) -> None: ...
 
 class ScreenshotReply(_message.Message):
     __slots__ = ("png", "width", "height", "session_id", "viewport", "last_frame_id")
@@ -369,10 +371,12 @@ class ScreenshotReply(_message.Message):
     def __init__(self, png: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., session_id: _Optional[str] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., last_frame_id: _Optional[int] = ...) -> None: ...
 
 class GetDisplayStateRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "vm")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    vm: str
+    def __init__(self, session_id: _Optional[str] = ..., vm: _Optional[str] = ...) -> None: ...
 
 class DisplayStats(_message.Message):
     __slots__ = ("frames", "frames_presented", "presents", "updates", "fills", "copies", "pixel_rects", "bytes_in", "decoded_bytes", "compression_ratio", "updates_per_second", "register_reads", "register_writes", "video_frames", "video_bytes", "video_dropped")
@@ -431,7 +435,7 @@ class VideoStreamState(_message.Message):
     def __init__(self, stream_id: _Optional[int] = ..., rect: _Optional[_Union[Rect, _Mapping]] = ..., codec: _Optional[_Union[VideoCodec, str]] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., fps: _Optional[float] = ..., bitrate_mbps: _Optional[float] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class DisplayState(_message.Message):
-    __slots__ = ("session_id", "vm", "coherence", "mode", "viewport", "presenter", "stats", "registers", "cursor", "on_screen", "refresh_hz", "video_streams")
+    __slots__ = ("session_id", "vm", "coherence", "mode", "viewport", "presenter", "stats", "registers", "cursor", "on_screen", "refresh_hz", "video_streams", "window_title", "focused", "window_hidden", "connected")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VM_FIELD_NUMBER: _ClassVar[int]
     COHERENCE_FIELD_NUMBER: _ClassVar[int]
@@ -444,6 +448,10 @@ class DisplayState(_message.Message):
     ON_SCREEN_FIELD_NUMBER: _ClassVar[int]
     REFRESH_HZ_FIELD_NUMBER: _ClassVar[int]
     VIDEO_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TITLE_FIELD_NUMBER: _ClassVar[int]
+    FOCUSED_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     vm: str
     coherence: _common_pb2.CoherenceMode
@@ -456,4 +464,8 @@ class DisplayState(_message.Message):
     on_screen: bool
     refresh_hz: int
     video_streams: _containers.RepeatedCompositeFieldContainer[VideoStreamState]
-    def __init__(self, session_id: _Optional[str] = ..., vm: _Optional[str] = ..., coherence: _Optional[_Union[_common_pb2.CoherenceMode, str]] = ..., mode: _Optional[_Union[FrameMode, _Mapping]] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., presenter: _Optional[str] = ..., stats: _Optional[_Union[DisplayStats, _Mapping]] = ..., registers: _Optional[_Union[SvgaRegisters, _Mapping]] = ..., cursor: _Optional[_Union[CursorMove, _Mapping]] = ..., on_screen: _Optional[bool] = ..., refresh_hz: _Optional[int] = ..., video_streams: _Optional[_Iterable[_Union[VideoStreamState, _Mapping]]] = ...) -> None: ...
+    window_title: str
+    focused: bool
+    window_hidden: bool
+    connected: bool
+    def __init__(self, session_id: _Optional[str] = ..., vm: _Optional[str] = ..., coherence: _Optional[_Union[_common_pb2.CoherenceMode, str]] = ..., mode: _Optional[_Union[FrameMode, _Mapping]] = ..., viewport: _Optional[_Union[Viewport, _Mapping]] = ..., presenter: _Optional[str] = ..., stats: _Optional[_Union[DisplayStats, _Mapping]] = ..., registers: _Optional[_Union[SvgaRegisters, _Mapping]] = ..., cursor: _Optional[_Union[CursorMove, _Mapping]] = ..., on_screen: _Optional[bool] = ..., refresh_hz: _Optional[int] = ..., video_streams: _Optional[_Iterable[_Union[VideoStreamState, _Mapping]]] = ..., window_title: _Optional[str] = ..., focused: _Optional[bool] = ..., window_hidden: _Optional[bool] = ..., connected: _Optional[bool] = ...) -> None: ...

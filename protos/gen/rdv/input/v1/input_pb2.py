@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from rdv.common.v1 import common_pb2 as rdv_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rdv/input/v1/input.proto\x12\x0crdv.input.v1\x1a\x1ardv/common/v1/common.proto\"B\n\x0bPointerMove\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"D\n\x0b\x42uttonEvent\x12$\n\x06\x62utton\x18\x01 \x01(\x0e\x32\x14.rdv.input.v1.Button\x12\x0f\n\x07pressed\x18\x02 \x01(\x08\"\x1f\n\x05Wheel\x12\n\n\x02\x64x\x18\x01 \x01(\x05\x12\n\n\x02\x64y\x18\x02 \x01(\x05\"%\n\x03Key\x12\r\n\x05qcode\x18\x01 \x01(\t\x12\x0f\n\x07pressed\x18\x02 \x01(\x08\"\xef\x01\n\nInputEvent\x12\x31\n\x0cpointer_move\x18\x01 \x01(\x0b\x32\x19.rdv.input.v1.PointerMoveH\x00\x12+\n\x06\x62utton\x18\x02 \x01(\x0b\x32\x19.rdv.input.v1.ButtonEventH\x00\x12$\n\x05wheel\x18\x03 \x01(\x0b\x32\x13.rdv.input.v1.WheelH\x00\x12 \n\x03key\x18\x04 \x01(\x0b\x32\x11.rdv.input.v1.KeyH\x00\x12\x0e\n\x06source\x18\n \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x0b \x01(\x03\x12\x0b\n\x03seq\x18\x0c \x01(\x04\x42\x06\n\x04kind\"\x1e\n\x10SubscribeRequest\x12\n\n\x02vm\x18\x01 \x01(\t\"i\n\x0ePublishSummary\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x11\n\tdelivered\x18\x02 \x01(\x04\x12\x10\n\x08unrouted\x18\x03 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x04 \x01(\x04\x12\x0f\n\x07\x63lamped\x18\x05 \x01(\x04\"U\n\rInjectRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12(\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x18.rdv.input.v1.InputEvent\x12\x0e\n\x06source\x18\x03 \x01(\t\"Q\n\x0eInjectResponse\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x11\n\tdelivered\x18\x02 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\r\x12\x0f\n\x07\x63lamped\x18\x04 \x01(\r\"\x1d\n\x0fSetFocusRequest\x12\n\n\x02vm\x18\x01 \x01(\t\"\x11\n\x0fGetFocusRequest\"O\n\nFocusState\x12\x0f\n\x07\x66ocused\x18\x01 \x01(\t\x12\x0e\n\x06\x63hosen\x18\x02 \x01(\t\x12\x12\n\nsubscribed\x18\x03 \x03(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t*y\n\x06\x42utton\x12\x16\n\x12\x42UTTON_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42UTTON_LEFT\x10\x01\x12\x11\n\rBUTTON_MIDDLE\x10\x02\x12\x10\n\x0c\x42UTTON_RIGHT\x10\x03\x12\x0f\n\x0b\x42UTTON_SIDE\x10\x04\x12\x10\n\x0c\x42UTTON_EXTRA\x10\x05\x32\x98\x04\n\x0cInputService\x12G\n\tSubscribe\x12\x1e.rdv.input.v1.SubscribeRequest\x1a\x18.rdv.input.v1.InputEvent0\x01\x12\x43\n\x07Publish\x12\x18.rdv.input.v1.InputEvent\x1a\x1c.rdv.input.v1.PublishSummary(\x01\x12\x43\n\x06Inject\x12\x1b.rdv.input.v1.InjectRequest\x1a\x1c.rdv.input.v1.InjectResponse\x12\x43\n\x08SetFocus\x12\x1d.rdv.input.v1.SetFocusRequest\x1a\x18.rdv.input.v1.FocusState\x12\x43\n\x08GetFocus\x12\x1d.rdv.input.v1.GetFocusRequest\x1a\x18.rdv.input.v1.FocusState\x12R\n\x0eGetServiceInfo\x12$.rdv.common.v1.GetServiceInfoRequest\x1a\x1a.rdv.common.v1.ServiceInfo\x12W\n\x0cListSessions\x12\".rdv.common.v1.ListSessionsRequest\x1a#.rdv.common.v1.ListSessionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18rdv/input/v1/input.proto\x12\x0crdv.input.v1\x1a\x1ardv/common/v1/common.proto\"B\n\x0bPointerMove\x12\t\n\x01x\x18\x01 \x01(\x05\x12\t\n\x01y\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"D\n\x0b\x42uttonEvent\x12$\n\x06\x62utton\x18\x01 \x01(\x0e\x32\x14.rdv.input.v1.Button\x12\x0f\n\x07pressed\x18\x02 \x01(\x08\"\x1f\n\x05Wheel\x12\n\n\x02\x64x\x18\x01 \x01(\x05\x12\n\n\x02\x64y\x18\x02 \x01(\x05\"%\n\x03Key\x12\r\n\x05qcode\x18\x01 \x01(\t\x12\x0f\n\x07pressed\x18\x02 \x01(\x08\"\x13\n\x05\x46ocus\x12\n\n\x02vm\x18\x01 \x01(\t\"\xa1\x02\n\nInputEvent\x12\x31\n\x0cpointer_move\x18\x01 \x01(\x0b\x32\x19.rdv.input.v1.PointerMoveH\x00\x12+\n\x06\x62utton\x18\x02 \x01(\x0b\x32\x19.rdv.input.v1.ButtonEventH\x00\x12$\n\x05wheel\x18\x03 \x01(\x0b\x32\x13.rdv.input.v1.WheelH\x00\x12 \n\x03key\x18\x04 \x01(\x0b\x32\x11.rdv.input.v1.KeyH\x00\x12$\n\x05\x66ocus\x18\x05 \x01(\x0b\x32\x13.rdv.input.v1.FocusH\x00\x12\n\n\x02vm\x18\r \x01(\t\x12\x0e\n\x06source\x18\n \x01(\t\x12\x14\n\x0ctimestamp_ns\x18\x0b \x01(\x03\x12\x0b\n\x03seq\x18\x0c \x01(\x04\x42\x06\n\x04kind\"\x1e\n\x10SubscribeRequest\x12\n\n\x02vm\x18\x01 \x01(\t\"i\n\x0ePublishSummary\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\x11\n\tdelivered\x18\x02 \x01(\x04\x12\x10\n\x08unrouted\x18\x03 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x04 \x01(\x04\x12\x0f\n\x07\x63lamped\x18\x05 \x01(\x04\"U\n\rInjectRequest\x12\n\n\x02vm\x18\x01 \x01(\t\x12(\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x18.rdv.input.v1.InputEvent\x12\x0e\n\x06source\x18\x03 \x01(\t\"Q\n\x0eInjectResponse\x12\n\n\x02vm\x18\x01 \x01(\t\x12\x11\n\tdelivered\x18\x02 \x01(\r\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\r\x12\x0f\n\x07\x63lamped\x18\x04 \x01(\r\"\x1d\n\x0fSetFocusRequest\x12\n\n\x02vm\x18\x01 \x01(\t\"\x11\n\x0fGetFocusRequest\"O\n\nFocusState\x12\x0f\n\x07\x66ocused\x18\x01 \x01(\t\x12\x0e\n\x06\x63hosen\x18\x02 \x01(\t\x12\x12\n\nsubscribed\x18\x03 \x03(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t*y\n\x06\x42utton\x12\x16\n\x12\x42UTTON_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42UTTON_LEFT\x10\x01\x12\x11\n\rBUTTON_MIDDLE\x10\x02\x12\x10\n\x0c\x42UTTON_RIGHT\x10\x03\x12\x0f\n\x0b\x42UTTON_SIDE\x10\x04\x12\x10\n\x0c\x42UTTON_EXTRA\x10\x05\x32\xe1\x04\n\x0cInputService\x12G\n\tSubscribe\x12\x1e.rdv.input.v1.SubscribeRequest\x1a\x18.rdv.input.v1.InputEvent0\x01\x12\x43\n\x07Publish\x12\x18.rdv.input.v1.InputEvent\x1a\x1c.rdv.input.v1.PublishSummary(\x01\x12\x43\n\x06Inject\x12\x1b.rdv.input.v1.InjectRequest\x1a\x1c.rdv.input.v1.InjectResponse\x12\x43\n\x08SetFocus\x12\x1d.rdv.input.v1.SetFocusRequest\x1a\x18.rdv.input.v1.FocusState\x12\x43\n\x08GetFocus\x12\x1d.rdv.input.v1.GetFocusRequest\x1a\x18.rdv.input.v1.FocusState\x12G\n\nWatchFocus\x12\x1d.rdv.input.v1.GetFocusRequest\x1a\x18.rdv.input.v1.FocusState0\x01\x12R\n\x0eGetServiceInfo\x12$.rdv.common.v1.GetServiceInfoRequest\x1a\x1a.rdv.common.v1.ServiceInfo\x12W\n\x0cListSessions\x12\".rdv.common.v1.ListSessionsRequest\x1a#.rdv.common.v1.ListSessionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rdv.input.v1.input_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BUTTON']._serialized_start=962
-  _globals['_BUTTON']._serialized_end=1083
+  _globals['_BUTTON']._serialized_start=1033
+  _globals['_BUTTON']._serialized_end=1154
   _globals['_POINTERMOVE']._serialized_start=70
   _globals['_POINTERMOVE']._serialized_end=136
   _globals['_BUTTONEVENT']._serialized_start=138
@@ -42,22 +42,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WHEEL']._serialized_end=239
   _globals['_KEY']._serialized_start=241
   _globals['_KEY']._serialized_end=278
-  _globals['_INPUTEVENT']._serialized_start=281
-  _globals['_INPUTEVENT']._serialized_end=520
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=522
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=552
-  _globals['_PUBLISHSUMMARY']._serialized_start=554
-  _globals['_PUBLISHSUMMARY']._serialized_end=659
-  _globals['_INJECTREQUEST']._serialized_start=661
-  _globals['_INJECTREQUEST']._serialized_end=746
-  _globals['_INJECTRESPONSE']._serialized_start=748
-  _globals['_INJECTRESPONSE']._serialized_end=829
-  _globals['_SETFOCUSREQUEST']._serialized_start=831
-  _globals['_SETFOCUSREQUEST']._serialized_end=860
-  _globals['_GETFOCUSREQUEST']._serialized_start=862
-  _globals['_GETFOCUSREQUEST']._serialized_end=879
-  _globals['_FOCUSSTATE']._serialized_start=881
-  _globals['_FOCUSSTATE']._serialized_end=960
-  _globals['_INPUTSERVICE']._serialized_start=1086
-  _globals['_INPUTSERVICE']._serialized_end=1622
+  _globals['_FOCUS']._serialized_start=280
+  _globals['_FOCUS']._serialized_end=299
+  _globals['_INPUTEVENT']._serialized_start=302
+  _globals['_INPUTEVENT']._serialized_end=591
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=593
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=623
+  _globals['_PUBLISHSUMMARY']._serialized_start=625
+  _globals['_PUBLISHSUMMARY']._serialized_end=730
+  _globals['_INJECTREQUEST']._serialized_start=732
+  _globals['_INJECTREQUEST']._serialized_end=817
+  _globals['_INJECTRESPONSE']._serialized_start=819
+  _globals['_INJECTRESPONSE']._serialized_end=900
+  _globals['_SETFOCUSREQUEST']._serialized_start=902
+  _globals['_SETFOCUSREQUEST']._serialized_end=931
+  _globals['_GETFOCUSREQUEST']._serialized_start=933
+  _globals['_GETFOCUSREQUEST']._serialized_end=950
+  _globals['_FOCUSSTATE']._serialized_start=952
+  _globals['_FOCUSSTATE']._serialized_end=1031
+  _globals['_INPUTSERVICE']._serialized_start=1157
+  _globals['_INPUTSERVICE']._serialized_end=1766
 # @@protoc_insertion_point(module_scope)

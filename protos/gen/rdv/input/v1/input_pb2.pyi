@@ -59,12 +59,20 @@ class Key(_message.Message):
     pressed: bool
     def __init__(self, qcode: _Optional[str] = ..., pressed: _Optional[bool] = ...) -> None: ...
 
+class Focus(_message.Message):
+    __slots__ = ("vm",)
+    VM_FIELD_NUMBER: _ClassVar[int]
+    vm: str
+    def __init__(self, vm: _Optional[str] = ...) -> None: ...
+
 class InputEvent(_message.Message):
-    __slots__ = ("pointer_move", "button", "wheel", "key", "source", "timestamp_ns", "seq")
+    __slots__ = ("pointer_move", "button", "wheel", "key", "focus", "vm", "source", "timestamp_ns", "seq")
     POINTER_MOVE_FIELD_NUMBER: _ClassVar[int]
     BUTTON_FIELD_NUMBER: _ClassVar[int]
     WHEEL_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
+    FOCUS_FIELD_NUMBER: _ClassVar[int]
+    VM_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -72,10 +80,12 @@ class InputEvent(_message.Message):
     button: ButtonEvent
     wheel: Wheel
     key: Key
+    focus: Focus
+    vm: str
     source: str
     timestamp_ns: int
     seq: int
-    def __init__(self, pointer_move: _Optional[_Union[PointerMove, _Mapping]] = ..., button: _Optional[_Union[ButtonEvent, _Mapping]] = ..., wheel: _Optional[_Union[Wheel, _Mapping]] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., source: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, pointer_move: _Optional[_Union[PointerMove, _Mapping]] = ..., button: _Optional[_Union[ButtonEvent, _Mapping]] = ..., wheel: _Optional[_Union[Wheel, _Mapping]] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., focus: _Optional[_Union[Focus, _Mapping]] = ..., vm: _Optional[str] = ..., source: _Optional[str] = ..., timestamp_ns: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("vm",)

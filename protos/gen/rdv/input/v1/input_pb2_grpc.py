@@ -60,6 +60,11 @@ class InputServiceStub:
                 request_serializer=rdv_dot_input_dot_v1_dot_input__pb2.GetFocusRequest.SerializeToString,
                 response_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.FocusState.FromString,
                 _registered_method=True)
+        self.WatchFocus = channel.unary_stream(
+                '/rdv.input.v1.InputService/WatchFocus',
+                request_serializer=rdv_dot_input_dot_v1_dot_input__pb2.GetFocusRequest.SerializeToString,
+                response_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.FocusState.FromString,
+                _registered_method=True)
         self.GetServiceInfo = channel.unary_unary(
                 '/rdv.input.v1.InputService/GetServiceInfo',
                 request_serializer=rdv_dot_common_dot_v1_dot_common__pb2.GetServiceInfoRequest.SerializeToString,
@@ -111,6 +116,13 @@ class InputServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchFocus(self, request, context):
+        """The focus now, then again every time it moves (the display service titles its windows with it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetServiceInfo(self, request, context):
         """Debugging aids: ListSessions lists subscribers ("sub-N", vm set) and sources ("src-N", vm empty).
         """
@@ -149,6 +161,11 @@ def add_InputServiceServicer_to_server(servicer, server):
             ),
             'GetFocus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetFocus,
+                    request_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.GetFocusRequest.FromString,
+                    response_serializer=rdv_dot_input_dot_v1_dot_input__pb2.FocusState.SerializeToString,
+            ),
+            'WatchFocus': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchFocus,
                     request_deserializer=rdv_dot_input_dot_v1_dot_input__pb2.GetFocusRequest.FromString,
                     response_serializer=rdv_dot_input_dot_v1_dot_input__pb2.FocusState.SerializeToString,
             ),
@@ -296,6 +313,33 @@ class InputService:
             request,
             target,
             '/rdv.input.v1.InputService/GetFocus',
+            rdv_dot_input_dot_v1_dot_input__pb2.GetFocusRequest.SerializeToString,
+            rdv_dot_input_dot_v1_dot_input__pb2.FocusState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchFocus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/rdv.input.v1.InputService/WatchFocus',
             rdv_dot_input_dot_v1_dot_input__pb2.GetFocusRequest.SerializeToString,
             rdv_dot_input_dot_v1_dot_input__pb2.FocusState.FromString,
             options,
