@@ -237,9 +237,9 @@ class DeviceLink:
         if waiter is None:
             return None
         if not waiter.wait(timeout):
-            if self.waiters.pop(seq, None) is not None:
+            if self.waiters.pop(seq, None) is not None or waiter.early is None:
                 return None
-            waiter.wait(None)  # the answer came as the wait ran out, and is being handed over: take it
+            waiter.wait(None)  # the answer came as the wait ran out and its early reply is on its way: take it
         return waiter.value
 
     def _reply(self, kind: str, body: Any) -> None:
