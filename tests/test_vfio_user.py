@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
 import pytest
 
 from frontend_shim.guests.guest import Device, GuestMemoryError
@@ -30,11 +29,10 @@ from frontend_shim.vfio_user.memory import DmaMemory
 from frontend_shim.vfio_user.pci import PciFunction, memfd_backing
 from frontend_shim.vfio_user.server import VfioUserServer
 from frontend_shim.vfio_user.trace import AccessLog, read_access_log
-from rdv.audio.v1 import audio_pb2_grpc
-from rdv.common.v1 import common_pb2
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370, PcmFormat
+from tests.audio_helpers import wait_sessions_closed
 from tests.helpers import ServiceProcess, start_service
 from tests.test_vfio_user_harness import (
     CONFIG_REGION,
@@ -287,15 +285,6 @@ def test_device_reset_restores_power_on_registers(rig: Rig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- DMA + INTx + audio
-def _wait_sessions_closed(address: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
-        stub = audio_pb2_grpc.AudioServiceStub(ch)
-        while stub.ListSessions(common_pb2.ListSessionsRequest()).sessions:
-            assert time.monotonic() < deadline, "session did not close"
-            time.sleep(0.02)
-
-
 @pytest.mark.parametrize(
     ("mode", "shared"), [("mirrored", True), ("backend", False)], ids=["mirrored-memfd", "backend-dma-messages"]
 )
@@ -356,7 +345,7 @@ def test_guest_pcm_reaches_the_audio_service_by_dma_with_intx(audio, mode: str, 
         r.close()
         link.close(drain=True)
         os.close(efd)
-    _wait_sessions_closed(svc.address)
+    wait_sessions_closed(svc.address)
     (out,) = set(outdir.glob("out-*.raw")) - before
     played = out.read_bytes()
     assert len(played) >= len(pcm) + period_frames * 4

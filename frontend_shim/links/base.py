@@ -230,7 +230,9 @@ class DeviceLink:
         payload.seq = seq
         waiter = Waiter(early)
         self.waiters[seq] = waiter
-        conn.send(self._make_message(**{"access" if kind == "value" else kind: payload}))
+        msg = self._make_message(**{"access" if kind == "value" else kind: payload})
+        with self.lock:  # behind what the device sent before now under it (the audio link's DMA data, say)
+            conn.send(msg)
         return seq, waiter
 
     def _wait(self, seq: int, waiter: Waiter | None, timeout: float) -> Any:
