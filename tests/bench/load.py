@@ -94,7 +94,7 @@ def vm_main(argv: list[str]) -> None:
     alink.start()
     vram, fifo = new_memory()
     dlink = DisplayLink([args.display], spec.display_mode, vram, fifo, vm=spec.name, encoding=spec.encoding,
-                        tile_diff=spec.tile_diff)  # fmt: skip
+                        tile_diff=spec.tile_diff, access_timeout=2.0)  # fmt: skip (as above: 250 ms seen to expire)
     dlink.start()
     svga = ScriptedSvgaDriver(dlink, vram, fifo, seed=hash(spec.name) & 0xFFFF)
     svga.probe()
