@@ -6,13 +6,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rdv-installed
 # Debian packages: ALSA and LZO headers to build pyalsaaudio and python-lzo, ALSA's plugins and tools,
-# QEMU for the tests against real peers, gcc for the live test's static timing tool, libvirt and
-# systemd-analyze for the VM attach tests.
+# QEMU for the tests against real peers, gcc for the live test's static timing tool, stress-ng for make test-stress,
+# libvirt and systemd-analyze for the VM attach tests.
 APT_PACKAGES := libasound2-dev liblzo2-dev libasound2-plugins alsa-utils qemu-system-x86 qemu-utils \
-	xvfb xauth xdotool imagemagick gcc libc6-dev libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu systemd
+	xvfb xauth xdotool imagemagick gcc libc6-dev stress-ng libvirt-daemon-system libvirt-clients \
+	libvirt-daemon-driver-qemu systemd
 PYTEST_ARGS ?=
 
-.PHONY: setup proto test test-live test-deploy lock run bench profile fuzz lint clean
+.PHONY: setup proto test test-live test-stress test-deploy lock run bench profile fuzz lint clean
 
 setup: $(STAMP)
 
@@ -41,6 +42,12 @@ test: setup
 # Boots real Linux guests under QEMU 10.2 (built once into ~/.cache/rdv by tests/tools): minutes, not seconds.
 test-live: setup
 	$(PY) -m pytest -q -m live tests/live $(PYTEST_ARGS)
+
+# The real-time suites (audio e2e, display pixels, faults, load, live) while `stress-ng --cpu 2` keeps both cores
+# busy at the same priority: STRESS_RUNS runs in a row must pass; prints the xruns and underruns each run saw.
+STRESS_RUNS ?= 5
+test-stress: setup
+	$(PY) -m tests.stress --runs $(STRESS_RUNS) -- $(PYTEST_ARGS)
 
 # deploy/README.md on a real Docker engine: installs Debian's docker.io when missing, starts dockerd when none
 # runs (and stops only that one), builds the image (cached between runs) and brings the node up and down.

@@ -7,9 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.devices import es1370_regs as R
-from services.devices.dma import DmaCredit
 from services.devices.es1370 import AccessError, Es1370, PcmFormat
-from tests.helpers import FakeClock
 
 
 def started(fmt_bits: int = R.FMT_BIT_16 | R.FMT_BIT_STEREO, frames_per_period: int = 8, dwords: int = 32) -> Es1370:
@@ -182,23 +180,6 @@ def test_codec_input_registers_are_write_only() -> None:
     m.write(R.CODEC, 2, (R.AK4531_IN_MIX_L1 << 8) | 0x01)  # record the mic on the left input
     assert m.read(R.CODEC, 4) == 0
     assert m.state.codec_regs[R.AK4531_MIC_GAIN] == 1 and m.state.codec_regs[R.AK4531_IN_MIX_L1] == 0x01
-
-
-def test_credit_holds_at_pending_interrupt_then_gives_up() -> None:
-    clock = FakeClock()
-    credit = DmaCredit(clock, lead=0.1, hold_limit=0.05)
-    m = started()
-    assert credit.room(m, R.DAC2) > 0
-    _, n = m.dma_window(R.DAC2, 1000)
-    m.dma_commit(R.DAC2, n)
-    credit.moved(R.DAC2, n)
-    assert credit.room(m, R.DAC2) == 0  # interrupt pending: hold
-    clock.t = 0.06
-    assert credit.room(m, R.DAC2) > 0  # the guest never acked: move on after the hold limit
-    credit.moved(R.DAC2, int(0.1 * 44100 * 4))
-    assert credit.room(m, R.DAC2) == 0  # a full lead ahead of playback
-    credit.played(R.DAC2, 4000)
-    assert credit.room(m, R.DAC2) > 0
 
 
 @settings(max_examples=300, deadline=None)

@@ -209,7 +209,7 @@ def test_a_tiny_ring_at_a_high_rate_does_not_flood_the_link(audio: ServiceProces
         sent = link.stats.messages_to_service
         ours, theirs = link.compare_mirror(timeout=2.0)
         assert theirs is not None and ours == theirs
-        assert link.stats.pcm_bytes > 1000  # the DMA did run
+        assert link.stats.pcm_bytes > 4 * 4  # the DMA did run (round its 4-byte ring: a jitter buffer of 4 bytes)
         assert sent < 2000, f"{sent} messages in 0.5 s"  # one per pacer pass and channel at most (~400)
         assert timed.max_block_s < 0.05, timed.worst()  # the DMA never holds the device lock for long
     finally:

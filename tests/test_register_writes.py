@@ -132,5 +132,19 @@ def test_a_batch_is_applied_as_its_writes_one_by_one(audio: ServiceProcess, mode
         model.write(*w)
     expected = state_to_proto(model.state)
     assert expected != state_to_proto(Es1370().state)  # the trace does program the card
-    assert _state_after(audio.address, mode, one_by_one) == expected
-    assert _state_after(audio.address, mode, batched) == expected
+    owned = _dma_owned if mode == common_pb2.COHERENCE_MODE_BACKEND else (lambda s: s)
+    assert owned(_state_after(audio.address, mode, one_by_one)) == owned(expected)
+    assert owned(_state_after(audio.address, mode, batched)) == owned(expected)
+
+
+def _dma_owned(state: audio_pb2.Es1370State) -> audio_pb2.Es1370State:
+    """Backend mode: the service is the card, and its DMA takes a window of each running DAC as soon as the trace
+    starts it (and then waits for data this test never sends). What the DMA moved — the position and sample
+    counters — is the card's, not the guest's writes: cleared on both sides of the comparison."""
+    out = audio_pb2.Es1370State()
+    out.CopyFrom(state)
+    for ch in out.channels:
+        ch.leftover = 0
+        ch.frame_cnt &= 0xFFFF
+        ch.scount &= 0xFFFF
+    return out

@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--partial-every", type=int, default=0, help=argparse.SUPPRESS)  # tests: split commands
     p.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--save-guest-png", metavar="FILE", help="write the guest's visible framebuffer as PNG at the end")
-    p.add_argument("--vm", default="scripted-guest", help="name shown in the services' session lists")
+    options.vm(p, "scripted-guest")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     options.tls_dir(p)
     p.set_defaults(run=run)
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             fps=args.fps,
             partial_every=args.partial_every,
             seed=args.seed,
-            vm=args.vm,
+            vm=options.vm_name(args),
             save_png=args.save_guest_png,
             tls_dir=args.tls_dir,
             video=options.video_settings(args),

@@ -10,7 +10,7 @@ from dataclasses import replace
 from frontend_shim.attach.config import ConfigError, VmConfig, load
 from frontend_shim.links.base import MODES
 from frontend_shim.links.video_streams import VIDEO_MODES, VideoSettings
-from services.common import settings
+from services.common import settings, tls
 from services.common.settings import Setting
 
 DEFAULT_AUDIO = "127.0.0.1:50051"
@@ -43,6 +43,19 @@ def displays(args: argparse.Namespace) -> list[str]:
 
 def mode(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=sorted(MODES), default="mirrored", help="coherence mode (default mirrored)")
+
+
+def vm(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--vm", default=None,
+                   help=f"the VM's name in the services' session lists (default: the VM the --tls-dir certificate is "
+                        f"made for, else {default})")  # fmt: skip
+    p.set_defaults(vm_default=default)
+
+
+def vm_name(args: argparse.Namespace) -> str:
+    """--vm, else the VM the certificate is made for (a VM's certificate opens that VM's sessions only), else the
+    command's default."""
+    return args.vm or tls.certificate_vm(args.tls_dir) or args.vm_default
 
 
 def tls_dir(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import sys
 import threading
 
 from frontend_shim.commands import options
-from frontend_shim.guests.guest import EventLine, RamMemory
+from frontend_shim.guests.guest import EventLine, GuestMemory
 from frontend_shim.guests.pcm import read_wav
 from frontend_shim.guests.scripted_audio import GuestError, ScriptedEs1370Driver, dac_for, expressible, new_guest
 from frontend_shim.links.audio import AudioLink
@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dac", choices=["dac1", "dac2"], default="dac2", help="DAC to play on (DAC1: 4 rates only)")
     add_guest_options(p)
     p.add_argument("--status", action="store_true", help="print live progress on stderr")
+    p.add_argument("--dma-log", help=argparse.SUPPRESS)  # tests: every DMA read of guest memory, to this file
     p.set_defaults(run=run)
 
 
@@ -33,7 +34,7 @@ def add_guest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--period-frames", type=int, default=1024)
     p.add_argument("--periods", type=int, default=4)
     p.add_argument("--access-timeout-ms", type=float, default=50.0, help="longest a register read may wait")
-    p.add_argument("--vm", default="scripted-guest", help="name shown in the service's session list")
+    options.vm(p, "scripted-guest")
     options.tls_dir(p)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -57,12 +58,15 @@ def play(
     clock: Clock | None = None,
     status: bool = False,
     tls_dir: str | None = None,
+    dma_log: str | None = None,
 ) -> dict:
     """The scripted guest plays `pcm` through a shim link to `audio`; returns the summary."""
     if not expressible(fmt):
         raise PlayError(f"an ES1370 cannot play {fmt} exactly")
-    link, memory, irq = open_link(audio, mode, access_timeout=access_timeout, vm=vm, clock=clock, tls_dir=tls_dir)
-    driver = ScriptedEs1370Driver(link, memory, irq, irq_timeout=max(2.0, 4 * period_frames / fmt.rate))
+    link, memory, irq = open_link(
+        audio, mode, access_timeout=access_timeout, vm=vm, clock=clock, tls_dir=tls_dir, record=dma_log is not None
+    )
+    driver = ScriptedEs1370Driver(link, memory, irq, irq_timeout=max(2.0, 4 * period_frames / fmt.rate), clock=clock)
     stop_status = threading.Event()
     reporter = threading.Thread(target=_status, args=(link, len(pcm), stop_status), daemon=True)
     if status:
@@ -78,12 +82,15 @@ def play(
         if status:
             reporter.join()
     link.close(drain=True)
+    if dma_log is not None:
+        memory.save(dma_log)  # type: ignore[attr-defined]
     return {
         "mode": mode,
         "format": str(fmt),
         "frames": result.frames,
         "periods": result.periods,
         "interrupts": result.interrupts,
+        "xruns": result.xruns,
         "accesses": result.accesses,
         "seconds": round(result.seconds, 3),
         **{k: v for k, v in link.stats.as_dict().items() if k != "interrupts"},
@@ -92,10 +99,18 @@ def play(
 
 
 def open_link(
-    audio: str, mode: str, *, access_timeout: float, vm: str, clock: Clock | None, tls_dir: str | None
-) -> tuple[AudioLink, RamMemory, EventLine]:
-    """A scripted guest's RAM and interrupt line, and the shim's ES1370 link to `audio`, connected."""
-    memory, irq = new_guest()
+    audio: str,
+    mode: str,
+    *,
+    access_timeout: float,
+    vm: str,
+    clock: Clock | None,
+    tls_dir: str | None,
+    record: bool = False,
+) -> tuple[AudioLink, GuestMemory, EventLine]:
+    """A scripted guest's RAM and interrupt line (`record`: RAM that logs every DMA read), and the shim's ES1370
+    link to `audio`, connected."""
+    memory, irq = new_guest(record=record)
     credentials = tls.channel_credentials(tls_dir) if tls_dir else None
     link = AudioLink(
         audio, mode, memory, irq, vm=vm, clock=clock, access_timeout=access_timeout, credentials=credentials
@@ -115,7 +130,7 @@ def guest_options(args: argparse.Namespace) -> dict:
         "period_frames": args.period_frames,
         "periods": args.periods,
         "access_timeout": args.access_timeout_ms / 1000,
-        "vm": args.vm,
+        "vm": options.vm_name(args),
         "clock": Clock(args.clock_scale),
         "tls_dir": args.tls_dir,
     }
@@ -129,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
             fmt,
             dac=args.dac,
             status=args.status,
+            dma_log=args.dma_log,
             **guest_options(args),
         )
     except (OSError, ValueError, PlayError, tls.TlsError) as exc:
@@ -142,7 +158,8 @@ def describe(s: dict) -> str:
     return (
         f"played {s['frames']} frames ({s['format']}) in {s['mode']} mode in {s['seconds']:.2f} s: "
         f"{s['interrupts']} interrupts for {s['periods']} periods, {s['accesses']} register accesses, "
-        f"{s['bytes_to_service']} B to / {s['bytes_from_service']} B from the audio service"
+        f"{s['bytes_to_service']} B to / {s['bytes_from_service']} B from the audio service; "
+        f"{s['xruns']} xruns in the guest, {s['late_dma']} late DMA, {s['underruns']} underruns at the service"
     )
 
 

@@ -51,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--irq-recheck-ms", type=float, default=5.0, help="INTx re-check delay after writes and UNMASK")
     p.add_argument("--access-log", default=None, help="write the register traffic here (.gz: gzip)")
+    p.add_argument("--dma-log", default=None, help=argparse.SUPPRESS)  # tests: es1370 DMA reads, saved on exit
     p.add_argument("--json", action="store_true", help="print a JSON summary on exit")
     options.tls_dir(p)
     p.add_argument("--clock-scale", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             access_timeout_ms=args.access_timeout_ms,
             irq_recheck_ms=args.irq_recheck_ms,
             access_log=args.access_log,
+            dma_log=args.dma_log,
             credentials=credentials,
             clock_scale=args.clock_scale,
             video=options.video_settings(args),

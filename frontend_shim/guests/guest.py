@@ -6,7 +6,9 @@ memory for DMA and an interrupt line. Nothing here knows about gRPC.
 
 from __future__ import annotations
 
+import struct
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -27,6 +29,17 @@ class HoldsWrites(Protocol):
     def release_writes(self) -> None: ...
 
 
+class RepliesEarly(Protocol):
+    """Optional for a Device whose register reads wait for a remote answer (`answers_remotely`): a trap source
+    that can answer the guest from any thread sets `reply_early` around one register read (to a function of the
+    value, None otherwise), and the device calls it with the value on whichever thread receives the answer, before
+    it wakes the reading thread; io_read still returns the value. The guest then waits for one thread handoff
+    less."""
+
+    answers_remotely: bool
+    reply_early: Callable[[int], None] | None
+
+
 class GuestMemory(Protocol):
     """Guest-physical memory, as bus-master DMA sees it. Raises GuestMemoryError outside guest RAM."""
 
@@ -42,7 +55,11 @@ class InterruptLine(Protocol):
 
 
 class GuestMemoryError(Exception):
-    """DMA to an address where the guest has no memory."""
+    """DMA that cannot be done: guest memory unreachable now (the client busy or away) or not there at all."""
+
+
+class GuestMemoryUnmapped(GuestMemoryError):
+    """DMA to an address where the guest has no memory (or none the device may use): retrying cannot help."""
 
 
 class RamMemory:
@@ -55,7 +72,7 @@ class RamMemory:
     def _span(self, addr: int, length: int) -> int:
         start = addr - self.base
         if length < 0 or start < 0 or start + length > len(self.data):
-            raise GuestMemoryError(f"DMA of {length} bytes at {addr:#x} is outside guest RAM")
+            raise GuestMemoryUnmapped(f"DMA of {length} bytes at {addr:#x} is outside guest RAM")
         return start
 
     def read(self, addr: int, length: int) -> bytes:
@@ -65,6 +82,45 @@ class RamMemory:
     def write(self, addr: int, data: bytes) -> None:
         start = self._span(addr, len(data))
         self.data[start : start + len(data)] = data
+
+
+class DmaLog:
+    """Guest memory that keeps every DMA read in order: (address, the bytes as they were when the card took them).
+    What a real card would have played is exactly that, so a test can hold the remote output against it."""
+
+    def __init__(self, inner: GuestMemory) -> None:
+        self.inner = inner
+        self.reads: list[tuple[int, bytes]] = []
+        self._lock = threading.Lock()  # a read and its record are one step against the guest's writes
+
+    def read(self, addr: int, length: int) -> bytes:
+        with self._lock:
+            data = self.inner.read(addr, length)
+            self.reads.append((addr, data))
+            return data
+
+    def write(self, addr: int, data: bytes) -> None:
+        with self._lock:
+            self.inner.write(addr, data)
+
+    def save(self, path: str) -> None:
+        """The reads as records of (address u64, length u32, bytes), little-endian."""
+        with open(path, "wb") as f:
+            for addr, data in self.reads:
+                f.write(struct.pack("<QI", addr, len(data)) + data)
+
+
+def load_reads(path: str) -> list[tuple[int, bytes]]:
+    """What RecordingMemory.save wrote."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    reads, at = [], 0
+    while at < len(blob):
+        addr, length = struct.unpack_from("<QI", blob, at)
+        at += 12
+        reads.append((addr, blob[at : at + length]))
+        at += length
+    return reads
 
 
 class EventLine:

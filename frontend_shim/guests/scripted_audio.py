@@ -12,7 +12,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from frontend_shim.guests.guest import Device, EventLine, RamMemory
+from frontend_shim.guests.guest import Device, DmaLog, EventLine, GuestMemory, RamMemory
+from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import PcmFormat
 
@@ -35,7 +36,8 @@ class PlayResult:
     spurious: int  # interrupts with nothing pending
     accesses: int
     seconds: float
-    queued: bytes  # every byte the guest placed in the DMA buffer, in playback order
+    queued: bytes  # every byte of the song the guest placed in the DMA buffer, in playback order
+    xruns: int  # times the guest found the DMA past what it had written, stopped and restarted (like ALSA)
 
 
 def dac_for(fmt: PcmFormat, prefer: str = "dac2") -> int:
@@ -71,8 +73,11 @@ class CountingDevice:
 
 
 class ScriptedEs1370Driver:
-    def __init__(self, device: Device, memory: RamMemory, irq: EventLine, irq_timeout: float = 2.0) -> None:
+    def __init__(
+        self, device: Device, memory: GuestMemory, irq: EventLine, irq_timeout: float = 2.0, clock: Clock | None = None
+    ) -> None:
         self.dev = CountingDevice(device)
+        self.clock = clock or Clock()  # the guest's own sense of time (ALSA's jiffies)
         self.memory = memory
         self.irq = irq
         self.irq_timeout = irq_timeout  # real seconds without an interrupt before the guest gives up
@@ -210,6 +215,8 @@ class ScriptedEs1370Driver:
         for s in streams:
             self.ctrl |= _CTL_EN[s.channel]
         self.outl(R.CONTROL, self.ctrl)  # one trigger starts the linked streams together (snd_pcm_link)
+        for s in streams:
+            s.triggered()
         interrupts = spurious = 0
         try:
             while not all(s.finished for s in streams):
@@ -290,13 +297,17 @@ class _Stream:
 
     def prepare(self) -> None: ...
 
+    def triggered(self) -> None:
+        """The stream's trigger START has just been written."""
+
     def period_elapsed(self, position: int) -> None: ...
 
     def result(self, interrupts: int, spurious: int, accesses: int, seconds: float) -> PlayResult | RecordResult: ...
 
 
 class _PlayStream(_Stream):
-    """aplay: the buffer filled ahead, each elapsed period refilled with the next one."""
+    """aplay: the buffer filled ahead, one period refilled per period interrupt, xruns detected as ALSA does and
+    recovered from as aplay does (stop, prepare, fill, start again)."""
 
     def __init__(self, driver: ScriptedEs1370Driver, p: Playback) -> None:
         self.driver, self.p, self.channel = driver, p, p.dac
@@ -306,21 +317,63 @@ class _PlayStream(_Stream):
         self.chunks = [p.pcm[i * self.period_bytes : (i + 1) * self.period_bytes] for i in range(self.total)]
         self.chunks[-1] = self.chunks[-1] + self.silence[len(self.chunks[-1]) :]
         self.queued = bytearray()
+        self.ring = _AlsaRing(self.period_bytes, self.buffer_bytes, p.fmt.rate * p.fmt.frame_bytes, driver.clock)
+        self.written = 0  # periods of the song written to the ring so far (then silence, until the song has played)
+        self.end = 0  # bytes from the last start to the song's end
+        self.elapsed = 0  # period interrupts since the last start
+        self.xruns = 0
 
-    def _fill(self, slot: int, index: int) -> None:
-        data = self.chunks[index] if index < self.total else self.silence
-        self.driver.memory.write(BUFFER_ADDR + slot * self.period_bytes, data)
-        if index < self.total:
+    @property
+    def finished(self) -> bool:
+        return self.elapsed * self.period_bytes >= self.end
+
+    def _write_period(self) -> None:
+        """aplay's write of one period at the application pointer."""
+        ring = self.ring
+        data = self.chunks[self.written] if self.written < self.total else self.silence
+        self.driver.memory.write(BUFFER_ADDR + ring.appl % self.buffer_bytes, data)
+        if self.written < self.total:
             self.queued.extend(data)
+        ring.appl += self.period_bytes
+        self.written += 1
 
     def prepare(self) -> None:
-        for slot in range(self.p.periods):
-            self._fill(slot, slot)
+        """snd_pcm_prepare with the ring filled (aplay's start threshold is the whole buffer)."""
+        self.ring.reset()
+        self.end = (self.total - self.written) * self.period_bytes
+        self.elapsed = 0
+        for _ in range(self.p.periods):
+            self._write_period()
         self.driver._prepare(self.p.dac, self.p.fmt, self.buffer_bytes, self.period_bytes)
 
+    def triggered(self) -> None:
+        self.ring.updated = self.driver.clock.now()  # ALSA's hw_ptr_jiffies starts with the trigger
+
     def period_elapsed(self, position: int) -> None:
-        self._fill(self.done % self.p.periods, self.done + self.p.periods)
         self.done += 1
+        self.elapsed += 1
+        ring = self.ring
+        xrun = ring.update(position, in_interrupt=True)
+        while not xrun and ring.avail() >= self.period_bytes and not self.finished:
+            before = ring.appl
+            self._write_period()
+            # ALSA updates the position again at aplay's next write. The test guest asks one thing more than
+            # ALSA can: had the DMA passed the start of what we just wrote? Then it took some of it before we
+            # wrote it, and the card played the ring's old contents there.
+            xrun = ring.update(self.driver._pointer(self.channel)) or ring.hw > before
+        if xrun and not self.finished:
+            # ALSA stops the stream (the driver's trigger STOP) and aplay prepares and restarts it.
+            self.xruns += 1
+            driver = self.driver
+            driver.ctrl &= ~_CTL_EN[self.channel]
+            driver.outl(R.CONTROL, driver.ctrl)
+            if self.written < self.total:
+                self.prepare()
+                driver.ctrl |= _CTL_EN[self.channel]
+                driver.outl(R.CONTROL, driver.ctrl)
+                self.triggered()
+            else:
+                self.end = 0  # what is left of the song was in the ring: it is lost, as with aplay's drain
 
     def result(self, interrupts: int, spurious: int, accesses: int, seconds: float) -> PlayResult:
         return PlayResult(
@@ -331,6 +384,7 @@ class _PlayStream(_Stream):
             accesses=accesses,
             seconds=seconds,
             queued=bytes(self.queued),
+            xruns=self.xruns,
         )
 
 
@@ -365,8 +419,47 @@ class _CaptureStream(_Stream):
         return RecordResult(self.total, interrupts, spurious, accesses, seconds, bytes(self.captured))
 
 
-def new_guest() -> tuple[RamMemory, EventLine]:
-    return RamMemory(GUEST_RAM), EventLine()
+class _AlsaRing:
+    """ALSA's view of a playback ring: the hardware pointer it keeps from the driver's position reads, and the
+    application pointer aplay writes at (both in bytes since the stream started)."""
+
+    def __init__(self, period: int, size: int, byte_rate: int, clock: Clock) -> None:
+        self.period = period
+        self.size = size
+        self.byte_rate = byte_rate
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        self.hw = self.appl = self.hw_interrupt = 0
+        self.updated = self.clock.now()
+
+    def avail(self) -> int:
+        return self.hw + self.size - self.appl
+
+    def update(self, pos: int, in_interrupt: bool = False) -> bool:
+        """snd_pcm_update_hw_ptr0 with a position read from the card; True on an xrun (the hardware pointer
+        reached the application pointer: the DMA is playing what was never written)."""
+        now = self.clock.now()
+        if pos >= self.size:
+            pos = 0  # ALSA: "invalid position", taken as the ring's start (a card that vanished reads all ones)
+        base = self.hw - self.hw % self.size
+        new = base + pos
+        long_ago = now - self.updated > self.size / self.byte_rate / 2
+        if in_interrupt and new < self.hw_interrupt + self.period and long_ago:
+            new += self.size  # a period elapsed, yet the pointer says less: it went once round the ring unseen
+        elif new < self.hw:
+            new += self.size  # the pointer wrapped at the ring's end
+        self.hw, self.updated = new, now
+        if in_interrupt:
+            self.hw_interrupt = new
+        return self.avail() >= self.size  # stop_threshold = buffer size: nothing written is left to play
+
+
+def new_guest(record: bool = False) -> tuple[GuestMemory, EventLine]:
+    """The scripted guest's RAM and interrupt line; `record` keeps every DMA read (a DmaLog)."""
+    ram = RamMemory(GUEST_RAM)
+    return (DmaLog(ram) if record else ram), EventLine()
 
 
 # The AK4531 mixer set-up snd-ens1370 performs at probe: (register, value). Volumes at 0 dB, outputs unmuted.

@@ -49,10 +49,14 @@ class AudioStats(LinkStats):
     dma_errors: int = 0
     capture_bytes: int = 0  # recorded audio written into the guest's ring
     played: dict[int, int] = field(default_factory=dict)
+    # per channel, as the service reports them: playback underruns, and (backend mode) late DMA
+    underruns: dict[int, int] = field(default_factory=dict)
+    late_dma: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, int]:
         d = super().as_dict()
-        d["bytes_played"] = sum(self.played.values())
+        for name in ("played", "underruns", "late_dma"):
+            d["bytes_played" if name == "played" else name] = sum(getattr(self, name).values())
         return d
 
 
@@ -79,8 +83,14 @@ class _AudioService(ServiceEnd):
             opening.state.CopyFrom(state_to_proto(link.model.state))
             link._follow_adc(restart=True)  # the new session records afresh
         conn.send(audio_pb2.FrontendMessage(open=opening))
+        for channel in (R.DAC1, R.DAC2):  # the count goes on across reconnects
+            link._late_before[channel] += link._credit.late(channel)
         link._credit = DmaCredit(link.clock, lead=link._credit.lead)
         return conn
+
+    def stream_ended(self, conn: SessionStream) -> None:
+        if conn is self.conn and self.link.model is None:
+            self.link.irq.set_level(False)  # backend mode: the card is gone, and a card that is gone asserts nothing
 
 
 class AudioLink(DeviceLink):
@@ -110,6 +120,7 @@ class AudioLink(DeviceLink):
         self.model = Es1370() if mode == "mirrored" else None
         self._credentials = credentials
         self._credit = DmaCredit(self.clock, lead=0.1)
+        self._late_before = [0, 0, 0]  # late DMA counted by the credits of earlier connections
         self._end = _AudioService(self, target, carries_requests=True)
         self._irq_level = False
         self._kick = threading.Event()  # pacer: DMA may be possible
@@ -186,9 +197,16 @@ class AudioLink(DeviceLink):
             raise AccessError(f"the ES1370 has no BAR {bar}")
         self.stats.reads += 1
         if self.model is not None:
-            # No lock: every register is one field, so a read racing the DMA engine sees the value before or
-            # after a DMA step, as on the chip.
-            return self.model.read(offset, size)
+            if offset < R.PAGE_WINDOW:
+                # No lock: every register is one field, so a read racing the DMA engine sees the value before or
+                # after a DMA step, as on the chip.
+                return self.model.read(offset, size)
+            with self.lock:  # a DMA position: the pacer's step (memory read and commit) is wholly before or after
+                value = self.model.read(offset, size)
+                channel = self.model.position_channel(offset)
+                if channel is not None:
+                    self._credit.position_read(self.model, channel)
+                return value
         check_access(offset, size)
         return self._read_remote(offset, size)
 
@@ -208,6 +226,8 @@ class AudioLink(DeviceLink):
             conn = self._conn
             if self.model.write(offset, size, value) and conn is not None:
                 conn.post_write(offset, size, value)
+            if offset in _DMA_REGISTERS or offset >= R.PAGE_WINDOW:
+                self._credit.follow(self.model)  # a stop, a new ring, a restart
             if self.model.irq != self._irq_level:
                 self._update_irq()
             if offset & ~3 in _DMA_REGISTERS:
@@ -301,9 +321,12 @@ class AudioLink(DeviceLink):
         if kind == "value" or kind == "barrier_ack":
             self._reply(kind, getattr(msg, kind))
         elif kind == "interrupt":
-            self._interrupt(msg.interrupt)
+            i = msg.interrupt
+            self._ordered.submit(lambda: self._interrupt(i))  # after a DMA read still waiting: the card read first
         elif kind == "dma_request":
-            self._serve_dma(conn, msg.dma_request)
+            req = msg.dma_request
+            self.stats.dma_requests += 1
+            self._ordered.submit(lambda: self._serve_dma(conn, req), lambda: self._dma_unread(conn, req))
         elif kind == "dma_write":
             w = msg.dma_write
             self._ordered.submit(lambda: self._dma_write(conn, w), lambda: self._dma_written(conn, w, ok=False))
@@ -312,6 +335,9 @@ class AudioLink(DeviceLink):
         elif kind == "position" and conn is self._conn:
             p = msg.position
             self._credit.played(p.channel, p.bytes_played)
+            self.stats.underruns[p.channel] = p.underruns
+            if self.model is None:
+                self.stats.late_dma[p.channel] = p.late_dma
             self.stats.played[p.channel] = p.bytes_played
             self._kick.set()
         elif kind == "opened":
@@ -323,21 +349,20 @@ class AudioLink(DeviceLink):
             conn.opened.set()
 
     def _serve_dma(self, conn: _AudioServiceStream, req: audio_pb2.DmaRequest) -> None:
-        self.stats.dma_requests += 1
-        data, ok = bytearray(), True
-        try:
-            for seg in req.segments:
-                data += self.memory.read(seg.addr, seg.length)
-        except GuestMemoryError as exc:
-            self._dma_failed(exc)
-            data, ok = bytearray(), False
-        else:
+        """Read guest memory for the service (through `_ordered`: a read QEMU cannot serve just now, over DMA
+        messages, is retried, and the interrupts after it wait). The read and its reply enter the stream under the
+        lock that guest reads are sent under, so a DMA that took a slot before the guest refilled it reaches the
+        service before the guest's next position read: the position the guest sees then tells it (an xrun)."""
+        with self.lock:
+            data = b"".join(self.memory.read(seg.addr, seg.length) for seg in req.segments)
             self._dma_failing = False
-            self._credit.moved(req.channel, len(data))
             self.stats.pcm_bytes += len(data)
-        conn.send(
-            audio_pb2.FrontendMessage(dma_data=audio_pb2.DmaData(request_id=req.request_id, data=bytes(data), ok=ok))
-        )
+            reply = audio_pb2.DmaData(request_id=req.request_id, data=data, ok=True)
+            conn.send(audio_pb2.FrontendMessage(dma_data=reply))
+
+    def _dma_unread(self, conn: _AudioServiceStream, req: audio_pb2.DmaRequest) -> None:
+        """Guest memory stayed unreadable (the VM is gone): the card took nothing it can play."""
+        conn.send(audio_pb2.FrontendMessage(dma_data=audio_pb2.DmaData(request_id=req.request_id, ok=False)))
 
     def _dma_failed(self, exc: GuestMemoryError) -> None:
         """The DMA engine retries every few ms while guest memory is unreachable (e.g. the VM is gone): warn
@@ -384,13 +409,14 @@ class AudioLink(DeviceLink):
                 self._dma_failed(exc)
                 break
             self._dma_failing = False
-            model.dma_commit(channel, length)
-            self._credit.moved(channel, length)
+            self._credit.commit(model, channel, length)
             self.stats.pcm_bytes += length
             chunk += data
             self._update_irq()
         if chunk:
-            msg = audio_pb2.PcmChunk(channel=channel, data=bytes(chunk), sent_ns=time.monotonic_ns())
+            late = self._credit.late(channel) + self._late_before[channel]
+            self.stats.late_dma[channel] = late
+            msg = audio_pb2.PcmChunk(channel=channel, data=bytes(chunk), sent_ns=time.monotonic_ns(), late_dma=late)
             self._send(audio_pb2.FrontendMessage(pcm=msg))
 
     def _run_capture(self) -> None:

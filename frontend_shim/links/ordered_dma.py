@@ -4,8 +4,9 @@ The audio service's ADC asks for one `DmaWrite` at a time and moves only once th
 for a moment: over vfio-user without shared guest RAM every write is a DMA_WRITE message, and QEMU serves none
 while it waits for our reply to a register access (which, in backend mode, waits for this very stream: retrying
 on the reader thread would deadlock). Such a write is retried from a thread of its own, and whatever is
-submitted after it waits behind it. A write that still fails after `give_up` seconds (guest memory really gone)
-is dropped, counted, and its `dropped` callback runs.
+submitted after it waits behind it. An action that still fails after `give_up` seconds (guest memory really gone),
+or at once where the guest has no memory (GuestMemoryUnmapped), is dropped, counted, and its `dropped` callback
+runs. The audio link runs its DMA reads, writes and the interrupts that follow them through one of these.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from frontend_shim.guests.guest import GuestMemoryError
+from frontend_shim.guests.guest import GuestMemoryError, GuestMemoryUnmapped
 
 Action = Callable[[], None]  # raises GuestMemoryError when it cannot be done now
 Dropped = Callable[[], None]
@@ -44,6 +45,9 @@ class OrderedDma:
                 try:
                     action()
                     return
+                except GuestMemoryUnmapped as exc:
+                    self._drop(exc, dropped)
+                    return
                 except GuestMemoryError as exc:
                     self._on_error(exc)
             self._queue.append((action, dropped, time.monotonic()))
@@ -65,10 +69,13 @@ class OrderedDma:
                     try:
                         action()
                     except GuestMemoryError as exc:
-                        if time.monotonic() - since < self._give_up:
+                        if time.monotonic() - since < self._give_up and not isinstance(exc, GuestMemoryUnmapped):
                             break
-                        self._on_error(exc)
-                        self.dropped += 1
-                        if dropped is not None:
-                            dropped()
+                        self._drop(exc, dropped)
                     self._queue.popleft()
+
+    def _drop(self, exc: GuestMemoryError, dropped: Dropped | None) -> None:
+        self._on_error(exc)
+        self.dropped += 1
+        if dropped is not None:
+            dropped()

@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from frontend_shim.guests.guest import GuestMemoryError
+from frontend_shim.guests.guest import GuestMemoryError, GuestMemoryUnmapped
 from frontend_shim.vfio_user import protocol as P
 from services.common import logs
 
@@ -159,18 +159,18 @@ class DmaMemory:
     def _spans(self, addr: int, length: int, need: int) -> list[tuple[_Map, int, int]]:
         """The maps covering [addr, addr+length) in order, or GuestMemoryError if any byte is not mapped."""
         if length < 0 or length > MAX_DMA_LENGTH or addr < 0 or addr + length > 1 << 64:
-            raise GuestMemoryError(f"DMA of {length} bytes at {addr:#x} is not a valid range")
+            raise GuestMemoryUnmapped(f"DMA of {length} bytes at {addr:#x} is not a valid range")
         spans: list[tuple[_Map, int, int]] = []
         pos, end = addr, addr + length
         with self._lock:
             i = bisect.bisect_right(self._starts, pos) - 1
             while pos < end:
                 if i < 0 or i >= len(self._maps) or not self._maps[i].iova <= pos < self._maps[i].end:
-                    raise GuestMemoryError(f"DMA of {length} bytes at {addr:#x}: {pos:#x} is not mapped")
+                    raise GuestMemoryUnmapped(f"DMA of {length} bytes at {addr:#x}: {pos:#x} is not mapped")
                 m = self._maps[i]
                 if not m.flags & need:
                     kind = "read" if need == P.DMA_MAP_FLAG_READ else "write"
-                    raise GuestMemoryError(f"DMA map at {m.iova:#x} does not allow {kind}s")
+                    raise GuestMemoryUnmapped(f"DMA map at {m.iova:#x} does not allow {kind}s")
                 n = min(end, m.end) - pos
                 spans.append((m, pos, n))
                 pos += n

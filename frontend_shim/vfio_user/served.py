@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from frontend_shim.guests.guest import DmaLog
 from frontend_shim.links.audio import AudioLink
 from frontend_shim.links.video_streams import VideoSettings
 from frontend_shim.vfio_user.devices import es1370_over_link, svga_over_link
@@ -52,6 +53,7 @@ class DeviceOptions:
     access_timeout_ms: float = 500.0
     irq_recheck_ms: float = 5.0
     access_log: str | None = None
+    dma_log: str | None = None  # es1370: every DMA read of guest memory, saved here on close (tests)
     credentials: grpc.ChannelCredentials | None = None
     clock_scale: float = 1.0
     video: VideoSettings | None = None  # svga: lossy streams for video regions (None: the link's default)
@@ -66,6 +68,7 @@ class ServedDevice:
             if opts.access_log else None  # fmt: skip
         on_event = self.access_log.event if self.access_log else None
         self.memory = DmaMemory()
+        self.dma_log = DmaLog(self.memory) if opts.dma_log else None
         self.irq = IrqController(opts.irq_recheck_ms / 1000, on_event=on_event)
         self.vm = opts.vm or f"vfio-user:{os.path.basename(opts.socket)}"
         self.svga_memory: SvgaMemory | None = None
@@ -90,7 +93,7 @@ class ServedDevice:
             self.link = AudioLink(
                 opts.targets[0],
                 opts.mode,
-                self.memory,
+                self.dma_log or self.memory,
                 self.irq,
                 vm=self.vm,
                 clock=Clock(opts.clock_scale),
@@ -143,6 +146,8 @@ class ServedDevice:
             self.svga_memory.close()
         if self.access_log:
             self.access_log.close()
+        if self.dma_log is not None and self.opts.dma_log:
+            self.dma_log.save(self.opts.dma_log)
 
     def summary(self) -> dict:
         out = {

@@ -30,16 +30,18 @@ from services.devices.es1370 import Es1370, PcmFormat
 MIRRORED = common_pb2.COHERENCE_MODE_MIRRORED
 
 
-def replay_steps(model: Es1370, channel: int, nbytes: int) -> int:
+def replay_steps(model: Es1370, channel: int, nbytes: int, step: Callable[[int], object] | None = None) -> int:
     """Step `channel`'s DMA over `nbytes` the peer moved in one go (one window or several coalesced: windows
-    only end at the peer's room, the ring's end or a period's end, so both copies take the same steps). Returns
-    the bytes it could step: less than `nbytes` means the copies disagree about where the DMA is."""
+    only end at the peer's room, the ring's end or a period's end, so both copies take the same steps), each
+    window through `step` (default: the model's own commit). Returns the bytes it could step: less than
+    `nbytes` means the copies disagree about where the DMA is."""
+    commit = step or (lambda window: model.dma_commit(channel, window))
     done = 0
     while done < nbytes:
         _, window = model.dma_window(channel, nbytes - done)
         if not window:
             break
-        model.dma_commit(channel, window)
+        commit(window)
         done += window
     return done
 

@@ -26,7 +26,7 @@ _UNDERRUN_GAP = 1.0  # seconds: a pause longer than this is the guest stopping, 
 class PlayerStats:
     bytes_received: int = 0
     bytes_played: int = 0
-    underruns: int = 0
+    underruns: int = 0  # the jitter buffer ran empty mid-stream, or the sink's device ran dry
     sink_errors: int = 0
 
 
@@ -49,13 +49,17 @@ class ChannelPlayer:
         self._on_progress = on_progress
         self._queue: deque[tuple[PcmFormat, bytes]] = deque()
         self._buffered = 0
+        self._depth_limit: int | None = None
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"player-{name}", daemon=True)
         self._thread.start()
 
-    def push(self, fmt: PcmFormat, data: bytes) -> None:
+    def push(self, fmt: PcmFormat, data: bytes, depth_limit: int | None = None) -> None:
+        """Queue PCM; `depth_limit` is the most the DMA lets the buffer hold (the guest's ring), so the player
+        does not wait for a target latency it can never reach."""
         with self._cond:
+            self._depth_limit = depth_limit
             self._queue.append((fmt, data))
             self._buffered += len(data)
             self.stats.bytes_received += len(data)
@@ -98,6 +102,8 @@ class ChannelPlayer:
                 self.stats.underruns += 1  # data came back soon: the stream starved, it had not ended
             fmt = self._queue[0][0]
             want = int(self._target * fmt.rate) * fmt.frame_bytes
+            if self._depth_limit:
+                want = min(want, self._depth_limit)
             while self._buffered < want and not self._closing:
                 before = self._buffered
                 self._cond.wait(self._clock.real_seconds(self._target))
@@ -124,11 +130,13 @@ class ChannelPlayer:
                     if fmt != fmt_open:
                         fmt_open, sink_ok = fmt, self._reopen(fmt)
                     if sink_ok:
+                        xruns = self._sink.underruns
                         try:
                             self._sink.write(data)
                         except SinkError as exc:
                             self.stats.sink_errors += 1
                             log.warning("sink write failed", extra={"channel": self.name, "error": str(exc)})
+                        self.stats.underruns += self._sink.underruns - xruns
                     played_since_start += len(data) / (fmt.rate * fmt.frame_bytes)
                     if not self._sink.paces_itself:
                         self._clock.sleep(start + played_since_start - self._clock.now())

@@ -97,8 +97,14 @@ def device_state(session: AudioSession) -> audio_pb2.DeviceState:
                 bytes_played=moved,
             )
         )
+    counters = session.playback_counters()
     return audio_pb2.DeviceState(
-        session_id=session.session_id, raw=state_to_proto(model.state), irq=model.irq, channels=views
+        session_id=session.session_id,
+        raw=state_to_proto(model.state),
+        irq=model.irq,
+        channels=views,
+        underruns=counters["underruns"],
+        late_dma=counters["late_dma"],
     )
 
 

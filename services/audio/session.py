@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
 
@@ -27,7 +28,7 @@ from services.common.clock import Clock
 from services.common.sessions import BACKEND, MIRRORED, DeviceSession, SessionError
 from services.devices import es1370_regs as R
 from services.devices.dma import DmaCredit
-from services.devices.es1370 import Es1370, Es1370State
+from services.devices.es1370 import Es1370, Es1370State, PcmFormat
 from services.devices.es1370_convert import state_to_proto
 
 log = logs.get("audio.session")
@@ -51,8 +52,8 @@ class SessionConfig:
 @dataclass
 class _PendingDma:
     request_id: int
-    addr: int
     length: int
+    fmt: PcmFormat  # the format the card took the bytes in
     sent_ns: int
 
 
@@ -83,6 +84,14 @@ class AudioSession(DeviceSession):
         # Recent PCM path latencies (ns): mirrored = chunk read at the shim -> applied here (one way);
         # backend = our DMA request -> the data applied here (the round trip this mode needs).
         self.audio_chunk_ns: deque[int] = deque(maxlen=4096)
+        # Real time going wrong, seen from here: playback that starved, and (backend: our DMA; mirrored: the
+        # shim's, which it reports) DMA that took ring bytes before the guest could have refilled them.
+        self._shim_late = [0, 0, 0]
+        self._seen = {"underruns": 0, "late_dma": 0}
+        self._bursts = {
+            "underruns": logs.Bursts(log, "playback underrun: the sink starved (repeats within 1 s not logged)"),
+            "late_dma": logs.Bursts(log, "late DMA: the guest had not refilled its ring in time (its xrun)"),
+        }
         self.capture = SessionCapture(self.model, mode, config.source, config.clock, send, self.pump, self.counters)
         self.capture.update()  # a resynced state may have the ADC running already
 
@@ -115,10 +124,19 @@ class AudioSession(DeviceSession):
         )
 
     def read_register(self, offset: int, size: int) -> int:
-        return self.model.read(offset, size)
+        value = self.model.read(offset, size)
+        channel = self.model.position_channel(offset)
+        if channel is not None:
+            self._credit.position_read(self.model, channel)
+        return value
 
     def write_register(self, offset: int, size: int, value: int) -> None:
         self.model.write(offset, size, value)
+        # Follow every write, not only a batch's end: a stop and a start in one batch are a restart.
+        self._credit.follow(self.model)
+        self.capture.update()
+
+    def settle(self) -> None:
         self._after_change()
 
     def _pcm(self, p: audio_pb2.PcmChunk) -> None:
@@ -130,6 +148,9 @@ class AudioSession(DeviceSession):
         if not 0 < len(data) <= MAX_PCM_CHUNK:
             raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"PCM chunk of {len(data)} bytes")
         self._play(p.channel, data)
+        if p.late_dma != self._shim_late[p.channel]:
+            self._shim_late[p.channel] = p.late_dma
+            self._check_realtime()
         if p.sent_ns:
             self._chunk_latency(time.monotonic_ns() - p.sent_ns)
 
@@ -139,17 +160,13 @@ class AudioSession(DeviceSession):
             self.counters["stale_dma"] += 1
             return
         req = self._pending.pop(pending)
-        if not d.ok:
-            # Guest memory was unreadable (the VM went away, or its memory cannot be reached just now): retry on
-            # the pump tick, not at once, or shim and service bounce requests at each other as fast as they can.
+        if not d.ok or len(d.data) != req.length:
+            # Guest memory was unreadable there (the VM went away, say): the card took the bytes and got nothing,
+            # so nothing plays (the shim logs the outage once).
             self.counters["dma_failed"] += 1
-            return
-        addr, window = self.model.dma_window(pending, req.length)
-        if len(d.data) != req.length or addr != req.addr or window != req.length:
-            # The guest moved the buffer while the data was in flight: refetch.
-            self.counters["stale_dma"] += 1
+            self._credit.lost(pending, req.length)
         else:
-            self._play(pending, d.data)
+            self._push(pending, req.fmt, d.data)
             self._chunk_latency(time.monotonic_ns() - req.sent_ns)
         self.pump()
 
@@ -171,10 +188,15 @@ class AudioSession(DeviceSession):
             )
 
     def _play(self, channel: int, data: bytes) -> None:
-        """Replay the DMA steps that moved `data` (see `replay_steps`), then play it."""
+        """Mirrored mode: replay the DMA steps that moved `data` (see `replay_steps`), then play it."""
         fmt = self.model.channel_format(channel)
-        self._check_replayed(channel, len(data), replay_steps(self.model, channel, len(data)))
-        self._credit.moved(channel, len(data))
+        step = partial(self._credit.commit, self.model, channel)
+        self._check_replayed(channel, len(data), replay_steps(self.model, channel, len(data), step))
+        self._push(channel, fmt, data)
+        self._after_change()
+
+    def _push(self, channel: int, fmt: PcmFormat, data: bytes) -> None:
+        """PCM the card took, to the channel's player."""
         self.counters["pcm_bytes"] += len(data)
         player = self._players.get(channel)
         if player is None:
@@ -187,15 +209,14 @@ class AudioSession(DeviceSession):
                 lambda stats, ch=channel: self._loop.call_soon_threadsafe(self._progress, ch, stats),
             )
             self._players[channel] = player
-        player.push(fmt, data)
-        self._after_change()
+        player.push(fmt, data, self.model.buffer_bytes(channel))
 
     # ------------------------------------------------------------------ device side effects
     def _after_change(self) -> None:
-        self._sync_irq()
+        self._sync_irq()  # first what the guest changed (an acknowledgement lowers the line) ...
         self.capture.update()
         if self.mode == BACKEND:
-            self.pump()
+            self.pump()  # ... then what the DMA does next (a new period raises it again: a new edge)
 
     def _sync_irq(self) -> None:
         irq = self.model.irq
@@ -207,8 +228,10 @@ class AudioSession(DeviceSession):
                 self._send(audio_pb2.BackendMessage(interrupt=msg))
 
     def pump(self) -> None:
-        """Backend mode: ask the shim for the guest memory each running DAC may consume now, and write what the
-        ADC recorded into guest memory."""
+        """Backend mode: write what the ADC recorded into guest memory, and let the DMA of each running DAC take
+        what it may now. The card takes the bytes when it asks the shim for them (position, period, interrupt):
+        the shim reads guest memory for the request before it hears anything said after it, so the guest sees the
+        interrupt after the read, as on a real card, and a network round trip never delays a period's end."""
         if self.mode != BACKEND or self._closed:
             return
         self.capture.pump()
@@ -219,13 +242,16 @@ class AudioSession(DeviceSession):
             addr, length = self.model.dma_window(channel, room) if room else (0, 0)
             if not length:
                 continue
-            req = _PendingDma(self._next_request, addr, length, time.monotonic_ns())
+            fmt = self.model.channel_format(channel)
+            req = _PendingDma(self._next_request, length, fmt, time.monotonic_ns())
             self._next_request += 1
             self._pending[channel] = req
             self.counters["dma_requests"] += 1
             seg = audio_pb2.DmaSegment(addr=addr, length=length)
             msg = audio_pb2.DmaRequest(request_id=req.request_id, channel=channel, segments=[seg])
             self._send(audio_pb2.BackendMessage(dma_request=msg))
+            self._credit.commit(self.model, channel, length)
+        self._sync_irq()
 
     def _progress(self, channel: int, stats: PlayerStats) -> None:
         if self._closed:
@@ -236,9 +262,25 @@ class AudioSession(DeviceSession):
             bytes_received=stats.bytes_received,
             bytes_played=stats.bytes_played,
             underruns=stats.underruns,
+            late_dma=self._credit.late(channel) if self.mode == BACKEND else 0,
         )
         self._send(audio_pb2.BackendMessage(position=pos))
+        self._check_realtime()
         self.pump()
+
+    def late_dma(self) -> int:
+        """DMA transfers that took ring bytes before the guest could have refilled them (the guest's xruns)."""
+        if self.mode == BACKEND:
+            return sum(self._credit.late(c) for c in (R.DAC1, R.DAC2))
+        return sum(self._shim_late)
+
+    def _check_realtime(self) -> None:
+        """One warning line per burst of underruns or late DMA, not one per period."""
+        now = {"underruns": self.playback_counters()["underruns"], "late_dma": self.late_dma()}
+        for name, total in now.items():
+            if total > self._seen[name]:
+                self._seen[name] = total
+                self._bursts[name].seen(time.monotonic(), session=self.session_id, vm=self.vm, **now)
 
     # ------------------------------------------------------------------ lifecycle
     def player_stats(self, channel: int) -> PlayerStats | None:
@@ -252,6 +294,7 @@ class AudioSession(DeviceSession):
             "bytes_played": sum(s.bytes_played for s in stats),
             "underruns": sum(s.underruns for s in stats),
             "sink_errors": sum(s.sink_errors for s in stats),
+            "late_dma": self.late_dma(),
         }
 
     def session_counters(self) -> dict[str, int]:

@@ -42,3 +42,21 @@ def setup(level: str | None = None) -> None:
 
 def get(name: str) -> logging.Logger:
     return logging.getLogger(f"rdv.{name}")
+
+
+class Bursts:
+    """One warning per burst of a recurring event (an underrun every period while a host is starved, say): the
+    first event logs, events within `quiet` seconds of the previous one belong to the same burst and stay silent."""
+
+    def __init__(self, log: logging.Logger, message: str, quiet: float = 1.0) -> None:
+        self.log = log
+        self.message = message
+        self.quiet = quiet
+        self.bursts = 0
+        self._last: float | None = None
+
+    def seen(self, now: float, **extra: object) -> None:
+        if self._last is None or now - self._last > self.quiet:
+            self.bursts += 1
+            self.log.warning(self.message, extra=extra)
+        self._last = now

@@ -144,6 +144,10 @@ class DeviceSession:
     def barrier_ack(self, barrier: common_pb2.Barrier) -> Any:
         raise NotImplementedError
 
+    def settle(self) -> None:
+        """After a write, or after a whole batch of them: let the device act on them (a DMA engine moving on).
+        Writes the guest made back to back (an interrupt's acknowledgement: enable off, then on) settle once."""
+
     def handle_device(self, kind: str, msg: Any) -> None:
         raise SessionError(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected {kind} message")
 
@@ -178,6 +182,7 @@ class DeviceSession:
             )
         if a.write:
             self._write(a.offset, a.size, a.value)
+            self.settle()
             return
         self.counters["register_reads"] += 1
         try:
@@ -194,6 +199,7 @@ class DeviceSession:
         self.counters["register_write_batches"] += 1
         for offset, size, value in writes:
             self._write(offset, size, value)
+        self.settle()
 
     def _write(self, offset: int, size: int, value: int) -> None:
         """One guest write, alone or out of a batch: the same effects either way."""

@@ -172,14 +172,32 @@ class PeerCheck:
             cert.verify_directly_issued_by(self.ca)
         except (ValueError, TypeError, InvalidSignature):
             return ANONYMOUS
-        try:
-            sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
-        except x509.ExtensionNotFound:
-            uris = []
+        uris = _uris(cert)
         devices = frozenset(u[len(DEVICE_URI_PREFIX) :] for u in uris if u.startswith(DEVICE_URI_PREFIX))
-        vms = [u[len(VM_URI_PREFIX) :] for u in uris if u.startswith(VM_URI_PREFIX)]
-        return Peer(True, devices, vms[0] if vms else "", f"{cert.serial_number:x}")
+        return Peer(True, devices, _vm(uris), f"{cert.serial_number:x}")
+
+
+def _uris(cert: x509.Certificate) -> list[str]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return sans.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def _vm(uris: list[str]) -> str:
+    return next((u[len(VM_URI_PREFIX) :] for u in uris if u.startswith(VM_URI_PREFIX)), "")
+
+
+def certificate_vm(tls_dir: str | None) -> str:
+    """The VM the certificate in `tls_dir` is made for (its `rdv:vm:` name); "" for none or no readable one."""
+    if not tls_dir:
+        return ""
+    try:
+        cert = x509.load_pem_x509_certificate((Path(tls_dir) / "cert.pem").read_bytes())
+    except (OSError, ValueError):
+        return ""
+    return _vm(_uris(cert))
 
 
 def is_loopback_peer(context: grpc.aio.ServicerContext) -> bool:

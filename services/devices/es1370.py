@@ -165,6 +165,15 @@ class Es1370:
     def buffer_bytes(self, channel: int) -> int:
         return ((self.state.channels[channel].frame_cnt & 0xFFFF) + 1) * 4
 
+    def period_bytes(self, channel: int) -> int:
+        """Bytes between two of the channel's interrupts (its SCOUNT period)."""
+        return ((self.state.channels[channel].scount & 0xFFFF) + 1) << self._shift(channel)
+
+    def position_channel(self, offset: int) -> int | None:
+        """The channel whose DMA position (FRAMECNT) a read at `offset` returns, if it is such a read."""
+        hit = _FRAME_REGS.get(self._paged(offset & ~3))
+        return hit[0] if hit is not None and hit[1] == "frame_cnt" else None
+
     def position_bytes(self, channel: int) -> int:
         ch = self.state.channels[channel]
         return (ch.frame_cnt >> 16) * 4 + ch.leftover

@@ -507,19 +507,22 @@ class Stage:
             elif ev.kind == "close":
                 self._close(view)
             elif ev.kind == "focus_in":
-                with self._cond:
-                    self._set_focus(view, tell=True)
+                self._focus_now(view)
             elif ev.kind == "focus_out":
                 self._focus_out(view)
             else:
                 if ev.kind == "button" and ev.pressed and view is not self._focus:
-                    with self._cond:  # click to focus: this click already goes to the newly focused VM
-                        self._set_focus(view, tell=True)
-                        actions, self._actions = self._actions, []
-                    for action in actions:  # the input service hears of the focus before the click
-                        self._call(action)
+                    self._focus_now(view)  # click to focus: this click already goes to the newly focused VM
                 if view is self._focus:
                     self._forward(view, ev)
+
+    def _focus_now(self, view: View) -> None:
+        """The user moved the focus here: the input service hears of it before the events that follow."""
+        with self._cond:
+            self._set_focus(view, tell=True)
+            actions, self._actions = self._actions, []
+        for action in actions:
+            self._call(action)
 
     def _close(self, view: View) -> None:
         with self._cond:

@@ -99,6 +99,7 @@ def start_shim(work: Path, audio: str, mode: str, access_log: Path) -> Shim:
         [
             sys.executable, "-m", "frontend_shim", "serve-vfio-user", "--socket", sock, "--device", "es1370",
             "--audio", audio, "--mode", mode, "--access-log", str(access_log), "--json",
+            "--dma-log", str(work / "dma.log"),
         ],  # fmt: skip
         cwd=ROOT,
         stdout=subprocess.PIPE,

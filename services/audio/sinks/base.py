@@ -15,6 +15,8 @@ class SinkError(RuntimeError):
 class AudioSink(Protocol):
     # True when write() blocks at the device's own rate (real sound hardware); otherwise the player paces.
     paces_itself: bool
+    # Times the device ran dry under us (ALSA's xrun, -EPIPE, or a short write); 0 for sinks without a device.
+    underruns: int
 
     def open(self, fmt: PcmFormat) -> None: ...
 

@@ -7,6 +7,7 @@ from services.devices.es1370 import PcmFormat
 
 class NullSink:
     paces_itself = False
+    underruns = 0
 
     def open(self, fmt: PcmFormat) -> None:
         pass

@@ -10,6 +10,7 @@ from services.devices.es1370 import PcmFormat
 
 class WavSink:
     paces_itself = False
+    underruns = 0
 
     def __init__(self, path: str) -> None:
         self.path = path

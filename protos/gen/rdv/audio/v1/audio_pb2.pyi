@@ -50,16 +50,18 @@ class Open(_message.Message):
     def __init__(self, vm: _Optional[str] = ..., mode: _Optional[_Union[_common_pb2.CoherenceMode, str]] = ..., state: _Optional[_Union[Es1370State, _Mapping]] = ...) -> None: ...
 
 class PcmChunk(_message.Message):
-    __slots__ = ("channel", "seq", "data", "sent_ns")
+    __slots__ = ("channel", "seq", "data", "sent_ns", "late_dma")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SENT_NS_FIELD_NUMBER: _ClassVar[int]
+    LATE_DMA_FIELD_NUMBER: _ClassVar[int]
     channel: int
     seq: int
     data: bytes
     sent_ns: int
-    def __init__(self, channel: _Optional[int] = ..., seq: _Optional[int] = ..., data: _Optional[bytes] = ..., sent_ns: _Optional[int] = ...) -> None: ...
+    late_dma: int
+    def __init__(self, channel: _Optional[int] = ..., seq: _Optional[int] = ..., data: _Optional[bytes] = ..., sent_ns: _Optional[int] = ..., late_dma: _Optional[int] = ...) -> None: ...
 
 class DmaData(_message.Message):
     __slots__ = ("request_id", "data", "ok")
@@ -164,16 +166,18 @@ class DmaRequest(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., channel: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[DmaSegment, _Mapping]]] = ...) -> None: ...
 
 class Position(_message.Message):
-    __slots__ = ("channel", "bytes_received", "bytes_played", "underruns")
+    __slots__ = ("channel", "bytes_received", "bytes_played", "underruns", "late_dma")
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     BYTES_PLAYED_FIELD_NUMBER: _ClassVar[int]
     UNDERRUNS_FIELD_NUMBER: _ClassVar[int]
+    LATE_DMA_FIELD_NUMBER: _ClassVar[int]
     channel: int
     bytes_received: int
     bytes_played: int
     underruns: int
-    def __init__(self, channel: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_played: _Optional[int] = ..., underruns: _Optional[int] = ...) -> None: ...
+    late_dma: int
+    def __init__(self, channel: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_played: _Optional[int] = ..., underruns: _Optional[int] = ..., late_dma: _Optional[int] = ...) -> None: ...
 
 class CaptureData(_message.Message):
     __slots__ = ("channel", "data", "start", "captured_ns")
@@ -266,13 +270,17 @@ class ChannelView(_message.Message):
     def __init__(self, name: _Optional[str] = ..., enabled: _Optional[bool] = ..., paused: _Optional[bool] = ..., rate: _Optional[int] = ..., channels: _Optional[int] = ..., bits: _Optional[int] = ..., frame_addr: _Optional[int] = ..., buffer_bytes: _Optional[int] = ..., position_bytes: _Optional[int] = ..., samples_left: _Optional[int] = ..., bytes_played: _Optional[int] = ...) -> None: ...
 
 class DeviceState(_message.Message):
-    __slots__ = ("session_id", "raw", "irq", "channels")
+    __slots__ = ("session_id", "raw", "irq", "channels", "underruns", "late_dma")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
     IRQ_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    UNDERRUNS_FIELD_NUMBER: _ClassVar[int]
+    LATE_DMA_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     raw: Es1370State
     irq: bool
     channels: _containers.RepeatedCompositeFieldContainer[ChannelView]
-    def __init__(self, session_id: _Optional[str] = ..., raw: _Optional[_Union[Es1370State, _Mapping]] = ..., irq: _Optional[bool] = ..., channels: _Optional[_Iterable[_Union[ChannelView, _Mapping]]] = ...) -> None: ...
+    underruns: int
+    late_dma: int
+    def __init__(self, session_id: _Optional[str] = ..., raw: _Optional[_Union[Es1370State, _Mapping]] = ..., irq: _Optional[bool] = ..., channels: _Optional[_Iterable[_Union[ChannelView, _Mapping]]] = ..., underruns: _Optional[int] = ..., late_dma: _Optional[int] = ...) -> None: ...
