@@ -19,6 +19,7 @@ from rdv.display.v1 import display_pb2, display_pb2_grpc
 from rdv.input.v1 import input_pb2, input_pb2_grpc
 from services.common.raster import Rect
 from tests.display_helpers import first_difference, guest_rgb, screenshot, start_guest
+from tests.helpers import run_shim
 from tests.test_display_xvfb import SCREEN_H, SCREEN_W, crop, grab, pytestmark, x_env, xserver  # noqa: F401
 
 VMS = ("A", "B", "C", "D")
@@ -189,6 +190,15 @@ def test_four_vms_four_windows_each_its_own_picture_and_input(four, xserver: str
     assert all(q != "n" for vm in VMS for q, _ in subs.keys(vm))
     # B held Ctrl and Alt when it lost the focus: they were released to it.
     assert {("ctrl", False), ("alt", False)} <= set(subs.keys("B")), subs.keys("B")
+
+    # The command line's scripted guest: `draw-demo --vm E` gets a fifth window titled with its name, which keeps
+    # its last picture, titled disconnected, once the guest is done.
+    drawn = run_shim("draw-demo", "--display", disp.address, "--vm", "E", "--seconds", "0.3", "--width", "200",
+                     "--height", "150", "--encoding", "lz4")  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr
+    wait_for("E's window", lambda: windows(xserver, pid).get("E", ("", ""))[1].startswith("rdv E - disconnected"))
+    _, _, rgb, reply = screenshot(disp.address, vm="E")
+    assert (reply.width, reply.height) == (200, 150) and len(windows(xserver, pid)) == 5
 
 
 def test_resized_and_full_screen_windows_stay_exact_and_click_right(four, xserver: str, tmp_path: Path) -> None:  # noqa: F811

@@ -989,3 +989,99 @@ def test_dma_layouts() -> None:
     assert s.read_reply_data(struct.pack("<QQ", 0x10, 2) + b"ab", 0x10, 2) == b"ab"
     with pytest.raises(P.ProtocolError):
         q.read_reply_data(struct.pack("<QI", 0x10, 2) + b"a", 0x10, 2)
+
+
+def _msg(mid: int, command: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    return P.HEADER.pack(mid, command, P.HEADER_SIZE + len(payload), flags, 0) + payload
+
+
+def test_framer_cuts_messages_out_of_reads_and_gives_fds_to_the_message_they_came_with() -> None:
+    """P.Framer: several messages in one read, a message in pieces, fds sent with the second of two messages,
+    a message longer than the buffer, an oversize one skipped in step, and the end mid-message."""
+    ours, theirs = socket.socketpair()
+    framer = P.Framer(ours, capacity=64, max_size=200)
+    try:
+        theirs.sendall(_msg(1, REGION_READ, bytes(16)) + _msg(2, REGION_WRITE, bytes(20), P.FLAG_NO_REPLY))
+        r, w = os.pipe()
+        theirs.sendall(_msg(3, REGION_READ, b"\1" * 16))
+        theirs.sendmsg([_msg(4, SET_IRQS, b"\2" * 20)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", r))])
+        os.close(r)
+        got = [framer.next() for _ in range(4)]
+        assert [(m[0], m[1], m[2], m[3], len(m[5]), len(m[6])) for m in got] == [
+            (1, REGION_READ, 32, 0, 16, 0),
+            (2, REGION_WRITE, 36, P.FLAG_NO_REPLY, 20, 0),
+            (3, REGION_READ, 32, 0, 16, 0),
+            (4, SET_IRQS, 36, 0, 20, 1),
+        ]
+        assert bytes(got[3][5]) == b"\2" * 20 and not got[3][7]
+        os.write(w, b"x")
+        assert os.read(got[3][6][0], 1) == b"x"  # the pipe's read end, passed along with message 4
+        os.close(got[3][6][0])
+        os.close(w)
+
+        piece = _msg(5, REGION_WRITE, b"\3" * 20)
+        theirs.sendall(piece[:10])
+        threading.Timer(0.05, theirs.sendall, (piece[10:],)).start()
+        mid, _, _, _, _, payload, fds, _ = framer.next()
+        assert (mid, bytes(payload), fds) == (5, b"\3" * 20, [])
+
+        long_payload = bytes(range(150))  # longer than the 64-byte buffer, within max_size
+        theirs.sendall(_msg(6, DMA_MAP, long_payload) + _msg(7, VERSION, b"\4" * 4))
+        assert framer.next()[5] == long_payload
+        after = framer.next()
+        assert (after[0], bytes(after[5])) == (7, b"\4" * 4)
+
+        theirs.sendall(_msg(8, DMA_MAP, bytes(300)) + _msg(9, REGION_READ, bytes(16)))  # over max_size
+        mid, _, size, _, _, payload, _, _ = framer.next()
+        assert (mid, size, payload) == (8, 316, b"")
+        assert framer.next()[0] == 9  # still in step
+
+        theirs.sendall(_msg(10, REGION_READ, bytes(16))[:20])
+        theirs.close()
+        with pytest.raises(P.ConnectionDropped, match="mid-message"):
+            framer.next()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+class RemoteDevice(ModelDevice):
+    """A device that answers reads remotely (guests.guest.RepliesEarly): another thread has the value first and
+    hands it to `reply_early`; io_read returns only once the test lets it."""
+
+    answers_remotely = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply_early: Callable[[int], None] | None = None
+        self.woken = threading.Event()
+
+    def io_read(self, bar: int, offset: int, size: int) -> int:
+        value = self.model.read(offset, size)
+        early = self.reply_early
+        reader = threading.Thread(target=early, args=(value,)) if early is not None else None
+        if reader is not None:
+            reader.start()  # the link's reader thread: it calls reply_early, then wakes us
+        assert self.woken.wait(10), "the test never let the reading thread go on"
+        if reader is not None:
+            reader.join()
+        return value
+
+
+def test_a_device_that_answers_remotely_replies_from_the_thread_that_has_the_value() -> None:
+    """A register read's reply leaves as soon as the value is there, before the connection's thread (waiting
+    for it in io_read) wakes; that thread then sends nothing more, and the next access works as usual."""
+    device = RemoteDevice()
+    r = start_rig(es1370_function(device))
+    try:
+        expected = device.model.read(R.STATUS, 4)
+        assert r.client.read(0, R.STATUS, 4) == expected.to_bytes(4, "little")  # io_read has not returned yet
+        device.woken.set()
+        assert r.client.read(CONFIG_REGION, 0, 2) == R.PCI_VENDOR_ID.to_bytes(2, "little")  # in step: one reply
+        assert r.client.read(0, R.STATUS, 4) == expected.to_bytes(4, "little")
+        r.client.read(CONFIG_REGION, 0, 2)  # answered once the connection's thread is done with the read
+        assert device.reply_early is None  # set around each register read only
+        assert r.server.stats.bar_reads == 2
+    finally:
+        device.woken.set()
+        r.close()

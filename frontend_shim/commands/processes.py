@@ -46,17 +46,18 @@ def start_service(
     listen: str = "127.0.0.1:0",
     env: dict[str, str] | None = None,
     prefix: list[str] | None = None,
+    cwd: Path = ROOT,
 ) -> ServiceProcess:
     """Start `python -m services.NAME` and return once it reports SERVING (port 0 picks a free port).
 
-    `prefix` runs it under another command (e.g. `ip netns exec NS`).
+    `prefix` runs it under another command (e.g. `ip netns exec NS`); `cwd`: the checkout it runs from.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}-{time.monotonic_ns()}.log"
     with log.open("w") as err:
         proc = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", f"services.{name}", "--listen", listen, *args],
-            cwd=ROOT,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,

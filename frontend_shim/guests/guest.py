@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -26,6 +27,17 @@ class HoldsWrites(Protocol):
     def hold_writes(self) -> None: ...
 
     def release_writes(self) -> None: ...
+
+
+class RepliesEarly(Protocol):
+    """Optional for a Device whose register reads wait for a remote answer (`answers_remotely`): a trap source
+    that can answer the guest from any thread sets `reply_early` around one register read (to a function of the
+    value, None otherwise), and the device calls it with the value on whichever thread receives the answer, before
+    it wakes the reading thread; io_read still returns the value. The guest then waits for one thread handoff
+    less."""
+
+    answers_remotely: bool
+    reply_early: Callable[[int], None] | None
 
 
 class GuestMemory(Protocol):

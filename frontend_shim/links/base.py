@@ -136,6 +136,12 @@ class DeviceLink:
         self._seq = itertools.count(1)
         self._threads: list[threading.Thread] = []
         self._holding: list[SessionStream] = []  # the streams hold_writes() held
+        self.reply_early: Callable[[int], None] | None = None  # guests.guest.RepliesEarly
+
+    @property
+    def answers_remotely(self) -> bool:
+        """A register read waits for the service (guests.guest.RepliesEarly)."""
+        return self.mode == "backend"
 
     # ------------------------------------------------------------------ what subclasses say
     def _request_stream(self) -> SessionStream | None:
@@ -196,7 +202,13 @@ class DeviceLink:
         """Backend mode's register read: a round trip to the service; no answer reads as all ones (a device that
         is gone)."""
         mask = (1 << (8 * size)) - 1
-        value = self._round_trip("value", common_pb2.RegisterAccess(offset=offset, size=size), self.access_timeout)
+        early = self.reply_early
+        seq, waiter = self._post(
+            "value",
+            common_pb2.RegisterAccess(offset=offset, size=size),
+            None if early is None else lambda value: early(int(value) & mask),  # type: ignore[call-overload]
+        )
+        value = self._wait(seq, waiter, self.access_timeout)
         if value is None:
             self.stats.read_timeouts += 1
             return mask
@@ -206,14 +218,17 @@ class DeviceLink:
         seq, waiter = self._post(kind, payload)
         return self._wait(seq, waiter, timeout)
 
-    def _post(self, kind: str, payload: Any) -> tuple[int, Waiter | None]:
-        """Send a message that expects an answer; the waiter is None when there is no session."""
+    def _post(
+        self, kind: str, payload: Any, early: Callable[[Any], None] | None = None
+    ) -> tuple[int, Waiter | None]:
+        """Send a message that expects an answer (`early`: Waiter.early); the waiter is None when there is no
+        session."""
         conn = self._request_stream()
         if conn is None or not conn.alive:
             return 0, None
         seq = next(self._seq)
         payload.seq = seq
-        waiter = Waiter()
+        waiter = Waiter(early)
         self.waiters[seq] = waiter
         msg = self._make_message(**{"access" if kind == "value" else kind: payload})
         with self.lock:  # behind what the device sent before now under it (the audio link's DMA data, say)
@@ -224,15 +239,22 @@ class DeviceLink:
         if waiter is None:
             return None
         if not waiter.wait(timeout):
-            self.waiters.pop(seq, None)
-            return None
+            if self.waiters.pop(seq, None) is not None or waiter.early is None:
+                return None
+            waiter.wait(None)  # the answer came as the wait ran out and its early reply is on its way: take it
         return waiter.value
 
     def _reply(self, kind: str, body: Any) -> None:
         """A `value` or `barrier_ack` arrived (reader thread): release whoever waits for it."""
         waiter = self.waiters.pop(body.seq, None)
         if waiter is not None:
-            waiter.set(body.value if kind == "value" else body)
+            value = body.value if kind == "value" else body
+            if waiter.early is not None:
+                try:
+                    waiter.early(value)
+                except Exception:  # the reader thread must go on; the waiting thread answers instead
+                    self.log.exception("early reply failed")
+            waiter.set(value)
 
     def _fail_waiters(self) -> None:
         """The request stream is gone: every waiting reader sees a failed access (its value stays None)."""

@@ -4,7 +4,8 @@
 - a fixed encoding (raw, lzo, lz4, zstd, image) is used as asked, except that a payload not smaller than the
   pixels goes raw (incompressible content must not cost more than itself);
 - `auto` estimates, for raw, lz4, zstd and image, the time until the pixels are on the service's screen:
-  encode time (learned per encoding from every encode the shim does, in ns per byte) + wire time (the
+  encode time (learned per encoding from every encode the shim does, in ns per byte; the figures of the others
+  follow the host's slowdown that encode shows) + wire time (the
   estimated payload / the link throughput the acknowledgements measure) + decode time (the service's, measured
   once per codec on the project's content and kept below). Payload sizes come from encoding a sample of whole
   rows with each candidate, corrected by what the previous full encodes of that encoding actually gave against
@@ -30,9 +31,10 @@ AUTO_CANDIDATES = ("raw", "lz4", "lzo", "zstd", "image")
 # image per method (0 stored, 1 palette, 2 planes); raw is a slice.
 ENCODE_NS = {"raw": 0.0, "lz4": 0.35, "zstd": 0.8, "lzo": 0.35, "image:0": 0.8, "image:1": 1.3, "image:2": 3.5}
 DECODE_NS = {"raw": 0.0, "lz4": 0.3, "zstd": 0.6, "lzo": 0.4, "image:0": 0.6, "image:1": 1.0, "image:2": 1.6}
-# Candidates within 25 % + 1.5 ns per byte (about 1.8 ms for a 640x480 window) of the fastest compete on bytes.
+# Candidates within 25 % + 1.5 ns per byte (about 1.8 ms for a 640x480 window; more in proportion while the host is
+# busy and every encode slower) of the fastest compete on bytes.
 SLACK, SLACK_NS = 1.25, 1.5
-DRIFT = 0.05  # per encode, how far figures not measured then move back to their defaults
+DRIFT = 0.2  # per encode, how far figures not measured then move towards their defaults times the slowdown
 GATE_WINDOW = 8
 GATE_REST = 64
 
@@ -52,6 +54,7 @@ class EncodingPolicy:
         # Learned from every full encode: actual / sample-estimated payload size, and ns per byte (per method).
         self.size_bias = dict.fromkeys(AUTO_CANDIDATES, 1.0)
         self.encode_ns = dict(ENCODE_NS)
+        self.slowdown = 1.0  # the latest encode's figure over its default: how busy the host is
 
     # ------------------------------------------------------------------ choosing and encoding
     def encode(self, data: Bytes, width: int) -> tuple[str, bytes]:
@@ -70,13 +73,16 @@ class EncodingPolicy:
         seconds = time.perf_counter() - started
         if enc != "raw" and n >= 65536:
             key = _key(enc, payload)
-            # A preempted encode (a busy host) may take 10x its time: one sample moves the figure at most 2x,
-            # and figures not refreshed drift back to the measured defaults (so a candidate that looked slow
-            # once is tried again instead of being shut out for good).
+            # A preempted encode (a busy host) may take 10x its time: one sample moves the figure at most 2x.
+            # A busy host slows every codec alike: the figures not refreshed drift towards their defaults times
+            # the slowdown this encode shows, so the codec in use is not judged on loaded figures against others
+            # last measured on an idle host (auto flipped between image and zstd on text that way), and a
+            # candidate that looked slow once is tried again instead of being shut out for good.
             self.encode_ns[key] = _ewma(self.encode_ns[key], min(seconds * 1e9 / n, 2 * self.encode_ns[key]))
+            self.slowdown = self.encode_ns[key] / ENCODE_NS[key]
             for other in self.encode_ns:
                 if other != key:
-                    self.encode_ns[other] += (ENCODE_NS[other] - self.encode_ns[other]) * DRIFT
+                    self.encode_ns[other] += (ENCODE_NS[other] * self.slowdown - self.encode_ns[other]) * DRIFT
         if estimate is not None and enc != "raw":
             self.size_bias[enc] = _ewma(self.size_bias[enc], len(payload) / max(1.0, estimate))
         if enc != "raw" and len(payload) >= n:
@@ -98,7 +104,7 @@ class EncodingPolicy:
             key = _key(enc, payload)
             est[enc] = (ratio, self.encode_ns[key], DECODE_NS[key])
         cost = {e: enc_ns + ratio * wire_ns + dec_ns for e, (ratio, enc_ns, dec_ns) in est.items()}
-        allowed = min(cost.values()) * SLACK + SLACK_NS
+        allowed = min(cost.values()) * SLACK + SLACK_NS * max(1.0, self.slowdown)  # a busy host: every ns is longer
         enc = min((e for e in cost if cost[e] <= allowed), key=lambda e: (est[e][0], cost[e]))
         return enc, est[enc][0] * n
 

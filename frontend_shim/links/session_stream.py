@@ -48,12 +48,13 @@ class Waiter:
     guest's round trip is shorter (no condition, no lock made per wait). `set` must run at most once, so the
     links pop a waiter from their table before setting it."""
 
-    __slots__ = ("_lock", "value")
+    __slots__ = ("_lock", "value", "early")
 
-    def __init__(self) -> None:
+    def __init__(self, early: Callable[[Any], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._lock.acquire()
         self.value: object = None
+        self.early = early  # runs on the setting thread with the value before the waiting thread wakes
 
     def set(self, value: object = None) -> None:
         self.value = value

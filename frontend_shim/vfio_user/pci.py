@@ -203,6 +203,7 @@ class PciFunction:
         self._maps_lock = threading.Lock()
         # Trapped BARs by index, for the register accesses of the hot path (see `read`).
         self._trapped = {b.index: b.size for b in spec.bars if b.backing is None}
+        self._whole = {b.index for b in spec.bars if b.backing is None and not b.split_unaligned}
         status = spec.interrupt_status
         self._status_word = (status[0], status[1], status[2]) if status is not None else (-1, -1, 0)
 
@@ -221,12 +222,24 @@ class PciFunction:
         return RegionInfo(rw, bar.size)
 
     # ------------------------------------------------------------------ accesses
+    def read_register(self, index: int, offset: int, count: int) -> int | None:
+        """The hot path's read: a naturally aligned 1/2/4-byte access to a trapped BAR (what a CPU makes; on a BAR
+        that takes accesses whole, any 1/2/4-byte one) is one piece, as _pieces would cut it, and its value is what
+        the Device answers; None for any other access (`read` takes those)."""
+        size = self._trapped.get(index)
+        if (
+            size is not None
+            and count in _NATURAL
+            and 0 <= offset <= size - count
+            and (not offset % count or index in self._whole)
+        ):
+            return self.device.io_read(index, offset, count) & _MASKS[count]  # type: ignore[union-attr]
+        return None
+
     def read(self, index: int, offset: int, count: int) -> tuple[bytes, list[tuple[int, int, int]]]:
         """Bytes read, and the (offset, size, value) pieces the Device saw."""
-        size = self._trapped.get(index)
-        if size is not None and count in _NATURAL and not offset % count and 0 <= offset <= size - count:
-            # A naturally aligned 1/2/4-byte register access (what a CPU makes): one piece, as _pieces would cut it.
-            value = self.device.io_read(index, offset, count) & _MASKS[count]  # type: ignore[union-attr]
+        value = self.read_register(index, offset, count)
+        if value is not None:
             return value.to_bytes(count, "little"), [(offset, count, value)]
         if index == P.PCI_CONFIG_REGION:
             return self._config_read(offset, count), []
@@ -240,6 +253,15 @@ class PciFunction:
             out += value.to_bytes(size, "little")
             seen.append((off, size, value))
         return bytes(out), seen
+
+    def register_shows_interrupt(self, index: int, offset: int, count: int, value: int) -> bool:
+        """`shows_interrupt` for one register read (`read_register`)."""
+        bar, status, mask = self._status_word
+        if index != bar:
+            return False
+        if offset == status and count == 4:
+            return bool(value & mask)  # the whole status register at once
+        return self.shows_interrupt(index, [(offset, count, value)])
 
     def shows_interrupt(self, index: int, pieces: list[tuple[int, int, int]]) -> bool:
         """Whether a read (as the Device saw it) showed the guest a pending interrupt."""

@@ -214,22 +214,28 @@ def recv_body(
 
 
 _ANCILLARY = socket.CMSG_SPACE(_CMSG_FDS * 4)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)  # a plain int: `flags & socket.MSG_CTRUNC` runs enum.Flag's Python code
+_SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
+
+
+def _take_fds(ancdata: list[tuple[int, int, bytes]], fds: list[int]) -> None:
+    for level, kind, cdata in ancdata:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            got_fds = array.array("i")
+            got_fds.frombytes(cdata[: len(cdata) - len(cdata) % got_fds.itemsize])
+            fds.extend(got_fds)
 
 
 def recv_into_exact(sock: socket.socket, view: memoryview, fds: list[int]) -> bool:
     """Fill `view` (a preallocated buffer) from the socket, collecting any fds that come with the bytes; returns
-    whether the kernel truncated the fds. The hot path's framing: no allocation but the kernel's ancillary data."""
+    whether the kernel truncated the fds."""
     got, n, truncated = 0, len(view), False
     recvmsg_into = sock.recvmsg_into
     while got < n:
         k, ancdata, msg_flags, _ = recvmsg_into([view[got:]], _ANCILLARY)
         if ancdata:
-            for level, kind, cdata in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    got_fds = array.array("i")
-                    got_fds.frombytes(cdata[: len(cdata) - len(cdata) % got_fds.itemsize])
-                    fds.extend(got_fds)
-        if msg_flags & socket.MSG_CTRUNC:
+            _take_fds(ancdata, fds)
+        if msg_flags & _MSG_CTRUNC:
             truncated = True
         if not k:
             for fd in fds:
@@ -238,6 +244,106 @@ def recv_into_exact(sock: socket.socket, view: memoryview, fds: list[int]) -> bo
             raise ConnectionDropped("peer closed the socket" if not got else "peer closed the socket mid-message")
         got += k
     return truncated
+
+
+class Framer:
+    """Cuts the messages out of a client's byte stream with as few reads as the kernel allows: each read takes
+    whatever the socket holds into one buffer made once, so a message sent with one sendmsg (every message QEMU
+    sends) costs one recvmsg_into, and messages that queued up behind each other (posted writes) cost one for all.
+
+    The fds: Linux ends a read of a UNIX stream socket right after the bytes of a sendmsg that carried fds, so they
+    belong to the message holding the last byte of that read (`_fds` keeps that byte's position). A message longer
+    than the buffer (a DMA_READ reply of up to 1 MiB, an oversize message to skip) is read on by exact reads."""
+
+    def __init__(self, sock: socket.socket, capacity: int = 128 * 1024, max_size: int = MAX_MESSAGE) -> None:
+        self.sock = sock
+        self.buf = bytearray(capacity)
+        self.view = memoryview(self.buf)
+        self.max_size = max_size
+        self._start = 0  # the unread bytes are buf[_start:_end]
+        self._end = 0
+        self._fds: list[tuple[int, list[int], bool]] = []  # (position of the read's last byte, its fds, truncated)
+
+    def next(self) -> tuple[int, int, int, int, int, memoryview | bytes, list[int], bool]:
+        """The next message: id, command, size (as sent), flags, error, payload (a view into the buffer, valid until
+        the next call, or bytes for a long message), its fds, and whether the kernel truncated them."""
+        if self._end - self._start < HEADER_SIZE:
+            self._read_at_least(HEADER_SIZE)
+        start = self._start
+        mid, command, size, flags, error = HEADER.unpack_from(self.buf, start)
+        length = size if size > HEADER_SIZE else HEADER_SIZE  # a size below the header's: refused, payload empty
+        if length > len(self.buf):
+            return self._long(mid, command, size, flags, error)
+        if self._end - start < length:
+            self._read_at_least(length)
+            start = self._start
+        end = start + length
+        fds: list[int] = []
+        truncated = False
+        while self._fds and self._fds[0][0] < end:
+            _, got, cut = self._fds.pop(0)
+            fds += got
+            truncated |= cut
+        if end == self._end:
+            self._start = self._end = 0  # all read: the next read starts at the front (the view stays valid)
+        else:
+            self._start = end
+        return mid, command, size, flags, error, self.view[start + HEADER_SIZE : end], fds, truncated
+
+    def _read_at_least(self, n: int) -> None:
+        """Read until buf[_start:] holds n bytes, moving the unread ones to the front when the rest won't fit."""
+        if self._start + n > len(self.buf):
+            have = self._end - self._start
+            self.buf[:have] = bytes(self.view[self._start : self._end])
+            self._fds = [(pos - self._start, fds, cut) for pos, fds, cut in self._fds]
+            self._start, self._end = 0, have
+        recvmsg_into, view = self.sock.recvmsg_into, self.view
+        while self._end - self._start < n:
+            end = self._end
+            k, ancdata, msg_flags, _ = recvmsg_into([view[end:]], _ANCILLARY)
+            if ancdata or msg_flags & _MSG_CTRUNC:
+                fds: list[int] = []
+                _take_fds(ancdata, fds)
+                self._fds.append((end + k - 1, fds, bool(msg_flags & _MSG_CTRUNC)))
+            if not k:
+                self.close_fds()
+                raise ConnectionDropped(
+                    "peer closed the socket" if self._end == self._start else "peer closed the socket mid-message"
+                )
+            self._end = end + k
+
+    def _long(self, mid: int, command: int, size: int, flags: int, error: int) -> tuple:  # type: ignore[type-arg]
+        """A message longer than the buffer: what is buffered of it, then exact reads for the rest (an oversize
+        one is skipped and returned with an empty payload, so the caller can refuse it and the stream stays in
+        step; beyond MAX_DISCARD the connection is dropped)."""
+        fds: list[int] = []
+        truncated = False
+        for _, got, cut in self._fds:  # everything buffered belongs to this message
+            fds += got
+            truncated |= cut
+        self._fds.clear()
+        have = bytes(self.view[self._start + HEADER_SIZE : self._end])
+        self._start = self._end = 0
+        left = size - HEADER_SIZE - len(have)
+        if size > self.max_size:
+            if size > MAX_DISCARD:
+                for fd in fds:
+                    _close(fd)
+                raise ConnectionDropped(f"message of {size} bytes is far over the limit")
+            while left:
+                chunk, t = _recv_exact(self.sock, min(left, 65536), fds)
+                truncated |= t
+                left -= len(chunk)
+            return mid, command, size, flags, error, b"", fds, truncated
+        rest, t = _recv_exact(self.sock, left, fds)
+        return mid, command, size, flags, error, have + rest, fds, truncated | t
+
+    def close_fds(self) -> None:
+        """Close the fds read with bytes of a message not yet returned."""
+        for _, fds, _ in self._fds:
+            for fd in fds:
+                _close(fd)
+        self._fds.clear()
 
 
 def send_message(sock: socket.socket, header: Header, payload: bytes = b"", fds: list[int] | None = None) -> None:

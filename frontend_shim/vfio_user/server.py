@@ -34,8 +34,11 @@ log = logs.get("shim.vfio_user")
 _RAM_HINT = 64 << 20  # a DMA map without fd at least this big is guest RAM QEMU did not share
 NUM_IRQS = 3  # INTx, MSI, MSI-X: the minimum QEMU accepts; ERR/REQ queries get EINVAL, which QEMU takes quietly
 
-_INLINE = 64 * 1024  # payloads up to this are read into the connection's buffer; bigger ones take the general path
+_FAST_MAX = 4096  # a region access message up to this size takes the fast path (a register access is ~40 bytes)
 _REGION_WRITE = P.Command.REGION_WRITE.value
+_REGION_READ = P.Command.REGION_READ.value
+_READ_REPLY_SIZE = P.HEADER_SIZE + P.REGION_RW.size  # plus the data
+_MASKS = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 _ACCESSES = frozenset((P.Command.REGION_READ.value, _REGION_WRITE))
 _PACK_HEADER = P.HEADER.pack
 _RW_SIZE, _UNPACK_RW, _PACK_RW = P.REGION_RW.size, P.REGION_RW.unpack, P.REGION_RW.pack
@@ -213,9 +216,14 @@ class _QemuClientConnection:
         self._busy = False  # a client request is being handled: the client cannot answer DMA now
         self._warned_unshared = False
         self._closed = False
+        self._framer: P.Framer | None = None
         device = self.function.device  # a HoldsWrites device gets its writes' traffic released after the reply
         self._hold_writes = getattr(device, "hold_writes", None)
         self._release_writes = getattr(device, "release_writes", None)
+        # A RepliesEarly device whose reads wait for its service: the thread that receives the answer sends the
+        # guest its reply (`_reply_early`), and this thread catches up after.
+        self._early = device if getattr(device, "answers_remotely", False) else None
+        self._early_sent = False
 
     # ------------------------------------------------------------------ lifecycle
     def run(self) -> None:
@@ -242,34 +250,21 @@ class _QemuClientConnection:
             )
 
     def _serve(self) -> None:
-        """Read the client's messages in order on this thread. Header and payload are read into buffers made
-        once; a region access without fds after VERSION (every trapped guest access) goes straight to its handler
-        and its reply out in one sendmsg; anything else becomes a `Message` for the general path."""
-        sock = self.sock
-        head = bytearray(P.HEADER_SIZE)
-        head_view = memoryview(head)
-        body_buf = bytearray(_INLINE)
-        body_view = memoryview(body_buf)
-        unpack = P.HEADER.unpack_from
+        """Read the client's messages in order on this thread (`P.Framer`: one read per message QEMU sends, into a
+        buffer made once). A region access without fds after VERSION (every trapped guest access) goes straight
+        to its handler and its reply out in one send; anything else becomes a `Message` for the general path."""
+        framer = self._framer = P.Framer(self.sock)
         while True:
-            fds: list[int] = []
-            truncated = P.recv_into_exact(sock, head_view, fds)
-            mid, command, size, flags, error = unpack(head)
-            body = size - P.HEADER_SIZE
-            if not 0 <= body <= _INLINE:
-                self._general(P.recv_body(sock, P.Header(mid, command, size, flags, error), fds, truncated))
-                continue
-            payload = body_view[:body]
-            if body:
-                truncated |= P.recv_into_exact(sock, payload, fds)
+            mid, command, size, flags, error, payload, fds, truncated = framer.next()
             if (
                 command in _ACCESSES
                 and (flags == 0 or flags == P.FLAG_NO_REPLY)
+                and size <= _FAST_MAX
                 and not fds
                 and not truncated
                 and self.negotiated
             ):
-                self._access(mid, command, flags, bytes(payload))
+                self._access(mid, command, flags, payload)
             else:
                 self._general(P.Message(P.Header(mid, command, size, flags, error), bytes(payload), fds, truncated))
 
@@ -293,6 +288,8 @@ class _QemuClientConnection:
             self.memory.transport = None
         dropped = self.memory.remove_all()
         self.irq.drop_fds()
+        if self._framer is not None:
+            self._framer.close_fds()
         self.sock.close()
         log.debug("connection state dropped", extra={"dma_maps": dropped})
 
@@ -326,10 +323,11 @@ class _QemuClientConnection:
         if after is not None:
             after()
 
-    def _access(self, mid: int, command: int, flags: int, payload: bytes) -> None:
+    def _access(self, mid: int, command: int, flags: int, payload: memoryview | bytes) -> None:
         """REGION_READ / REGION_WRITE, the guest's trapped accesses: what `_handle` does for them, minus the
         general dispatch (the checks it makes hold here by construction). The reply goes out before a write's
-        follow-up (the interrupt re-check), and a mirrored or posted write is applied or queued before it."""
+        follow-up (the interrupt re-check), and a mirrored or posted write is applied or queued before it.
+        `payload` may be a view into the framer's buffer: valid until the next message is read."""
         self.stats.requests[command] += 1
         with self._dma_lock:
             self._busy = True
@@ -340,7 +338,7 @@ class _QemuClientConnection:
         if held:
             self._hold_writes()  # type: ignore[misc]
         try:
-            reply = self._region_write_now(payload) if write else self._region_read_now(payload)
+            reply = self._region_write_now(bytes(payload)) if write else self._region_read_now(payload, mid)
             error = 0
         except P.ProtocolError as exc:
             reply, error = b"", exc.errno
@@ -353,13 +351,13 @@ class _QemuClientConnection:
         finally:
             with self._dma_lock:
                 self._busy = False
-        if not flags & P.FLAG_NO_REPLY:
+        if self._early_sent:
+            self._early_sent = False  # the guest has its answer
+        elif not flags & P.FLAG_NO_REPLY:
             head = _PACK_HEADER(mid, command, P.HEADER_SIZE + len(reply), _REPLY_FLAGS[bool(error)], error)
             with self._send_lock:
                 try:
-                    sent = self.sock.sendmsg([head, reply])
-                    if sent < len(head) + len(reply):
-                        self.sock.sendall((head + reply)[sent:])
+                    self.sock.sendall(head + reply)
                 except OSError as exc:
                     log.debug("send failed", extra={"error": str(exc)})
         elif error:
@@ -523,9 +521,28 @@ class _QemuClientConnection:
     def _region_write(self, msg: P.Message) -> tuple[bytes, list[int], Callable[[], None]]:
         return self._region_write_now(msg.payload), [], lambda: self.irq.after_access(True)
 
-    def _region_read_now(self, payload: bytes) -> bytes:
+    def _region_read_now(self, payload: memoryview | bytes, mid: int | None = None) -> bytes:
+        """The reply's payload. With `mid` (a fast-path access that wants a reply), a device that answers
+        remotely may have the reply sent early (`_early_sent`)."""
         if len(payload) == _RW_SIZE:  # a well-formed read (anything else: decode_region_access says what is wrong)
             offset, region, count = _UNPACK_RW(payload)
+            early = self._early if mid is not None else None
+            if early is None:
+                value = self.function.read_register(region, offset, count)
+            else:
+                early.reply_early = lambda v: self._reply_early(mid, offset, region, count, v)  # type: ignore[arg-type]
+                try:
+                    value = self.function.read_register(region, offset, count)
+                finally:
+                    early.reply_early = None
+            if value is not None:  # a guest's register read: one piece
+                if self.server.on_access is None:
+                    self.stats.bar_reads += 1
+                else:
+                    self._account(region, "R", [(offset, count, value)])
+                if not self._early_sent and self.function.register_shows_interrupt(region, offset, count, value):
+                    self.irq.note_seen()
+                return _PACK_RW(offset, region, count) + value.to_bytes(count, "little")
             if not 0 < count <= P.MAX_DATA_XFER:
                 P.decode_region_access(payload, write=False)  # raises
         else:
@@ -536,6 +553,20 @@ class _QemuClientConnection:
         if self.function.shows_interrupt(region, pieces):
             self.irq.note_seen()
         return _PACK_RW(offset, region, len(data)) + data
+
+    def _reply_early(self, mid: int, offset: int, region: int, count: int, value: int) -> None:
+        """(the link's reader thread, while this connection's thread waits for the value) The guest's reply."""
+        value &= _MASKS[count]
+        if self.function.register_shows_interrupt(region, offset, count, value):
+            self.irq.note_seen()
+        msg = _PACK_HEADER(mid, _REGION_READ, _READ_REPLY_SIZE + count, P.TYPE_REPLY, 0)
+        msg += _PACK_RW(offset, region, count) + value.to_bytes(count, "little")
+        with self._send_lock:
+            try:
+                self.sock.sendall(msg)
+            except OSError as exc:
+                log.debug("send failed", extra={"error": str(exc)})
+        self._early_sent = True
 
     def _region_write_now(self, payload: bytes) -> bytes:
         a = P.decode_region_access(payload, write=True)

@@ -187,8 +187,11 @@ class Stage:
                 view.source, view.connected, view.pending = source, True, _Pending()
             self._by_source[id(source)] = view
             view.pending.full = True
-            if self._focus is None or not self._focus.connected:
-                self._set_focus(view, tell=False)  # the input service says otherwise soon if it thinks otherwise
+            if self._remote_focus is not None:  # the input service decides: this VM has the focus if it says so
+                if source.vm == self._remote_focus and (self._focus is None or not self._focus.connected):
+                    self._set_focus(view, tell=False)
+            elif self._focus is None or not self._focus.connected:
+                self._set_focus(view, tell=False)  # no input service (yet): the newest VM, as the input service does
             self._retitle(view)
             self._cond.notify_all()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from frontend_shim.commands.processes import ROOT
 from tests.bench import netlinks
 from tests.bench import plots as plots_mod
+from tests.bench.stats import HOT_PATHS, ratio_goal
 
 # Each module has run(quick, workdir) -> list of records (see tests/bench/stats.py).
 SUITES = (
@@ -30,7 +31,7 @@ SUITES = (
     "tests.bench.video",
     "tests.bench.slack",
 )
-HIGHER_IS_BETTER = ("video_fps", "video_psnr_db")  # their targets are floors
+HIGHER_IS_BETTER = ("video_fps", "video_psnr_db", "video_ssim")  # their targets are floors
 
 
 def target(r: dict) -> float | None:
@@ -59,37 +60,19 @@ def target(r: dict) -> float | None:
     return None
 
 
-# Which floors (summed) each hot path is built on, and the issue's goal for the ratio (None: reported only).
-# Mirrored accesses and interrupts cross one UNIX socket; backend ones also cross the service's gRPC stream.
-_SOCKET, _VFIO, _GRPC = "floor_socket_echo", "floor_vfio_user_echo", "floor_grpc_echo"
-FLOORS: dict[tuple[str, str], tuple[tuple[str, ...], float | None]] = {
-    ("vfio_user_read", "mirrored"): ((_SOCKET,), 2.0),
-    ("vfio_user_read", "backend"): ((_VFIO, _GRPC), 1.3),
-    ("vfio_user_write", "mirrored"): ((_VFIO,), None),
-    ("vfio_user_write", "backend"): ((_VFIO,), None),
-    ("vfio_user_config_read", "mirrored"): ((_VFIO,), None),
-    ("vfio_user_config_read", "backend"): ((_VFIO,), None),
-    ("register_read", "backend"): ((_GRPC,), 1.2),
-    ("interrupt", "mirrored"): ((_SOCKET,), 2.0),
-    ("interrupt", "backend"): ((_GRPC,), 1.2),
-    ("audio_chunk", "backend"): ((_GRPC,), None),
-    ("audio_chunk", "mirrored"): ((_GRPC,), None),
-}
-
-
 def add_ratios(results: list[dict]) -> None:
-    """Give every hot-path record `ratio_to_floor` (its p50 over the sum of its floors' p50 in this run), `floor`
-    (which) and `ratio_goal` (the issue's, or None)."""
+    """Give every hot-path record (HOT_PATHS) `ratio_to_floor` (its p50 over the sum of its floors' p50 in this
+    run), `floor` (which) and `ratio_goal` (the issue's, or None); records measured interleaved with their floors
+    (tests/bench/vfio.py) keep the ratio they came with."""
     floors = {r["metric"]: r["p50"] for r in results if r["metric"].startswith("floor_") and r["link"] == "loopback"}
     for r in results:
-        names, goal = FLOORS.get((r["metric"], r["mode"]), ((), None))
-        if not names or not all(n in floors for n in names) or r["unit"] != "ns":
+        names = HOT_PATHS.get((r["metric"], r["mode"]), ((), None))[0]
+        if "ratio_to_floor" in r or not names or not all(n in floors for n in names) or r["unit"] != "ns":
             continue
         base = sum(floors[n] for n in names)
         r["floor"] = "+".join(names)
         r["ratio_to_floor"] = round(r["p50"] / base, 2) if base and not math.isnan(r["p50"]) else None
-        # An interrupt's goal is from its cause to the eventfd; to a thread waking on it is reported only.
-        r["ratio_goal"] = goal if r["metric"] != "interrupt" or r.get("path", "").endswith("to_eventfd") else None
+        r["ratio_goal"] = ratio_goal(r)
 
 
 def _fmt(value: float | None, unit: str = "ns") -> str:

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import grpc
@@ -38,7 +38,7 @@ import grpc
 from frontend_shim.commands.processes import ROOT
 from frontend_shim.links.session_stream import Waiter, channel_options
 from services.common.server import DEFAULT_KEEPALIVE, DEFAULT_MAX_MESSAGE_BYTES, server_options
-from tests.bench.stats import record
+from tests.bench.stats import record, time_calls
 from tests.bench.vfio_client import HDR, REPLY, RW, SyncVfioUserClient
 
 ECHO_METHOD = "/rdv.bench.Echo/Echo"
@@ -70,24 +70,22 @@ def _serve_socket_echo(path: str) -> None:
 
 
 def _serve_vfio_user_echo(path: str) -> None:
-    """A vfio-user server that does nothing: every request is answered at once, reads with zeros."""
+    """A vfio-user server that does nothing: every request is answered at once, reads with zeros. Like rdv's
+    server it takes a message with as few reads as the kernel allows (one: the client sends it with one send)."""
     conn = _accept_one(path)
     buf = bytearray(1 << 16)
     view = memoryview(buf)
     out = bytearray(HDR.size + RW.size + 8)
     while True:
-        got = 0
-        while got < HDR.size:
-            k = conn.recv_into(view[got:HDR.size])
-            if not k:
-                return
-            got += k
-        mid, cmd, size, _, _ = HDR.unpack_from(buf)
+        got, size = 0, HDR.size
         while got < size:
-            k = conn.recv_into(view[got:size])
+            k = conn.recv_into(view[got:])
             if not k:
                 return
             got += k
+            if got >= HDR.size:
+                size = HDR.unpack_from(buf)[2]
+        mid, cmd, size, _, _ = HDR.unpack_from(buf)
         if cmd == 9:  # REGION_READ: echo offset, region, count; the data are zeros
             count = min(8, RW.unpack_from(buf, HDR.size)[2])
             n = HDR.size + RW.size + count
@@ -95,7 +93,7 @@ def _serve_vfio_user_echo(path: str) -> None:
         else:
             n = HDR.size
         HDR.pack_into(out, 0, mid, cmd, n, REPLY, 0)
-        conn.sendmsg([memoryview(out)[:n]])
+        conn.sendall(memoryview(out)[:n])
 
 
 async def _serve_grpc_echo() -> None:
@@ -136,19 +134,8 @@ def echo_server(kind: str, workdir: Path) -> Iterator[str]:
 
 
 # ---------------------------------------------------------------------------------------------- clients
-def time_calls(fn: Callable[[], object], n: int, warmup: int = 200) -> list[int]:
-    for _ in range(min(warmup, n)):
-        fn()
-    out = []
-    clock = time.perf_counter_ns
-    for _ in range(n):
-        t = clock()
-        fn()
-        out.append(clock() - t)
-    return out
-
-
-def socket_echo(path: str, n: int) -> list[int]:
+def open_socket_echo(path: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A connected client of the socket echo: (one round trip, close)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(path)
     buf = bytearray(len(SOCKET_MSG))
@@ -160,61 +147,76 @@ def socket_echo(path: str, n: int) -> list[int]:
         while got < len(buf):
             got += s.recv_into(view[got:])
 
+    return once, s.close
+
+
+def open_vfio_user_echo(path: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    client = SyncVfioUserClient(path)
+    client.version()
+    return lambda: client.read32(0, 0), client.close
+
+
+def open_grpc_echo(address: str, pattern: str = "sync") -> tuple[Callable[[], None], Callable[[], None]]:
+    """Round trips of one message on a bidi stream, with one of grpcio's client patterns:
+    sync: requests from a queue, the reply read with next() in the caller's thread (the floor);
+    sync+reader: as rdv's links do it (a reader thread hands each reply to the waiting caller)."""
+    channel = grpc.insecure_channel(address, channel_options())
+    requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    call = channel.stream_stream(ECHO_METHOD)(iter(requests.get, None))
+
+    def close() -> None:
+        requests.put(None)
+        call.cancel()
+        channel.close()
+
+    if pattern == "sync":
+
+        def once() -> None:
+            requests.put(GRPC_MSG)
+            next(call)
+
+        return once, close
+    waiting: list[Waiter] = []
+
+    def read() -> None:
+        try:
+            for _ in call:
+                waiting.pop().set()
+        except grpc.RpcError:
+            pass  # cancelled at the end
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def once_with_reader() -> None:
+        waiter = Waiter()
+        waiting.append(waiter)
+        requests.put(GRPC_MSG)
+        waiter.wait(5.0)
+
+    return once_with_reader, close
+
+
+def _timed(opened: tuple[Callable[[], None], Callable[[], None]], n: int) -> list[int]:
+    once, close = opened
     try:
         return time_calls(once, n)
     finally:
-        s.close()
+        close()
+
+
+def socket_echo(path: str, n: int) -> list[int]:
+    return _timed(open_socket_echo(path), n)
 
 
 def vfio_user_echo(path: str, n: int) -> list[int]:
-    client = SyncVfioUserClient(path)
-    try:
-        client.version()
-        return time_calls(lambda: client.read32(0, 0), n)
-    finally:
-        client.close()
+    return _timed(open_vfio_user_echo(path), n)
 
 
 def grpc_echo(address: str, n: int, pattern: str = "sync") -> list[int]:
-    """Round trips of one message on a bidi stream, with one of grpcio's client patterns:
-    sync: requests from a queue, the reply read with next() in the caller's thread (the floor);
-    sync+reader: as rdv's links do it (a reader thread hands each reply to the waiting caller);
-    aio: grpc.aio on an event-loop thread, the caller waiting on a future."""
+    """`open_grpc_echo`'s patterns, and aio: grpc.aio on an event-loop thread, the caller waiting on a future."""
     if pattern == "aio":
         return _grpc_echo_aio(address, n)
-    with grpc.insecure_channel(address, channel_options()) as channel:
-        requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        call = channel.stream_stream(ECHO_METHOD)(iter(requests.get, None))
-        try:
-            if pattern == "sync":
-
-                def once() -> None:
-                    requests.put(GRPC_MSG)
-                    next(call)
-
-                return time_calls(once, n)
-            waiting: list[Waiter] = []
-
-            def read() -> None:
-                try:
-                    for _ in call:
-                        waiting.pop().set()
-                except grpc.RpcError:
-                    pass  # cancelled at the end
-
-            reader = threading.Thread(target=read, daemon=True)
-            reader.start()
-
-            def once_with_reader() -> None:
-                waiter = Waiter()
-                waiting.append(waiter)
-                requests.put(GRPC_MSG)
-                waiter.wait(5.0)
-
-            return time_calls(once_with_reader, n)
-        finally:
-            requests.put(None)
-            call.cancel()
+    return _timed(open_grpc_echo(address, pattern), n)
 
 
 def _grpc_echo_aio(address: str, n: int) -> list[int]:
@@ -238,6 +240,23 @@ def _grpc_echo_aio(address: str, n: int) -> list[int]:
         asyncio.run_coroutine_threadsafe(channel.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+@contextmanager
+def floor_clients(workdir: Path) -> Iterator[dict[str, Callable[[], None]]]:
+    """The three echo servers up and a client of each connected: {floor name: one round trip}, for floor rounds
+    interleaved with the rounds of the paths built on them (tests/bench/vfio.py)."""
+    with ExitStack() as stack:
+        calls = {}
+        for name, kind, opener in (
+            ("floor_socket_echo", "socket", open_socket_echo),
+            ("floor_vfio_user_echo", "vfio-user", open_vfio_user_echo),
+            ("floor_grpc_echo", "grpc", open_grpc_echo),
+        ):
+            once, close = opener(stack.enter_context(echo_server(kind, workdir)))
+            stack.callback(close)
+            calls[name] = once
+        yield calls
 
 
 # ---------------------------------------------------------------------------------------------- records

@@ -80,8 +80,9 @@ def audio_latencies(results: list[dict], out: Path) -> Path | None:
 
 
 def video(results: list[dict], out: Path) -> Path | None:
-    """#17: fps, Mbit/s, PSNR and added latency per clip, link and --video codec (off = the lossless path)."""
-    metrics = (("video_fps", "fps"), ("video_mbps", "Mbit/s"), ("video_psnr_db", "dB"), ("video_added_latency", "ms"))
+    """#17: fps, Mbit/s, PSNR, SSIM and added latency per clip, link and --video codec (off = the lossless path)."""
+    metrics = (("video_fps", "fps"), ("video_mbps", "Mbit/s"), ("video_psnr_db", "dB"), ("video_ssim", "SSIM"),
+               ("video_added_latency", "ms"))  # fmt: skip
     rows = [r for r in results if r["metric"].startswith("video_")]
     if not rows:
         return None

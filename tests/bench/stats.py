@@ -1,9 +1,11 @@
-"""Percentiles and result records shared by every benchmark."""
+"""Percentiles, result records, timing loops and the floors' table shared by every benchmark."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +36,87 @@ def record(
         "samples": len(samples_ns),
         **extra,
     }
+
+
+def time_calls(fn: Callable[[], object], n: int, warmup: int = 200) -> list[int]:
+    """ns per call of `fn`, `n` calls after `warmup` untimed ones."""
+    for _ in range(min(warmup, n)):
+        fn()
+    out = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t = clock()
+        fn()
+        out.append(clock() - t)
+    return out
+
+
+# Which floors (summed) each hot path is built on, and issue #19's goal for the ratio (None: reported only).
+# Mirrored accesses and interrupts cross one UNIX socket; backend ones also cross the service's gRPC stream.
+_SOCKET, _VFIO, _GRPC = "floor_socket_echo", "floor_vfio_user_echo", "floor_grpc_echo"
+HOT_PATHS: dict[tuple[str, str], tuple[tuple[str, ...], float | None]] = {
+    ("vfio_user_read", "mirrored"): ((_SOCKET,), 2.0),
+    ("vfio_user_read", "backend"): ((_VFIO, _GRPC), 1.3),
+    ("vfio_user_write", "mirrored"): ((_VFIO,), None),
+    ("vfio_user_write", "backend"): ((_VFIO,), None),
+    ("vfio_user_config_read", "mirrored"): ((_VFIO,), None),
+    ("vfio_user_config_read", "backend"): ((_VFIO,), None),
+    ("register_read", "backend"): ((_GRPC,), 1.2),
+    ("interrupt", "mirrored"): ((_SOCKET,), 2.0),
+    ("interrupt", "backend"): ((_GRPC,), 1.2),
+    ("audio_chunk", "backend"): ((_GRPC,), None),
+    ("audio_chunk", "mirrored"): ((_GRPC,), None),
+}
+P99_GOAL = 3.0  # issue #19: p99 at most 3x p50 on the hot paths
+
+
+def ratio_goal(r: dict) -> float | None:
+    """The issue's goal for a record's ratio to its floor. An interrupt's goal is from its cause to the eventfd;
+    to a thread waking on it is reported only."""
+    goal = HOT_PATHS.get((r["metric"], r["mode"]), ((), None))[1]
+    return goal if r["metric"] != "interrupt" or r.get("path", "").endswith("to_eventfd") else None
+
+
+def interleaved(
+    series: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int = 20
+) -> dict[str, list[list[int]]]:
+    """Round after round, `per_round` timed calls of each series (floors and the paths built on them); the order
+    rotates from round to round. On a shared machine whose load comes and goes, a path and its floor then see the
+    same machine, which floors measured minutes before the paths do not. {name: [samples of each round]}."""
+    names = list(series)
+    out: dict[str, list[list[int]]] = {name: [] for name in names}
+    for k in range(rounds):
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            out[name].append(time_calls(series[name], per_round, warmup))
+    return out
+
+
+def interleaved_record(
+    metric: str,
+    mode: str,
+    path_rounds: list[list[int]],
+    floor_rounds: dict[str, list[list[int]]],
+    paper_ns: float | None,
+    **extra: object,
+) -> dict:
+    """A record of a path measured in rounds interleaved with its floors (HOT_PATHS): p50/p99 of all its samples,
+    `ratio_to_floor` the median over the rounds of (the path's p50 / its floors' summed p50 in that round),
+    `ratio_rounds` each round's, `floor_p50` the floors' summed p50 over all their samples, `p99_over_p50`."""
+    r = record(metric, mode, [x for rnd in path_rounds for x in rnd], paper_ns, **extra)
+    names = HOT_PATHS.get((metric, mode), ((), None))[0]
+    if r["p50"] > 0:
+        r["p99_over_p50"] = round(r["p99"] / r["p50"], 2)
+    if names and all(n in floor_rounds for n in names):
+        per_round = [
+            percentile(p, 0.5) / sum(percentile(floor_rounds[n][k], 0.5) for n in names)
+            for k, p in enumerate(path_rounds)
+        ]
+        r["floor"] = "+".join(names)
+        r["floor_p50"] = sum(percentile([x for rnd in floor_rounds[n] for x in rnd], 0.5) for n in names)
+        r["ratio_to_floor"] = round(statistics.median(per_round), 2)
+        r["ratio_rounds"] = [round(x, 2) for x in per_round]
+        r["ratio_goal"] = ratio_goal(r)
+    return r
 
 
 def _cpu_seconds(pid: int) -> float:

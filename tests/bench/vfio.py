@@ -5,14 +5,20 @@ The client is the test harness (tests/test_vfio_user_harness.py) in this process
 ES1370, display for the SVGA II), so the figure is what a QEMU vCPU waits for per trapped access, minus QEMU's
 own share. Per coherence mode: backend (the read crosses gRPC to the service) and mirrored (the shim answers
 from its copy). ES1370: STATUS read, MEMPAGE write. SVGA II: a VALUE-port read (4 bytes at offset 1, the ID
-register), an INDEX-port write.
+register), an INDEX-port write. In backend mode the ES1370 read is also timed straight on a session stream of
+the bench process (`register_read`, what the shim's link adds on top of the vfio-user hop).
 
-    .venv/bin/python -m tests.bench.vfio [--n 2000] [--device es1370|svga|both]
+Each round trip is measured in rounds interleaved with the floors under it (tests/bench/floors.py): round after
+round, n/rounds calls of each access and of each floor, so that `ratio_to_floor`, the median over the rounds of
+(path p50 / floor p50 of the same round), is honest on a machine whose load comes and goes.
+
+    .venv/bin/python -m tests.bench.vfio [--n 2000] [--rounds 8] [--device es1370|svga|both]   # one line a figure
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mmap
 import os
@@ -22,15 +28,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from frontend_shim.guests.guest import EventLine, RamMemory
+from frontend_shim.links.audio import AudioLink
 from services.devices import es1370_regs as R
 from services.devices import svga_regs as S
-from tests.bench.floors import time_calls
+from tests.bench.floors import floor_clients
 from tests.bench.profile import flame_graphs
-from tests.bench.stats import _cpu_seconds, percentile, record
+from tests.bench.stats import _cpu_seconds, interleaved, interleaved_record, percentile, time_calls
 from tests.bench.vfio_client import IRQ_DATA_EVENTFD, IRQ_DATA_NONE, IRQ_TRIGGER, IRQ_UNMASK, SyncVfioUserClient
 from tests.helpers import ROOT, start_service
 from tests.test_vfio_user_harness import sealed_memfd
@@ -50,33 +58,35 @@ def _percentiles(samples_ns: list[int]) -> dict[str, float]:
 class ShimRun:
     """A real `serve-vfio-user` (and its service) in their own processes; `summary` is its --json at exit."""
 
-    def __init__(self, shim: subprocess.Popen, socket_path: str, service_pid: int) -> None:
+    def __init__(self, shim: subprocess.Popen, socket_path: str, service_pid: int, service_address: str) -> None:
         self.proc, self.socket, self.service_pid = shim, socket_path, service_pid
+        self.service_address = service_address
         self.summary: dict = {}
 
 
 @contextmanager
 def serve_vfio_user(
-    device: str, mode: str, work: Path, *extra: str, profile: str | None = None
+    device: str, mode: str, work: Path, *extra: str, profile: str | None = None, root: Path = ROOT
 ) -> Iterator[ShimRun]:
-    """The shim and its service; with `profile`, py-spy flame graphs of both go to build/bench/flame-*.svg."""
+    """The shim and its service; with `profile`, py-spy flame graphs of both go to build/bench/flame-*.svg. `root`:
+    the checkout whose shim and service run (another revision's, to compare in one run)."""
     if device == "svga":
-        service = start_service("display", work, "--presenter", "headless")
+        service = start_service("display", work, "--presenter", "headless", cwd=root)
         device_args = ["--device", "svga", "--display", service.address, "--vram-scan-ms", "0"]
     else:
-        service = start_service("audio", work, "--sink", "null")
+        service = start_service("audio", work, "--sink", "null", cwd=root)
         device_args = ["--audio", service.address]
     sock_path = str(work / f"bench-{device}-{mode}-{time.monotonic_ns()}.sock")
     shim = subprocess.Popen(
         [sys.executable, "-m", "frontend_shim", "serve-vfio-user", "--socket", sock_path,
          *device_args, "--mode", mode, "--json", *extra],  # fmt: skip
-        cwd=ROOT,
+        cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         env={**os.environ, "RDV_LOG_LEVEL": "warning"},
     )
-    run = ShimRun(shim, sock_path, service.proc.pid)
+    run = ShimRun(shim, sock_path, service.proc.pid, service.address)
     try:
         line = shim.stdout.readline() if shim.stdout else ""
         if not line.startswith("listening on"):
@@ -98,18 +108,29 @@ def serve_vfio_user(
 
 
 def measure_round_trips(
-    mode: str, n: int = 2000, workdir: Path | None = None, device: str = "es1370", profile: bool = False
+    mode: str,
+    n: int = 2000,
+    workdir: Path | None = None,
+    device: str = "es1370",
+    profile: bool = False,
+    floors: dict[str, Callable[[], object]] | None = None,
+    rounds: int = 1,
 ) -> dict:
-    """p50/p99 of a BAR0 register read, a BAR0 register write and a config-space read, `n` of each."""
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        serve_vfio_user(device, mode, workdir or Path(tmp), profile="accesses" if profile else None) as shim,
-    ):
+    """p50/p99 of a BAR0 register read, a BAR0 register write and a config-space read, `n` of each; in backend
+    mode the ES1370 read also straight on a session stream of this process (`stream_read`, the shim's share of
+    the backend read). With `floors` ({name: one round trip}, tests/bench/floors.py), in `rounds` rounds
+    interleaved with theirs (stats.interleaved): `rounds` then has every series' samples per round."""
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        shim = stack.enter_context(
+            serve_vfio_user(device, mode, workdir or tmp, profile="accesses" if profile else None)
+        )
         client = SyncVfioUserClient(shim.socket)
+        stack.callback(client.close)
         client.version()
         if device == "svga":
             client.write32(0, S.INDEX_PORT, S.REG_ID)
-            ops = {
+            ops: dict[str, Callable[[], object]] = {
                 "bar_read": lambda: client.read32(0, S.VALUE_PORT),
                 "bar_write": lambda: client.write32(0, S.INDEX_PORT, S.REG_ID),
                 "config_read": lambda: client.read32(CONFIG_REGION, 0),
@@ -120,9 +141,16 @@ def measure_round_trips(
                 "bar_write": lambda: client.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC),
                 "config_read": lambda: client.read32(CONFIG_REGION, 0),
             }
-        samples = {name: time_calls(op, n) for name, op in ops.items()}  # each warmed up first
-        client.close()
-    return {"device": device, "mode": mode, "n": n, "samples": samples,
+            if mode == "backend":
+                link = AudioLink(shim.service_address, "backend", RamMemory(1 << 16), EventLine(), access_timeout=1.0)
+                link.start()
+                stack.callback(link.close)
+                ops["stream_read"] = lambda: link.io_read(0, R.STATUS, 4)
+        for op in ops.values():  # warm up
+            time_calls(op, 200, 0)
+        timed = interleaved({**ops, **(floors or {})}, rounds, max(1, n // rounds))
+    samples = {name: [x for rnd in timed[name] for x in rnd] for name in ops}
+    return {"device": device, "mode": mode, "n": n, "samples": samples, "rounds": timed,
             **{name: _percentiles(s) for name, s in samples.items()}}  # fmt: skip
 
 
@@ -203,32 +231,50 @@ PAPER_IRQ_NS = {"backend": 17_000, "mirrored": 16_000}
 
 def run(quick: bool, workdir: Path) -> list[dict]:
     """`make bench` records: the vfio-user round trip per access kind and mode, and the interrupt path (loopback,
-    in ns). `vfio_user_read` is the trapped BAR read."""
+    in ns). `vfio_user_read` is the trapped BAR read. The round trips are measured in rounds interleaved with
+    their floors' (`ratio_to_floor`: the median over the rounds), an interrupt run between two floor rounds."""
     records = []
     names = {"bar_read": "vfio_user_read", "bar_write": "vfio_user_write", "config_read": "vfio_user_config_read"}
-    for device in ("es1370", "svga"):
+    rounds, n = (5, 500) if quick else (10, 3000)
+    with floor_clients(workdir) as floors:
+        for device in ("es1370", "svga"):
+            for mode in ("mirrored", "backend"):
+                measured = measure_round_trips(mode, n, workdir, device, floors=floors, rounds=rounds)
+                timed = measured["rounds"]
+                for op, metric in names.items():
+                    paper = PAPER_NS.get((op, mode))
+                    records.append(interleaved_record(metric, mode, timed[op], timed, paper, content=device))
+                if "stream_read" in timed:
+                    records.append(
+                        interleaved_record("register_read", mode, timed["stream_read"], timed, 209_000,
+                                           path="session stream (shim's link, no vfio-user)")  # fmt: skip
+                    )
         for mode in ("mirrored", "backend"):
-            measured = measure_round_trips(mode, 500 if quick else 3000, workdir, device)
-            for op, metric in names.items():
+            before = interleaved(floors, 1, n // rounds)
+            irq = measure_interrupts(mode, 1.5 if quick else 5.0, workdir)
+            after = interleaved(floors, 1, n // rounds)
+            around = {name: [before[name][0] + after[name][0]] for name in floors}
+            for path in ("cause_to_eventfd", "cause_to_client"):
                 records.append(
-                    record(metric, mode, measured["samples"][op], PAPER_NS.get((op, mode)), content=device)
+                    interleaved_record("interrupt", mode, [irq[path]], around, PAPER_IRQ_NS[mode],
+                                       path=f"vfio-user {path}")  # fmt: skip
                 )
-    for mode in ("mirrored", "backend"):
-        irq = measure_interrupts(mode, 1.5 if quick else 5.0, workdir)
-        for path in ("cause_to_eventfd", "cause_to_client"):
-            records.append(record("interrupt", mode, irq[path], PAPER_IRQ_NS[mode], path=f"vfio-user {path}"))
-        for who, cpu in irq["cpu_per_audio_second"].items():  # 44.1 kHz stereo, 256-frame periods
-            records.append({"metric": "cpu_per_audio_second", "mode": who, "link": "loopback", "p50": round(cpu, 3),
-                            "p99": round(cpu, 3), "unit": "s", "paper": None,
-                            "workload": f"vfio-user ES1370 {mode}"})  # fmt: skip
+            for who, cpu in irq["cpu_per_audio_second"].items():  # 44.1 kHz stereo, 256-frame periods
+                records.append({"metric": "cpu_per_audio_second", "mode": who, "link": "loopback",
+                                "p50": round(cpu, 3), "p99": round(cpu, 3), "unit": "s", "paper": None,
+                                "workload": f"vfio-user ES1370 {mode}"})  # fmt: skip
     return records
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--device", choices=["es1370", "svga", "both"], default="both")
     p.add_argument("--interrupts", type=float, default=0.0, metavar="SECONDS", help="measure interrupts instead")
+    p.add_argument("--baseline", type=Path, metavar="DIR",
+                   help="also time the register read of another revision's shim and service, in the same rounds "
+                        "(DIR: its checkout, e.g. `git archive REV | tar -x -C DIR`)")  # fmt: skip
     args = p.parse_args()
     if args.interrupts:
         with tempfile.TemporaryDirectory() as tmp:
@@ -237,10 +283,32 @@ def main() -> None:
                 cpu = irq.pop("cpu_per_audio_second")
                 print(json.dumps({"mode": mode, **{k: _percentiles(v) for k, v in irq.items()}, "cpu_per_s": cpu}))
         return
-    for device in ("es1370", "svga") if args.device == "both" else (args.device,):
-        for mode in ("mirrored", "backend"):
-            measured = measure_round_trips(mode, args.n, device=device)
-            print(json.dumps({k: v for k, v in measured.items() if k != "samples"}))
+    keys = ("p50", "p99", "p99_over_p50", "floor_p50", "ratio_to_floor", "ratio_goal", "ratio_rounds")
+    names = {"bar_read": "vfio_user_read", "bar_write": "vfio_user_write", "config_read": "vfio_user_config_read",
+             "stream_read": "register_read"}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp, floor_clients(Path(tmp)) as floors:
+        for device in ("es1370", "svga") if args.device == "both" else (args.device,):
+            for mode in ("mirrored", "backend"):
+                with contextlib.ExitStack() as stack:
+                    series = dict(floors)
+                    if args.baseline:
+                        base = stack.enter_context(serve_vfio_user(device, mode, Path(tmp), root=args.baseline))
+                        client = SyncVfioUserClient(base.socket)
+                        stack.callback(client.close)
+                        client.version()
+                        if device == "svga":
+                            client.write32(0, S.INDEX_PORT, S.REG_ID)
+                        offset = R.STATUS if device == "es1370" else S.VALUE_PORT
+                        series["bar_read_baseline"] = lambda c=client, o=offset: c.read32(0, o)
+                    measured = measure_round_trips(mode, args.n, Path(tmp), device, floors=series, rounds=args.rounds)
+                timed = measured["rounds"]
+                for op, metric in {**names, "bar_read_baseline": "vfio_user_read"}.items():
+                    if op in timed:
+                        r = interleaved_record(metric, mode, timed[op], timed, None)
+                        print(json.dumps({"device": device, "op": op, "mode": mode, **{k: r.get(k) for k in keys}}))
+                for name in floors:
+                    print(json.dumps({"device": device, "mode": mode, "floor": name,
+                                      "p50": percentile([x for rnd in timed[name] for x in rnd], 0.5)}))  # fmt: skip
 
 
 if __name__ == "__main__":
