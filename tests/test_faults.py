@@ -171,7 +171,9 @@ def test_audio_service_killed_and_restarted_during_playback(services, tmp_path: 
     assert link.stats.reconnects == 1
     if mode == "mirrored":
         result = outcome["result"]
-        assert result.interrupts == result.periods  # type: ignore[attr-defined]
+        # Every period interrupted, but for those an xrun's restart dropped from the ring (at most a ring each).
+        lost = result.periods - result.interrupts  # type: ignore[attr-defined]
+        assert 0 <= lost <= 4 * result.xruns, (lost, result.xruns)  # type: ignore[attr-defined]
     else:
         assert int(outcome["restarts"]) >= 1  # type: ignore[call-overload]
     (out,) = second_dir.glob("out-*-dac2*.wav")
