@@ -45,9 +45,10 @@ def window_geometry(display: str, pid: int, timeout: float = 10.0) -> Rect:
         if res.returncode == 0 and res.stdout.split():
             wid = res.stdout.split()[0]
             geo = subprocess.run(["xdotool", "getwindowgeometry", "--shell", wid], env=x_env(display),
-                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
-            v = dict(line.split("=", 1) for line in geo.split())
-            return Rect(int(v["X"]), int(v["Y"]), int(v["WIDTH"]), int(v["HEIGHT"]))
+                                 capture_output=True, text=True)  # fmt: skip
+            if geo.returncode == 0:  # else the window went away between search and query: look again
+                v = dict(line.split("=", 1) for line in geo.stdout.split())
+                return Rect(int(v["X"]), int(v["Y"]), int(v["WIDTH"]), int(v["HEIGHT"]))
         assert time.monotonic() < deadline, "no SDL window appeared"
         time.sleep(0.1)
 
