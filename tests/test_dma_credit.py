@@ -3,24 +3,15 @@ real card gives the guest, and late DMA."""
 
 from __future__ import annotations
 
-from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.dma import DmaCredit
 from services.devices.es1370 import Es1370
+from tests.helpers import FakeClock
 from tests.test_es1370_model import started
 
 PERIOD = 32  # bytes: started() sets 8 stereo 16-bit frames per period
 RING = 128  # bytes: 32 dwords, four periods
 BYTE_RATE = 44100 * 4
-
-
-class FakeClock(Clock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
 
 
 def ack(m: Es1370) -> None:
