@@ -58,6 +58,10 @@ class GuestMemoryError(Exception):
     """DMA that cannot be done: guest memory unreachable now (the client busy or away) or not there at all."""
 
 
+class GuestMemoryBusy(GuestMemoryError):
+    """DMA the client cannot serve just now (it waits for our reply to its own request): not an error, a wait."""
+
+
 class GuestMemoryUnmapped(GuestMemoryError):
     """DMA to an address where the guest has no memory (or none the device may use): retrying cannot help."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from frontend_shim.guests.guest import GuestMemory, GuestMemoryError, InterruptLine
+from frontend_shim.guests.guest import GuestMemory, GuestMemoryBusy, GuestMemoryError, InterruptLine
 from frontend_shim.links.base import MODES, CoherenceMode, DeviceLink, LinkStats, ServiceEnd
 from frontend_shim.links.ordered_dma import OrderedDma
 from frontend_shim.links.session_stream import SessionStream
@@ -47,6 +47,7 @@ class AudioStats(LinkStats):
     pcm_bytes: int = 0
     dma_requests: int = 0
     dma_errors: int = 0
+    dma_deferred: int = 0  # DMA over messages that waited while QEMU waited for a reply of ours (then retried)
     capture_bytes: int = 0  # recorded audio written into the guest's ring
     played: dict[int, int] = field(default_factory=dict)
     # per channel, as the service reports them: playback underruns, and (backend mode) late DMA
@@ -366,7 +367,11 @@ class AudioLink(DeviceLink):
 
     def _dma_failed(self, exc: GuestMemoryError) -> None:
         """The DMA engine retries every few ms while guest memory is unreachable (e.g. the VM is gone): warn
-        once per outage, not once per retry."""
+        once per outage, not once per retry. DMA that waits while QEMU waits for us is no outage."""
+        if isinstance(exc, GuestMemoryBusy):
+            self.stats.dma_deferred += 1
+            log.debug("DMA waits: the client is busy", extra={"error": str(exc)})
+            return
         self.stats.dma_errors += 1
         if self._dma_failing:
             log.debug("DMA outside guest memory", extra={"error": str(exc)})

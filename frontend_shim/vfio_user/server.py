@@ -7,7 +7,7 @@ Threads: each connection has one thread that reads and handles the client's mess
 replies to our own DMA_READ/DMA_WRITE requests. Requests from QEMU that expect a reply block QEMU (it waits with
 the big QEMU lock held), and QEMU answers our DMA requests on its main loop, which needs that lock. So while a
 request is being handled here, a DMA request can never be answered: such DMA fails at once (and waiting ones
-are abandoned) with GuestMemoryError, and the device retries later. Shared-memory DMA never takes this path.
+are abandoned) with GuestMemoryBusy, and the device retries later. Shared-memory DMA never takes this path.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from frontend_shim.guests.guest import GuestMemoryError
+from frontend_shim.guests.guest import GuestMemoryBusy, GuestMemoryError
 from frontend_shim.vfio_user import protocol as P
 from frontend_shim.vfio_user.irq import IrqController
 from frontend_shim.vfio_user.memory import DmaMemory
@@ -650,7 +650,7 @@ class _QemuClientConnection:
                 raise GuestMemoryError("the client is gone")
             if self._busy:
                 self.stats.dma_aborted += 1
-                raise GuestMemoryError("the client is waiting for our reply and cannot serve DMA now")
+                raise GuestMemoryBusy("the client is waiting for our reply and cannot serve DMA now")
             msg_id = next(i & 0xFFFF for i in self._ids if i & 0xFFFF not in self._waiters)
             self._waiters[msg_id] = waiter
         self.stats.dma_requests += 1
@@ -661,7 +661,9 @@ class _QemuClientConnection:
             raise GuestMemoryError(f"{command.name}: no reply in {self.server.dma_timeout} s")
         if waiter.aborted or waiter.reply is None:
             self.stats.dma_aborted += 1
-            raise GuestMemoryError(f"{command.name} abandoned: the client is blocked on a request or gone")
+            if self._closed:
+                raise GuestMemoryError(f"{command.name} abandoned: the client is gone")
+            raise GuestMemoryBusy(f"{command.name} abandoned: the client is blocked on a request of its own")
         h = waiter.reply.header
         if h.flags & P.FLAG_ERROR:
             raise GuestMemoryError(f"{command.name} refused by the client: {errno.errorcode.get(h.error, h.error)}")

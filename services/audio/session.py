@@ -55,6 +55,7 @@ class SessionConfig:
 @dataclass
 class _PendingDma:
     request_id: int
+    addr: int
     length: int
     fmt: PcmFormat  # the format the card took the bytes in
     sent_ns: int
@@ -158,20 +159,28 @@ class AudioSession(DeviceSession):
             self._chunk_latency(time.monotonic_ns() - p.sent_ns)
 
     def _dma_data(self, d: audio_pb2.DmaData) -> None:
-        pending = next((c for c, p in self._pending.items() if p.request_id == d.request_id), None)
-        if pending is None:
+        """Backend mode: the shim read guest memory for our request. Only now has the card taken the bytes, so
+        only now does its position move (a register read in between shows where the DMA really is: with DMA
+        through messages the read may wait behind the guest's own register access, and a guest told the bytes
+        were taken would refill them before they were read)."""
+        channel = next((c for c, p in self._pending.items() if p.request_id == d.request_id), None)
+        if channel is None:
             self.counters["stale_dma"] += 1
             return
-        req = self._pending.pop(pending)
-        if not d.ok or len(d.data) != req.length:
+        req = self._pending.pop(channel)
+        if self.model.dma_window(channel, req.length) != (req.addr, req.length):
+            self.counters["stale_dma"] += 1  # the guest stopped or moved the DAC meanwhile: the chip never took it
+        elif not d.ok or len(d.data) != req.length:
             # Guest memory was unreadable there (the VM went away, say): the card took the bytes and got nothing,
             # so nothing plays (the shim logs the outage once).
             self.counters["dma_failed"] += 1
-            self._credit.lost(pending, req.length)
+            self._credit.commit(self.model, channel, req.length)
+            self._credit.lost(channel, req.length)
         else:
-            self._push(pending, req.fmt, d.data)
+            self._credit.commit(self.model, channel, req.length)
+            self._push(channel, req.fmt, d.data)
             self._chunk_latency(time.monotonic_ns() - req.sent_ns)
-        self.pump()
+        self._after_change()
 
     def _capture_step(self, step: audio_pb2.CaptureStep) -> None:
         if self.mode != MIRRORED:
@@ -238,9 +247,9 @@ class AudioSession(DeviceSession):
 
     def pump(self) -> None:
         """Backend mode: write what the ADC recorded into guest memory, and let the DMA of each running DAC take
-        what it may now. The card takes the bytes when it asks the shim for them (position, period, interrupt):
-        the shim reads guest memory for the request before it hears anything said after it, so the guest sees the
-        interrupt after the read, as on a real card, and a network round trip never delays a period's end."""
+        what it may now: one request per channel in flight. The position, a completed period and its interrupt
+        follow when the shim's data arrives (`_dma_data`), so the guest never hears that the card took bytes it
+        has not read yet, as on a real card."""
         if self.mode != BACKEND or self._closed:
             return
         self.capture.pump()
@@ -252,14 +261,13 @@ class AudioSession(DeviceSession):
             if not length:
                 continue
             fmt = self.model.channel_format(channel)
-            req = _PendingDma(self._next_request, length, fmt, time.monotonic_ns())
+            req = _PendingDma(self._next_request, addr, length, fmt, time.monotonic_ns())
             self._next_request += 1
             self._pending[channel] = req
             self.counters["dma_requests"] += 1
             seg = audio_pb2.DmaSegment(addr=addr, length=length)
             msg = audio_pb2.DmaRequest(request_id=req.request_id, channel=channel, segments=[seg])
             self._send(audio_pb2.BackendMessage(dma_request=msg))
-            self._credit.commit(self.model, channel, length)
         self._sync_irq()
 
     def _progress(self, channel: int, stats: PlayerStats) -> None:

@@ -166,8 +166,9 @@ def test_guest_aplay_through_vfio_user(
         assert s["link"]["dma_errors"] == 0
     else:
         assert s["memory"]["fd_maps"] == 0 and s["memory"]["message_reads"] > 0
-        # The only failed DMA are the ones given up while QEMU waited for a reply of ours (then retried).
-        assert s["link"]["dma_errors"] == s["dma_aborted"]
+        # No DMA failed: some waited while QEMU waited for a reply of ours (then were retried), and each such
+        # wait is one the server saw abandoned or refused.
+        assert s["link"]["dma_errors"] == 0 and s["link"]["dma_deferred"] <= s["dma_aborted"]
 
     start, stop = _playback_window(events)
     during = [e for e in events if e.kind in "RW" and start <= e.t_us <= stop]
