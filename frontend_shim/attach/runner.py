@@ -28,9 +28,17 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _DIE_WITH_US = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
-def serve(cfg: VmConfig, qemu: list[str] | None = None, *, status: bool = True, summary: bool = False) -> int:
-    """Serve `cfg`'s devices; with `qemu` (argv), run it with rdv's arguments added and return its exit status."""
-    devices = VmDevices(cfg)
+def serve(
+    cfg: VmConfig,
+    qemu: list[str] | None = None,
+    *,
+    status: bool = True,
+    summary: bool = False,
+    dma_log: str | None = None,
+) -> int:
+    """Serve `cfg`'s devices; with `qemu` (argv), run it with rdv's arguments added and return its exit status.
+    `dma_log` (tests): where the ES1370's DMA reads of guest memory are saved on exit."""
+    devices = VmDevices(cfg, dma_log)
     stop = threading.Event()
     received: list[int] = []
     proc: subprocess.Popen | None = None

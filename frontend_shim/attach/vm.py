@@ -100,8 +100,9 @@ class DeviceStatus:
 class VmDevices:
     """Build from a config, `start()`, then `status()` as often as wanted; `close()` always."""
 
-    def __init__(self, cfg: VmConfig) -> None:
+    def __init__(self, cfg: VmConfig, dma_log: str | None = None) -> None:
         self.cfg = cfg
+        self.dma_log = dma_log
         self.devices: list[ServedDevice] = []
         self.input: _InputThread | None = None
         self.probes: dict[str, Probe] = {}
@@ -140,6 +141,7 @@ class VmDevices:
                         video=VideoSettings(cfg.display.video, cfg.display.video_max_mbps, cfg.display.video_quality)
                         if cfg.display
                         else None,
+                        dma_log=self.dma_log if device == "es1370" else None,
                     )
                 )
                 self.devices.append(d)

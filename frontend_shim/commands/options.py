@@ -101,6 +101,7 @@ def vm_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", default=None, metavar="HOST:PORT", help="override audio.endpoint")
     p.add_argument("--display", action="append", default=None, metavar="HOST:PORT", help="override display.endpoints")
     p.add_argument("--input", default=None, metavar="HOST:PORT", help="override input.endpoint")
+    p.add_argument("--dma-log", default=None, help=argparse.SUPPRESS)  # tests: the ES1370's DMA reads, saved on exit
 
 
 def load_vm_config(args: argparse.Namespace) -> VmConfig | None:

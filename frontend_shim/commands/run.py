@@ -46,4 +46,4 @@ def run(args: argparse.Namespace) -> int:
         print("error: QEMU was not started (see `rdv-shim vm --config ... --print-qemu-args`)", file=sys.stderr)
         return 2
     logs.setup(cfg.log_level)
-    return serve(cfg, qemu, status=not args.no_status, summary=args.json)
+    return serve(cfg, qemu, status=not args.no_status, summary=args.json, dma_log=args.dma_log)

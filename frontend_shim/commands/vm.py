@@ -50,4 +50,4 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(libvirt.domain_xml(cfg))
         return 0
     logs.setup(cfg.log_level)
-    return serve(cfg, status=not args.no_status, summary=args.json)
+    return serve(cfg, status=not args.no_status, summary=args.json, dma_log=args.dma_log)

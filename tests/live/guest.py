@@ -19,8 +19,10 @@ from pathlib import Path
 
 import grpc
 
+from frontend_shim.guests.guest import load_reads
 from rdv.audio.v1 import audio_pb2_grpc
 from rdv.common.v1 import common_pb2
+from tests.audio_helpers import dropped_reads
 from tests.helpers import ROOT, ServiceProcess, start_service
 
 TOOLS = ROOT / "tests" / "tools"
@@ -97,9 +99,23 @@ def start_shim(work: Path, audio: str, mode: str, access_log: Path) -> Shim:
     err = work / "shim.log"
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "frontend_shim", "serve-vfio-user", "--socket", sock, "--device", "es1370",
-            "--audio", audio, "--mode", mode, "--access-log", str(access_log), "--json",
-            "--dma-log", str(work / "dma.log"),
+            sys.executable,
+            "-m",
+            "frontend_shim",
+            "serve-vfio-user",
+            "--socket",
+            sock,
+            "--device",
+            "es1370",
+            "--audio",
+            audio,
+            "--mode",
+            mode,
+            "--access-log",
+            str(access_log),
+            "--json",
+            "--dma-log",
+            str(work / "dma.log"),
         ],  # fmt: skip
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -204,3 +220,18 @@ def wait_sessions_closed(address: str, timeout: float = 15.0) -> None:
 
 def start_audio(work: Path, out: Path) -> ServiceProcess:
     return start_service("audio", work, "--alsa-device", f"file:FILE={out},FORMAT=raw")
+
+
+def played_as_the_card_took(
+    played: bytes, dma_log: Path, console: str, link: dict, *, backend: bool, name: str, stops: int = 1
+) -> bool:
+    """Hold what the audio service played against every DMA read the card made (the shim's `--dma-log`): the
+    sink must have played exactly those bytes, in order (backend mode may leave out the transfer under way at
+    each stop or restart). That holds under any load. Returns True when neither the guest (ALSA's "underrun!!!")
+    nor the card (late DMA) saw an xrun: only then must the caller also find the WAV's PCM byte for byte."""
+    xruns = console.count("underrun!!!")
+    dropped = dropped_reads(played, load_reads(str(dma_log)), xruns + stops if backend else 0)
+    assert dropped is not None, f"{name}: the sink did not play what the card took from guest memory"
+    figures = {"xruns": xruns, "late_dma": link["late_dma"], "underruns": link["underruns"], "dropped_reads": dropped}
+    print(f"\nFIGURES audio-xruns live-{name}: {json.dumps(figures)}")
+    return not (xruns or link["late_dma"])
