@@ -121,6 +121,11 @@ class ChannelPlayer:
                 played_since_start = 0.0
                 while True:
                     with self._cond:
+                        if not self._queue and _sink_holds_audio(self._sink) and not self._closing:
+                            # the sink plays what it holds meanwhile (the service mixer's input, 40 ms): an empty
+                            # queue is no starvation yet, and waiting for a new prebuffer would make it one
+                            self._cond.wait(self._clock.real_seconds(self._chunk_seconds))
+                            continue
                         if not self._queue:
                             dry_at = self._clock.now()
                             break
@@ -156,3 +161,9 @@ class ChannelPlayer:
             return False
         log.info("sink opened", extra={"channel": self.name, "format": str(fmt)})
         return True
+
+
+def _sink_holds_audio(sink: AudioSink) -> bool:
+    """A sink that buffers ahead of its output (`MixedSink`) still has audio to play."""
+    holds = getattr(sink, "holds_audio", None)
+    return bool(holds and holds())

@@ -20,6 +20,9 @@ class MixedSink:
     def underruns(self) -> int:
         return self._input.underruns  # this session channel's own: the other VMs' are theirs
 
+    def holds_audio(self) -> bool:
+        return self._input.pending > 0
+
     def open(self, fmt: PcmFormat) -> None:
         self._input.open(fmt)
 
