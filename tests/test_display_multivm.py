@@ -5,7 +5,9 @@ key), and a resized or full-screen window still exact (scaled) and still clickin
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from frontend_shim.commands.processes import ROOT
 from rdv.common.v1 import common_pb2
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from rdv.input.v1 import input_pb2, input_pb2_grpc
@@ -21,6 +24,8 @@ from services.common.raster import Rect
 from tests.display_helpers import first_difference, guest_rgb, screenshot, start_guest
 from tests.helpers import run_shim
 from tests.test_display_xvfb import SCREEN_H, SCREEN_W, crop, grab, pytestmark, x_env, xserver  # noqa: F401
+from tests.test_vfio_user_harness import VfioUserClient
+from tests.test_vfio_user_svga import bring_up, mapped
 
 VMS = ("A", "B", "C", "D")
 GW, GH = 320, 240  # each guest's desktop: four windows fit the 1280x1024 screen side by side
@@ -285,3 +290,31 @@ def test_switcher_mode_one_full_screen_window_with_the_vm_name(services, xserver
     finally:
         for _, link in guests.values():
             link.close()
+
+
+def test_serve_vfio_user_vm_gets_a_window_titled_with_its_name(services, xserver: str, tmp_path: Path) -> None:  # noqa: F811
+    """`serve-vfio-user --vm NAME` (the SVGA device QEMU connects to; here the tests' vfio-user client in QEMU's
+    place, bringing the device up as vmwgfx does): the display service shows it in a window titled with NAME."""
+    disp = services("display", env={"DISPLAY": xserver})
+    sock = str(tmp_path / "svga.sock")
+    shim = subprocess.Popen(
+        [sys.executable, "-m", "frontend_shim", "serve-vfio-user", "--socket", sock, "--device", "svga",
+         "--display", disp.address, "--vm", "vfio-F"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert shim.stdout is not None and shim.stdout.readline().startswith("listening on")
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(sock)
+        client = VfioUserClient(conn)
+        try:
+            client.version()
+            with mapped(client, 2) as fifo:
+                bring_up(client, fifo)
+                title = wait_for("the VM's window", lambda: windows(xserver, disp.proc.pid).get("vfio-F"))
+        finally:
+            client.close()
+        assert title[1].startswith("rdv vfio-F - "), title
+    finally:
+        shim.terminate()
+        shim.wait(10)
