@@ -336,9 +336,12 @@ class SessionServicer:
             self.detach(session)
             outbox.stop()
             # Let the writer finish the message it is writing: a write cancelled halfway can wedge the call.
-            _, stuck = await asyncio.wait({writer}, timeout=FLUSH_TIMEOUT if clean_end else ABORT_FLUSH_TIMEOUT)
+            done, stuck = await asyncio.wait({writer}, timeout=FLUSH_TIMEOUT if clean_end else ABORT_FLUSH_TIMEOUT)
             for task in stuck:  # the shim stopped reading
                 task.cancel()
+            for task in done:  # a write to a call that has ended fails: the shim is gone, nobody to tell
+                if not task.cancelled() and (exc := task.exception()) is not None:
+                    self.log.debug("reply stream closed under the writer", extra={"error": repr(exc)})
             if clean_end and not stuck:
                 with contextlib.suppress(Exception):  # the shim is gone or not reading: nobody to tell
                     await asyncio.wait_for(outbox.flush(), FLUSH_TIMEOUT)
