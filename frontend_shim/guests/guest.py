@@ -95,17 +95,21 @@ class DmaLog:
     def __init__(self, inner: GuestMemory) -> None:
         self.inner = inner
         self.reads: list[tuple[int, bytes]] = []
+        self.bytes_read = 0
+        self.read_before_last_write = 0  # bytes_read when the guest's last write landed (a test guest's oracle)
         self._lock = threading.Lock()  # a read and its record are one step against the guest's writes
 
     def read(self, addr: int, length: int) -> bytes:
         with self._lock:
             data = self.inner.read(addr, length)
             self.reads.append((addr, data))
+            self.bytes_read += len(data)
             return data
 
     def write(self, addr: int, data: bytes) -> None:
         with self._lock:
             self.inner.write(addr, data)
+            self.read_before_last_write = self.bytes_read
 
     def save(self, path: str) -> None:
         """The reads as records of (address u64, length u32, bytes), little-endian."""

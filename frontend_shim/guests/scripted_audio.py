@@ -322,6 +322,8 @@ class _PlayStream(_Stream):
         self.end = 0  # bytes from the last start to the song's end
         self.elapsed = 0  # period interrupts since the last start
         self.xruns = 0
+        self.read_at_start = 0  # with a DMA log: bytes the card had read when the stream last started
+        self.stale = False  # with a DMA log: the card had read past the start of a period before it was written
 
     @property
     def finished(self) -> bool:
@@ -331,7 +333,10 @@ class _PlayStream(_Stream):
         """aplay's write of one period at the application pointer."""
         ring = self.ring
         data = self.chunks[self.written] if self.written < self.total else self.silence
-        self.driver.memory.write(BUFFER_ADDR + ring.appl % self.buffer_bytes, data)
+        memory = self.driver.memory
+        memory.write(BUFFER_ADDR + ring.appl % self.buffer_bytes, data)
+        if isinstance(memory, DmaLog) and memory.read_before_last_write - self.read_at_start > ring.appl:
+            self.stale = True
         if self.written < self.total:
             self.queued.extend(data)
         ring.appl += self.period_bytes
@@ -348,6 +353,9 @@ class _PlayStream(_Stream):
 
     def triggered(self) -> None:
         self.ring.updated = self.driver.clock.now()  # ALSA's hw_ptr_jiffies starts with the trigger
+        memory = self.driver.memory
+        self.read_at_start = memory.bytes_read if isinstance(memory, DmaLog) else 0
+        self.stale = False
 
     def period_elapsed(self, position: int) -> None:
         self.done += 1
@@ -359,8 +367,10 @@ class _PlayStream(_Stream):
             self._write_period()
             # ALSA updates the position again at aplay's next write. The test guest asks one thing more than
             # ALSA can: had the DMA passed the start of what we just wrote? Then it took some of it before we
-            # wrote it, and the card played the ring's old contents there.
-            xrun = ring.update(self.driver._pointer(self.channel)) or ring.hw > before
+            # wrote it, and the card played the ring's old contents there. The position says so when it is
+            # current; with a DMA log the guest also knows what the card had read when the write landed (the
+            # position of a backend card moves when the data reaches the service, a round trip after the read).
+            xrun = ring.update(self.driver._pointer(self.channel)) or ring.hw > before or self.stale
         if xrun and not self.finished:
             # ALSA stops the stream (the driver's trigger STOP) and aplay prepares and restarts it.
             self.xruns += 1
