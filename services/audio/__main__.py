@@ -34,6 +34,9 @@ SETTINGS = [
             "--mix-rate, with per-VM volume and mute (SetVolume)"),
     Setting("--mix-rate", 48000, "RDV_MIX_RATE", settings.number(8000, 192000, integer=True), metavar="HZ",
             help="with --mix service: the output's sample rate (16-bit stereo); other rates are resampled (soxr)"),
+    Setting("--mix-buffer-ms", 80.0, "RDV_MIX_BUFFER_MS", settings.number(20, 1000), metavar="MS",
+            help="with --mix service: how much each VM's input may hold ahead of the mix (its device buffer); more "
+            "rides out longer stalls of a busy host, adding that much latency"),
     Setting("--mix-log", "", None, hidden=True),  # tests: each run of frames a VM contributed to the mix (JSON lines)
     Setting("--target-latency-ms", 60.0, "RDV_TARGET_LATENCY_MS", settings.number(0, 10_000), metavar="MS",
             help="jitter buffer: audio held before playing starts"),
@@ -84,7 +87,8 @@ def make_mixer(args: argparse.Namespace, sink: SinkConfig, clock: Clock) -> Mixe
     if template and ("{session}" in template[1] or "{channel}" in template[1]):
         flag = template[0]
         raise SystemExit(f"rdv audio: --mix service plays one stream: {flag} cannot use {{session}} or {{channel}}")
-    return Mixer(make_sink(sink, "mix", "out"), args.mix_rate, clock, args.mix_log or None)
+    return Mixer(make_sink(sink, "mix", "out"), args.mix_rate, clock, args.mix_log or None,
+                 buffer_seconds=args.mix_buffer_ms / 1000)  # fmt: skip
 
 
 def build(args: argparse.Namespace) -> server.ServiceParts:

@@ -7,10 +7,11 @@ mixer thread takes one period from every input, applies the VM's volume and mute
 the result to one sink, paced by that sink (a sound card) or by the clock (`file:`, WAV, null).
 
 The mixer's clock drives everything behind it: a write into an input blocks while the input holds
-`INPUT_PERIODS` periods, like a write into a full ALSA buffer, so each player's `bytes_played` (and with it each
-guest's DMA credit) advances at the output device's rate. An input that has nothing when its period is due
-contributes silence for what is missing and never holds the mix back; if its data comes back within a second, that
-was an underrun, counted for that input's session only (a longer pause is the guest stopping).
+`buffer_seconds` of audio (`--mix-buffer-ms`), like a write into a full ALSA buffer, so each player's
+`bytes_played` (and with it each guest's DMA credit) advances at the output device's rate. An input that has
+nothing when its period is due contributes silence for what is missing and never holds the mix back; if its data
+comes back within a second, that was an underrun, counted for that input's session only (a longer pause is the
+guest stopping).
 
 `log_path` (tests, debugging) writes one JSON line per run of frames an input contributed without a break:
 `out`/`in` frame offsets (the output stream, the input's converted stream in its `segment`), `frames`, `gain`.
@@ -34,7 +35,8 @@ from services.devices.es1370 import PcmFormat
 
 log = logs.get("audio.mixer")
 PERIOD_SECONDS = 0.01
-INPUT_PERIODS = 4  # how much an input may hold ahead of the mix (its "device buffer"): 40 ms
+BUFFER_SECONDS = 0.08  # how much an input may hold ahead of the mix (its "device buffer"); 40 ms underran
+# about once per 15 s per VM with 4 VMs drawing at 30 fps beside it on 2 cores (the player threads' stalls)
 _UNDERRUN_GAP = 1.0  # seconds: an input dry for longer than this had paused (the guest stopped), not starved
 SILENCE_DB = -120.0  # at or below: gain 0
 RESAMPLE_QUALITY = "HQ"
@@ -207,12 +209,19 @@ class _Run:
 class Mixer:
     """Sums every input into `sink` (opened once, 16-bit stereo at `rate`) on its own thread."""
 
-    def __init__(self, sink: AudioSink, rate: int, clock: Clock, log_path: str | None = None) -> None:
+    def __init__(
+        self,
+        sink: AudioSink,
+        rate: int,
+        clock: Clock,
+        log_path: str | None = None,
+        buffer_seconds: float = BUFFER_SECONDS,
+    ) -> None:
         self.sink = sink
         self.rate = rate
         self.clock = clock
         self.period = max(1, int(rate * PERIOD_SECONDS))
-        self.capacity = INPUT_PERIODS * self.period
+        self.capacity = max(2, round(buffer_seconds / PERIOD_SECONDS)) * self.period
         self.cond = threading.Condition()
         self.stopped = False
         self.frames_out = 0

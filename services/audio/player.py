@@ -122,8 +122,8 @@ class ChannelPlayer:
                 while True:
                     with self._cond:
                         if not self._queue and _sink_holds_audio(self._sink) and not self._closing:
-                            # the sink plays what it holds meanwhile (the service mixer's input, 40 ms): an empty
-                            # queue is no starvation yet, and waiting for a new prebuffer would make it one
+                            # the sink plays what it holds meanwhile (the service mixer's input, --mix-buffer-ms):
+                            # an empty queue is no starvation yet, and waiting for a new prebuffer would make it one
                             self._cond.wait(self._clock.real_seconds(self._chunk_seconds))
                             continue
                         if not self._queue:
