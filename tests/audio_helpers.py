@@ -11,12 +11,29 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import grpc
 
 from frontend_shim.guests.scripted_audio import BUFFER_ADDR
 from rdv.audio.v1 import audio_pb2_grpc
 from rdv.common.v1 import common_pb2
+from services.devices import es1370_regs as R
+
+STEREO16 = (R.FMT_BIT_16 | R.FMT_BIT_STEREO) << R.SCTRL_SH_P2FMT  # DAC2's serial format bits: 16-bit stereo
+
+
+def start_dac2(write32: Callable[[int, int, int], object], buf: int, ring_bytes: int, period_frames: int,
+               rate: int) -> None:  # fmt: skip
+    """What snd-ens1370's prepare and trigger write for 16-bit stereo on DAC2 (REFERENCE.md), through a
+    vfio-user client's `write32(region, offset, value)` on BAR 0."""
+    write32(0, R.CONTROL, R.CTRL_CDC_EN)
+    write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC)
+    write32(0, R.DAC2_FRAMEADR & 0xFF, buf)
+    write32(0, R.DAC2_FRAMECNT & 0xFF, ring_bytes // 4 - 1)
+    write32(0, R.SERIAL_CONTROL, STEREO16 | R.SCTRL_P2INTEN)
+    write32(0, R.DAC2_SCOUNT, period_frames - 1)
+    write32(0, R.CONTROL, R.CTRL_CDC_EN | R.dac2_divider(rate) << R.CTRL_SH_PCLKDIV | R.CTRL_DAC2_EN)
 
 
 def ring_order_restarts(reads: list[tuple[int, bytes]], ring_bytes: int) -> int:

@@ -32,7 +32,7 @@ from frontend_shim.vfio_user.trace import AccessLog, read_access_log
 from services.common.clock import Clock
 from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370, PcmFormat
-from tests.audio_helpers import wait_sessions_closed
+from tests.audio_helpers import STEREO16, start_dac2, wait_sessions_closed
 from tests.helpers import ServiceProcess, start_service
 from tests.test_vfio_user_harness import (
     CONFIG_REGION,
@@ -294,29 +294,8 @@ def test_guest_pcm_reaches_the_audio_service_by_dma_with_intx(audio, mode: str, 
     svc, outdir = audio
     fmt, period_frames, periods = PcmFormat(44100, 2, 16), 2048, 4
     pcm = melody(fmt, periods * period_frames / fmt.rate)[: periods * period_frames * 4]
-    ram, buf = GuestRam(1 << 20, 0x100000), 0x180000
-    ram.write(buf, pcm)
-    memory, irq = DmaMemory(), IrqController()
-    link = AudioLink(svc.address, mode, memory, irq, vm=f"test-{mode}", clock=Clock(SCALE), access_timeout=2.0)
-    link.start()
-    before = set(outdir.glob("out-*.raw"))
-    r = start_rig(es1370_over_link(link, irq), memory, irq, ram)
-    efd = eventfd()
-    try:
-        c = r.client
-        c.dma_map(0x100000, 1 << 20, ram.fd if shared else None)
-        c.set_irqs(IRQ_DATA_EVENTFD | IRQ_TRIGGER, 0, 0, 1, (efd,))
-        # What snd-ens1370's prepare and trigger do (REFERENCE.md).
-        stereo16 = (R.FMT_BIT_16 | R.FMT_BIT_STEREO) << R.SCTRL_SH_P2FMT
-        c.write32(0, R.CONTROL, R.CTRL_CDC_EN)
-        c.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC)
-        c.write32(0, R.DAC2_FRAMEADR & 0xFF, buf)
-        c.write32(0, R.DAC2_FRAMECNT & 0xFF, len(pcm) // 4 - 1)
-        c.write32(0, R.SERIAL_CONTROL, stereo16 | R.SCTRL_P2INTEN)
-        c.write32(0, R.DAC2_SCOUNT, period_frames - 1)
-        div = R.dac2_divider(fmt.rate) << R.CTRL_SH_PCLKDIV
-        c.write32(0, R.CONTROL, R.CTRL_CDC_EN | div | R.CTRL_DAC2_EN)
-        intx = QemuIntx(c, efd)
+    with _AudioRig(svc.address, outdir, mode, shared, pcm, len(pcm), period_frames, fmt.rate) as rig:
+        c, intx, memory, irq = rig.client, rig.intx, rig.memory, rig.irq
         handled = spurious = 0
         while handled < periods + 1:  # one loop over the ring and one period more
             assert intx.wait(5.0), f"no interrupt after {handled} periods"
@@ -326,10 +305,10 @@ def test_guest_pcm_reaches_the_audio_service_by_dma_with_intx(audio, mode: str, 
                 spurious += 1
                 continue
             assert status & R.STAT_DAC2
-            intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, stereo16))  # ack: INT_EN off, then on again
-            intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, stereo16 | R.SCTRL_P2INTEN))
+            intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, STEREO16))  # ack: INT_EN off, then on again
+            intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, STEREO16 | R.SCTRL_P2INTEN))
             handled += 1
-        intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, stereo16))  # the driver's stop: interrupts off ...
+        intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, STEREO16))  # the driver's stop: interrupts off ...
         intx.access(lambda: c.write32(0, R.CONTROL, R.CTRL_CDC_EN))  # ... and the DAC off
         time.sleep(0.05)
         assert not intx.wait(0), "the guest saw an interrupt the card did not raise"
@@ -339,19 +318,12 @@ def test_guest_pcm_reaches_the_audio_service_by_dma_with_intx(audio, mode: str, 
         assert handled <= irq.stats.raised <= handled + 1  # + a period that may end before the stop
         if not shared:
             assert memory.stats.message_reads > 0 and memory.stats.fd_maps == 0
-            reads = [(size, count) for cmd, size, count in r.client.dma_requests if cmd == 11]
+            reads = [(size, count) for cmd, size, count in c.dma_requests if cmd == 11]
             assert reads and all(size == 32 for size, _ in reads)  # QEMU 10.2.2's padded DMA_READ request
-    finally:
-        r.close()
-        link.close(drain=True)
-        os.close(efd)
-    wait_sessions_closed(svc.address)
-    (out,) = set(outdir.glob("out-*.raw")) - before
-    played = out.read_bytes()
+    played = rig.played
     assert len(played) >= len(pcm) + period_frames * 4
     # Loop mode: after the ring's end the chip plays it again from the start, until the stop.
     assert played == (pcm * (len(played) // len(pcm) + 1))[: len(played)]
-    ram.close()
 
 
 def test_backend_position_never_runs_ahead_of_a_dma_read_that_waits(audio) -> None:  # noqa: ANN001
@@ -364,28 +336,9 @@ def test_backend_position_never_runs_ahead_of_a_dma_read_that_waits(audio) -> No
     fmt, period_frames, periods, laps = PcmFormat(44100, 2, 16), 1024, 4, 3
     ring = periods * period_frames * 4
     stream = b"".join(struct.pack("<I", i) for i in range(laps * ring // 4))  # no two frames alike
-    ram, buf = GuestRam(1 << 20, 0x100000), 0x180000
-    ram.write(buf, stream[:ring])
     written = ring  # the guest's application pointer, in stream bytes
-    memory, irq = DmaMemory(), IrqController()
-    link = AudioLink(svc.address, "backend", memory, irq, vm="test-runahead", clock=Clock(SCALE), access_timeout=2.0)
-    link.start()
-    before = set(outdir.glob("out-*.raw"))
-    r = start_rig(es1370_over_link(link, irq), memory, irq, ram)
-    efd = eventfd()
-    try:
-        c = r.client
-        c.dma_map(0x100000, 1 << 20, None)  # DMA through messages
-        c.set_irqs(IRQ_DATA_EVENTFD | IRQ_TRIGGER, 0, 0, 1, (efd,))
-        stereo16 = (R.FMT_BIT_16 | R.FMT_BIT_STEREO) << R.SCTRL_SH_P2FMT
-        c.write32(0, R.CONTROL, R.CTRL_CDC_EN)
-        c.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC)
-        c.write32(0, R.DAC2_FRAMEADR & 0xFF, buf)
-        c.write32(0, R.DAC2_FRAMECNT & 0xFF, ring // 4 - 1)
-        c.write32(0, R.SERIAL_CONTROL, stereo16 | R.SCTRL_P2INTEN)
-        c.write32(0, R.DAC2_SCOUNT, period_frames - 1)
-        c.write32(0, R.CONTROL, R.CTRL_CDC_EN | R.dac2_divider(fmt.rate) << R.CTRL_SH_PCLKDIV | R.CTRL_DAC2_EN)
-        intx = QemuIntx(c, efd)
+    with _AudioRig(svc.address, outdir, "backend", False, stream[:ring], ring, period_frames, fmt.rate) as rig:
+        c, intx, link, ram, buf = rig.client, rig.intx, rig.link, rig.ram, rig.buf
         lap_base = 0  # stream bytes the card has wrapped past
         last = 0
         handled = 0
@@ -394,8 +347,8 @@ def test_backend_position_never_runs_ahead_of_a_dma_read_that_waits(audio) -> No
             status = intx.access(lambda: c.read32(0, R.STATUS))
             if not status & R.STAT_INTR:
                 continue
-            intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, stereo16))
-            intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, stereo16 | R.SCTRL_P2INTEN))
+            intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, STEREO16))
+            intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, STEREO16 | R.SCTRL_P2INTEN))
             handled += 1
             # snd-ens1370's pointer callback, then ALSA's refill up to one ring past the position
             pos = (intx.access(lambda: c.read32(0, R.DAC2_FRAMECNT & 0xFF)) >> 16) * 4
@@ -407,20 +360,56 @@ def test_backend_position_never_runs_ahead_of_a_dma_read_that_waits(audio) -> No
                 n = min(4096, upto - at)
                 ram.write(buf + at % ring, stream[at : at + n])
             written = max(written, upto)
-        intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, stereo16))
+        intx.access(lambda: c.write32(0, R.SERIAL_CONTROL, STEREO16))
         intx.access(lambda: c.write32(0, R.CONTROL, R.CTRL_CDC_EN))
         assert link.stats.dma_deferred > 0, "no DMA read ever waited: this run did not test the race"
         assert link.stats.dma_errors == 0
-    finally:
-        r.close()
-        link.close(drain=True)
-        os.close(efd)
-    wait_sessions_closed(svc.address)
-    (out,) = set(outdir.glob("out-*.raw")) - before
-    played = out.read_bytes()
+    played = rig.played
     assert len(played) >= 2 * ring
     assert played[: 2 * ring] == stream[: 2 * ring], "the card played bytes the guest had already refilled"
-    ram.close()
+
+
+class _AudioRig:
+    """A guest ES1370 on the vfio-user server, its AudioLink to the real audio service, guest RAM at 0x100000 with
+    `ring` (its first bytes) at `buf`, DAC2 started as snd-ens1370 starts it, INTx on an eventfd. On exit every
+    piece is closed and `played` holds what the service's sink wrote."""
+
+    buf = 0x180000
+
+    def __init__(self, address: str, outdir: Path, mode: str, shared: bool, ring: bytes, ring_bytes: int,
+                 period_frames: int, rate: int) -> None:  # fmt: skip
+        self.address, self.outdir, self.mode, self.shared = address, outdir, mode, shared
+        self.ring, self.ring_bytes, self.period_frames, self.rate = ring, ring_bytes, period_frames, rate
+        self.played = b""
+
+    def __enter__(self) -> _AudioRig:
+        self.ram = GuestRam(1 << 20, 0x100000)
+        self.ram.write(self.buf, self.ring)
+        self.memory, self.irq = DmaMemory(), IrqController()
+        self.link = AudioLink(self.address, self.mode, self.memory, self.irq, vm=f"test-{self.mode}",
+                              clock=Clock(SCALE), access_timeout=2.0)  # fmt: skip
+        self.link.start()
+        self._before = set(self.outdir.glob("out-*.raw"))
+        self._rig = start_rig(es1370_over_link(self.link, self.irq), self.memory, self.irq, self.ram)
+        self._efd = eventfd()
+        self.client = c = self._rig.client
+        c.dma_map(0x100000, 1 << 20, self.ram.fd if self.shared else None)
+        c.set_irqs(IRQ_DATA_EVENTFD | IRQ_TRIGGER, 0, 0, 1, (self._efd,))
+        start_dac2(c.write32, self.buf, self.ring_bytes, self.period_frames, self.rate)
+        self.intx = QemuIntx(c, self._efd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._rig.close()
+            self.link.close(drain=True)
+            os.close(self._efd)
+            if exc[0] is None:
+                wait_sessions_closed(self.address)
+                (out,) = set(self.outdir.glob("out-*.raw")) - self._before
+                self.played = out.read_bytes()
+        finally:
+            self.ram.close()
 
 
 class QemuIntx:

@@ -36,6 +36,7 @@ from frontend_shim.guests.guest import EventLine, RamMemory
 from frontend_shim.links.audio import AudioLink
 from services.devices import es1370_regs as R
 from services.devices import svga_regs as S
+from tests.audio_helpers import STEREO16, start_dac2
 from tests.bench.floors import floor_clients
 from tests.bench.profile import flame_graphs
 from tests.bench.stats import _cpu_seconds, interleaved, interleaved_record, percentile, time_calls
@@ -175,14 +176,7 @@ def measure_interrupts(
             c.version()
             c.dma_map(GUEST_RAM_IOVA, GUEST_RAM_SIZE, ram)
             c.set_irqs(IRQ_DATA_EVENTFD | IRQ_TRIGGER, 0, 0, 1, (efd,))
-            stereo16 = (R.FMT_BIT_16 | R.FMT_BIT_STEREO) << R.SCTRL_SH_P2FMT
-            c.write32(0, R.CONTROL, R.CTRL_CDC_EN)
-            c.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC)
-            c.write32(0, R.DAC2_FRAMEADR & 0xFF, GUEST_RAM_IOVA)
-            c.write32(0, R.DAC2_FRAMECNT & 0xFF, ring // 4 - 1)
-            c.write32(0, R.SERIAL_CONTROL, stereo16 | R.SCTRL_P2INTEN)
-            c.write32(0, R.DAC2_SCOUNT, period_frames - 1)
-            c.write32(0, R.CONTROL, R.CTRL_CDC_EN | R.dac2_divider(44100) << R.CTRL_SH_PCLKDIV | R.CTRL_DAC2_EN)
+            start_dac2(c.write32, GUEST_RAM_IOVA, ring, period_frames, 44100)
             pids = {"shim": shim.proc.pid, "service": shim.service_pid}
             start, cpu = time.monotonic(), {who: _cpu_seconds(pid) for who, pid in pids.items()}
             end = start + seconds
@@ -195,11 +189,11 @@ def measure_interrupts(
                 status = c.read32(0, R.STATUS)  # the handler's first access: QEMU deasserts and unmasks after it
                 c.set_irqs(IRQ_DATA_NONE | IRQ_UNMASK, 0, 0, 1)
                 if status & R.STAT_DAC2:
-                    c.write32(0, R.SERIAL_CONTROL, stereo16)  # ack: INT_EN off, then on again
-                    c.write32(0, R.SERIAL_CONTROL, stereo16 | R.SCTRL_P2INTEN)
+                    c.write32(0, R.SERIAL_CONTROL, STEREO16)  # ack: INT_EN off, then on again
+                    c.write32(0, R.SERIAL_CONTROL, STEREO16 | R.SCTRL_P2INTEN)
             played = time.monotonic() - start
             cpu = {who: _cpu_seconds(pid) - cpu[who] for who, pid in pids.items()}
-            c.write32(0, R.SERIAL_CONTROL, stereo16)
+            c.write32(0, R.SERIAL_CONTROL, STEREO16)
             c.write32(0, R.CONTROL, R.CTRL_CDC_EN)
             c.close()
     finally:
