@@ -34,7 +34,7 @@ SETTINGS = [
             "--mix-rate, with per-VM volume and mute (SetVolume)"),
     Setting("--mix-rate", 48000, "RDV_MIX_RATE", settings.number(8000, 192000, integer=True), metavar="HZ",
             help="with --mix service: the output's sample rate (16-bit stereo); other rates are resampled (soxr)"),
-    Setting("--mix-buffer-ms", 80.0, "RDV_MIX_BUFFER_MS", settings.number(20, 1000), metavar="MS",
+    Setting("--mix-buffer-ms", 40.0, "RDV_MIX_BUFFER_MS", settings.number(20, 1000), metavar="MS",
             help="with --mix service: how much each VM's input may hold ahead of the mix (its device buffer); more "
             "rides out longer stalls of a busy host, adding that much latency"),
     Setting("--mix-log", "", None, hidden=True),  # tests: each run of frames a VM contributed to the mix (JSON lines)
