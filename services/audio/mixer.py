@@ -151,9 +151,9 @@ class MixerInput:
                     if mixer.clock.now() - self._dry_at < _UNDERRUN_GAP:
                         self.underruns += 1
                     self._dry_at = None
-                self._chunks.append(frames[:room])
-                self._frames += len(frames[:room])
-                frames = frames[room:]
+                chunk, frames = frames[:room], frames[room:]
+                self._chunks.append(chunk)
+                self._frames += len(chunk)
                 self._started = True
                 mixer.cond.notify_all()
 

@@ -170,14 +170,15 @@ class AudioSession(DeviceSession):
         req = self._pending.pop(channel)
         if self.model.dma_window(channel, req.length) != (req.addr, req.length):
             self.counters["stale_dma"] += 1  # the guest stopped or moved the DAC meanwhile: the chip never took it
-        elif not d.ok or len(d.data) != req.length:
+            self._after_change()
+            return
+        self._credit.commit(self.model, channel, req.length)
+        if not d.ok or len(d.data) != req.length:
             # Guest memory was unreadable there (the VM went away, say): the card took the bytes and got nothing,
             # so nothing plays (the shim logs the outage once).
             self.counters["dma_failed"] += 1
-            self._credit.commit(self.model, channel, req.length)
             self._credit.lost(channel, req.length)
         else:
-            self._credit.commit(self.model, channel, req.length)
             self._push(channel, req.fmt, d.data)
             self._chunk_latency(time.monotonic_ns() - req.sent_ns)
         self._after_change()
