@@ -4,6 +4,13 @@ The session thread pushes PCM; a player thread writes it to the sink. Sinks that
 (`null`, ALSA's `file:`, WAV files) are paced with the clock, so positions reported back to the shim mean the
 same thing whatever the sink. Nothing is ever invented: an underrun waits for data instead of writing silence,
 which keeps the output byte-identical to what the guest played.
+
+The jitter buffer is made by starting late, not by holding bytes: playback (re)starts `target_latency` after the
+stream's first bytes arrived (and once that much is buffered). A DMA that starts reads the guest's whole ring at
+once, but from then on it moves at the card's rate and at most one period ahead of it (the slack rule in
+`services.devices.dma`), so a player that started as soon as that first burst held its target would be left,
+a ring later, with about one period of audio in hand: 23 ms at 44.1 kHz with 1024-frame periods, which the
+first stall of a busy host empties. Started `target_latency` after the first bytes, it keeps that much.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class ChannelPlayer:
         self._depth_limit: int | None = None
         self._cond = threading.Condition()
         self._closing = False
+        self._arrived_at = 0.0  # when the queue last went from empty to holding audio
         self._thread = threading.Thread(target=self._run, name=f"player-{name}", daemon=True)
         self._thread.start()
 
@@ -60,6 +68,8 @@ class ChannelPlayer:
         does not wait for a target latency it can never reach."""
         with self._cond:
             self._depth_limit = depth_limit
+            if not self._queue:
+                self._arrived_at = self._clock.now()
             self._queue.append((fmt, data))
             self._buffered += len(data)
             self.stats.bytes_received += len(data)
@@ -92,7 +102,8 @@ class ChannelPlayer:
         return fmt, data
 
     def _wait_for_prebuffer(self, dry_at: float | None) -> bool:
-        """Block until a target latency's worth is buffered (or the stream stops growing)."""
+        """Block until the stream has arrived for a target latency and that much is buffered (or it stops
+        growing). Both are capped at what the DMA lets the buffer hold."""
         with self._cond:
             while not self._queue and not self._closing:
                 self._cond.wait()
@@ -104,11 +115,17 @@ class ChannelPlayer:
             want = int(self._target * fmt.rate) * fmt.frame_bytes
             if self._depth_limit:
                 want = min(want, self._depth_limit)
-            while self._buffered < want and not self._closing:
-                before = self._buffered
-                self._cond.wait(self._clock.real_seconds(self._target))
-                if self._buffered == before:
-                    break  # the stream paused or ended: play what there is
+            start_at = self._arrived_at + want / (fmt.rate * fmt.frame_bytes)
+            while not self._closing:
+                if self._buffered < want:
+                    before = self._buffered
+                    self._cond.wait(self._clock.real_seconds(self._target))
+                    if self._buffered == before:
+                        break  # the stream paused or ended: play what there is
+                elif (early := start_at - self._clock.now()) > 0:
+                    self._cond.wait(self._clock.real_seconds(early))
+                else:
+                    break
             return True
 
     def _run(self) -> None:
