@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from rdv.common.v1 import common_pb2
-from services.common import logs, sessions, settings, tls
+from services.common import heap, logs, sessions, settings, tls
 from services.common.settings import Setting
 from services.common.version import VERSION
 
@@ -202,6 +202,7 @@ async def serve(service: str, args: argparse.Namespace, parts: ServiceParts) -> 
             raise SystemExit(
                 f"rdv {service}: cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc.strerror}"
             ) from None
+    heap.settle()  # before SERVING: sessions start on a heap whose start-up objects full collections skip
     for name in [*parts.names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"rdv {service} listening on {args.listen}", flush=True)
