@@ -85,6 +85,7 @@ class AudioSession(DeviceSession):
         self._next_request = 1
         self._irq = self.model.irq
         self._closed = False
+        self._progress_due: set[int] = set()  # channels whose player progress waits on the loop
         # Recent PCM path latencies (ns): mirrored = chunk read at the shim -> applied here (one way);
         # backend = our DMA request -> the data applied here (the round trip this mode needs).
         self.audio_chunk_ns: deque[int] = deque(maxlen=4096)
@@ -219,7 +220,7 @@ class AudioSession(DeviceSession):
                 self._sink(name),
                 self.config.clock,
                 self.config.target_latency,
-                lambda stats, ch=channel: self._loop.call_soon_threadsafe(self._progress, ch, stats),
+                partial(self._progress_soon, channel),
             )
             self._players[channel] = player
         player.push(fmt, data, self.model.buffer_bytes(channel))
@@ -271,7 +272,16 @@ class AudioSession(DeviceSession):
             self._send(audio_pb2.BackendMessage(dma_request=msg))
         self._sync_irq()
 
+    def _progress_soon(self, channel: int, stats: PlayerStats) -> None:
+        """A player thread wrote to its sink: one position report per channel waits on the loop at a time (the
+        report reads the player's stats when it runs, so it carries all the progress made meanwhile). A busy loop
+        with four VMs' players behind it then catches up on positions instead of sending every stale one."""
+        if channel not in self._progress_due:
+            self._progress_due.add(channel)
+            self._loop.call_soon_threadsafe(self._progress, channel, stats)
+
     def _progress(self, channel: int, stats: PlayerStats) -> None:
+        self._progress_due.discard(channel)  # before the stats are read: later progress schedules a new report
         if self._closed:
             return
         self._credit.played(channel, stats.bytes_played)
