@@ -147,7 +147,9 @@ def test_four_vms_mixed_exactly_while_one_crashes_restarts_and_one_sends_garbage
         procs[vm] = shim(tmp_path / f"{vm}.wav", vm, dac, tmp_path / f"{vm}.dma", svc.address)
 
     def playing(vm: str) -> str | None:
-        return next((s.session_id for s in sessions(stub) if s.vm == vm and s.counters["pcm_bytes"]), None)
+        """The VM's session once some of its audio went into the mix (playback starts a target latency after
+        the first bytes arrive)."""
+        return next((s.session_id for s in sessions(stub) if s.vm == vm and s.counters["bytes_played"]), None)
 
     wait_for("vm x did not start playing", lambda: playing("x"))
     crashing.kill()  # a VM crashes mid-song (its shim dies without a word) ...

@@ -106,8 +106,12 @@ def test_a_busy_host_slows_every_codec_alike(monkeypatch: pytest.MonkeyPatch) ->
         time.sleep(2 * (time.perf_counter() - started))
         return out
 
+    idle = auto(LOOPBACK)
+    for _ in range(20):
+        idle.encode(TEXT, 640)
     monkeypatch.setattr(encoding_policy.codec, "encode", slow)
     p = auto(LOOPBACK)
     chosen = [p.encode(TEXT, 640)[0] for _ in range(20)]
     assert chosen == ["image"] * 20
-    assert p.slowdown > 1.5
+    # against this host's own unloaded figure (its speed differs from the defaults' machine): about 3x
+    assert p.slowdown > 1.5 * idle.slowdown
