@@ -6,10 +6,10 @@ on a width x height x 32 desktop (800x600 unless --width/--height):
   {"op": "update", "x": X, "y": Y, "w": W, "h": H}                  SVGA_CMD_UPDATE, then SYNC
   {"op": "copy", "sx": SX, "sy": SY, "x": X, "y": Y, "w": W, "h": H}  SVGA_CMD_RECT_COPY, then SYNC
 Blank lines are skipped. Every `update` and `copy` waits until the service has presented it and gives one
-record: `bytes_to_service` (the stream's bytes on the socket for that step, HTTP/2 framing included: the shim
-connects through a counting TCP relay), `latency_ms` (SYNC to presented, on the service's clock when it is on
-this host, else until the acknowledgement is back), the pixel payload and encodings. At the end the service's
-picture is compared with the guest's framebuffer pixel for pixel (`verified`).
+record: `bytes_to_service` (the stream's bytes on the socket for that step, HTTP/2 framing included, as the
+kernel counts them on the shim's TCP connection: `TCP_INFO`), `latency_ms` (SYNC to presented, on the service's
+clock when it is on this host, else until the acknowledgement is back), the pixel payload and encodings. At the
+end the service's picture is compared with the guest's framebuffer pixel for pixel (`verified`).
 
 Exit status: 0 verified, 1 no service, 2 bad input (the message names the line), 3 the pictures differ.
 """
@@ -30,8 +30,8 @@ import grpc
 
 from frontend_shim.commands import options
 from frontend_shim.guests.scripted_svga import VRAM_SIZE, GuestError, ScriptedSvgaDriver, new_memory
-from frontend_shim.links.byte_relay import ByteRelay
 from frontend_shim.links.display import ENCODINGS, DisplayLink
+from frontend_shim.links.socket_bytes import SocketBytes
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common import raster
 from services.common.png import bgrx_to_rgb, decode
@@ -151,9 +151,9 @@ def replay(
     gap_ms: float = GAP_MS,
 ) -> dict:
     """Replay `steps` through a DisplayLink to `display` (ConnectionError if it cannot be reached)."""
-    relay = ByteRelay(display)
+    wire = SocketBytes(display)
     vram, fifo = new_memory(vram_size=max(VRAM_SIZE, width * height * 4))
-    link = DisplayLink([relay.address], "mirrored", vram, fifo, vm="replay-frames", encoding=encoding,
+    link = DisplayLink([display], "mirrored", vram, fifo, vm="replay-frames", encoding=encoding,
                        tile_diff=tile_diff, refresh_period=0)  # fmt: skip
     try:
         link.start()
@@ -165,13 +165,12 @@ def replay(
             raise ConnectionError(f"{display} did not present the first frame in {timeout} s")
         records = []
         for step in steps:
-            record = _run_step(step, driver, link, relay, timeout, gap_ms / 1000)
+            record = _run_step(step, driver, link, wire, timeout, gap_ms / 1000)
             if record:  # `put` steps give none
                 records.append(record)
         verified, differing = _verify(display, link, driver)
     finally:
         link.close(drain=False)
-        relay.close()
     s = link.stats
     return {
         "records": records,
@@ -189,7 +188,7 @@ def replay(
 
 
 def _run_step(
-    step: Step, driver: ScriptedSvgaDriver, link: DisplayLink, relay: ByteRelay, timeout: float, gap: float
+    step: Step, driver: ScriptedSvgaDriver, link: DisplayLink, wire: SocketBytes, timeout: float, gap: float
 ) -> dict:
     if step.op == "put":
         driver.put_pixels(step.rect, step.bgrx)
@@ -198,7 +197,7 @@ def _run_step(
     if wait > 0:
         time.sleep(min(wait, gap))
     s = link.stats
-    sent0, payload0, pixels0, encodings0 = relay.counts()[0], s.payload_bytes, s.pixel_bytes, Counter(s.encodings)
+    sent0, payload0, pixels0, encodings0 = wire.counts()[0], s.payload_bytes, s.pixel_bytes, Counter(s.encodings)
     r = step.rect
     if step.op == "update":
         driver.update(r)
@@ -219,7 +218,7 @@ def _run_step(
         "y": r.y,
         "w": r.w,
         "h": r.h,
-        "bytes_to_service": relay.counts()[0] - sent0,
+        "bytes_to_service": wire.counts()[0] - sent0,
         "latency_ms": round(latency / 1e6, 3),
         "latency_clock": "service" if same_clock else "shim",
         "payload_bytes": s.payload_bytes - payload0,
