@@ -115,3 +115,21 @@ def test_a_busy_host_slows_every_codec_alike(monkeypatch: pytest.MonkeyPatch) ->
     assert chosen == ["image"] * 20
     # against this host's own unloaded figure (its speed differs from the defaults' machine): about 3x
     assert p.slowdown > 1.5 * idle.slowdown
+
+
+def test_auto_samples_a_rectangle_once_while_its_bands_stay_of_one_kind(monkeypatch) -> None:
+    """Row bands of one rectangle: the first is sampled with every codec; the next keep its choice while the
+    content stays of its kind, and a band of the other kind (photo after text) is sampled again."""
+    p = auto(LOOPBACK)
+    chosen: list[str] = []
+    real = p.choose
+    monkeypatch.setattr(p, "choose", lambda data, width: chosen.append(real(data, width)[0]) or real(data, width))
+    row = 640 * 4
+    text_bands = [TEXT[y * row : (y + 160) * row] for y in (0, 160, 320)]
+    photo_band = PHOTO[: 160 * row]
+    encs = [p.encode(b, 640, band=i > 0)[0] for i, b in enumerate(text_bands)]
+    assert chosen == ["image"] and encs == ["image"] * 3
+    photo_enc = p.encode(photo_band, 640, band=True)[0]
+    assert len(chosen) == 2 and photo_enc == chosen[1]  # the photo was judged on its own
+    p.encode(text_bands[0], 640)  # a new rectangle: sampled again
+    assert len(chosen) == 3

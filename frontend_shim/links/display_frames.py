@@ -297,9 +297,9 @@ class FrameBuilder:
             if self.tile_diff:
                 self._unknown_to_shadow(v.rect, v.pixels, mode.width, bypp)
         for rect, data in self._pixels_to_send(batch, bypp, stats, policy.link_bps):
-            for band, chunk in _bands(rect, data, rect.w * bypp):
+            for i, (band, chunk) in enumerate(_bands(rect, data, rect.w * bypp)):
                 t = time.perf_counter_ns()
-                enc, encoded = policy.encode(chunk, band.w if bypp == 4 else 0)
+                enc, encoded = policy.encode(chunk, band.w if bypp == 4 else 0, band=i > 0)
                 stats.encode_ns += time.perf_counter_ns() - t
                 if len(frame.updates) and (
                     payload + len(encoded) > FRAME_PAYLOAD_BUDGET or decoded + len(chunk) > max_frame

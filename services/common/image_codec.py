@@ -36,7 +36,7 @@ import numpy as np
 STORED, PALETTE, PLANES = 0, 1, 2
 MAX_PALETTE = 16
 MAX_WIDTH = 0xFFFF
-_SAMPLE = 512  # pixels looked at before deciding a rectangle might have a palette
+SAMPLE = 512  # pixels looked at before deciding a rectangle might have a palette
 ZSTD_LEVEL = 1  # measured: level 3 makes palette planes 14 % larger and planes 0.6 % smaller, and is slower
 _BYPP = 4
 # byte -> the 8 bytes 0/1 of its bits, most significant first (np.unpackbits' order), as one uint64
@@ -68,9 +68,9 @@ def _palette(px: np.ndarray) -> tuple[list[int], np.ndarray] | None:
 
     Colour by colour: the first pixel not yet indexed brings the next colour (argmax of a bool array stops at
     the first True), one comparison indexes all of its pixels. A few passes for text; a photo is turned away
-    by a sample of _SAMPLE pixels before any pass."""
+    by a sample of SAMPLE pixels before any pass."""
     flat = px.reshape(-1)
-    if len(np.unique(flat[:: max(1, flat.size // _SAMPLE)])) > MAX_PALETTE:
+    if len(np.unique(flat[:: max(1, flat.size // SAMPLE)])) > MAX_PALETTE:
         return None
     idx = np.zeros(flat.size, dtype=np.uint8)
     colours = [int(flat[0])]
