@@ -11,7 +11,8 @@
   rows with each candidate, corrected by what the previous full encodes of that encoding actually gave against
   their sample. Among the candidates within SLACK of the fastest it takes the smallest: bytes are what a user
   pays on Wi-Fi or a shared link, and a few percent of latency buys a lot of them. So on a slow link photos go
-  `image` (half of raw); on loopback they go raw when that is clearly faster; text goes `image` everywhere.
+  `image` (half of raw), and on loopback too; only a link faster than ~2 GB/s sends them zstd or raw; text goes
+  `image` everywhere.
 
 `TileDiffGate` switches tile diff off while it does not pay: it compares, per batch, what comparing cost in
 shim time with the wire time the skipped bytes saved; after GATE_WINDOW batches that did not pay it rests for
@@ -29,10 +30,11 @@ from services.common import codec, image_codec
 ENCODINGS = (*codec.ENCODINGS, "auto")
 AUTO_CANDIDATES = ("raw", "lz4", "lzo", "zstd", "image")
 # Encode (shim, a starting point: learned from every encode) and decode (service, kept) cost in ns per pixel byte,
-# measured on 640x480 text and photo rectangles on this project's 2-core VM (`python -m tests.bench.codecs`);
-# image per method (0 stored, 1 palette, 2 planes); raw is a slice.
-ENCODE_NS = {"raw": 0.0, "lz4": 0.35, "zstd": 0.8, "lzo": 0.35, "image:0": 0.8, "image:1": 1.3, "image:2": 3.5}
-DECODE_NS = {"raw": 0.0, "lz4": 0.3, "zstd": 0.6, "lzo": 0.4, "image:0": 0.6, "image:1": 1.0, "image:2": 1.6}
+# measured on 640x480 text and photo rectangles on this project's 2-core VM (`python -m tests.bench.codecs`,
+# 2026-12-05, idle host; image's figures had been twice these since the first measurement); image per method
+# (0 stored, 1 palette, 2 planes); raw is a slice.
+ENCODE_NS = {"raw": 0.0, "lz4": 0.35, "zstd": 0.8, "lzo": 0.35, "image:0": 0.8, "image:1": 0.6, "image:2": 1.8}
+DECODE_NS = {"raw": 0.0, "lz4": 0.3, "zstd": 0.6, "lzo": 0.4, "image:0": 0.6, "image:1": 0.4, "image:2": 1.3}
 # Candidates within 25 % + 1.5 ns per byte (about 1.8 ms for a 640x480 window; more in proportion while the host is
 # busy and every encode slower) of the fastest compete on bytes.
 SLACK, SLACK_NS = 1.25, 1.5
