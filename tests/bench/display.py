@@ -174,12 +174,12 @@ class _Direct:
         self.effects: list[object] = []
 
     def io_read(self, bar: int, offset: int, size: int) -> int:
-        value = self.dev.io_read(offset, size)
+        value = self.dev.read(offset, size)
         self.effects += self.dev.take_pending().effects
         return value
 
     def io_write(self, bar: int, offset: int, size: int, value: int) -> None:
-        self.effects += self.dev.io_write(offset, size, value).effects
+        self.effects += self.dev.write(offset, size, value).effects
 
 
 def run(quick: bool, workdir: Path, link: Link | None = None) -> list[dict]:
