@@ -133,13 +133,17 @@ def test_refused_with_clear_status(audio, case: str) -> None:  # noqa: ANN001
     assert audio.proc.poll() is None
 
 
-def test_garbage_bytes_on_the_stream(audio) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("after_open", [False, True], ids=["first", "after-open"])
+def test_garbage_bytes_on_the_stream(audio, after_open: bool) -> None:  # noqa: ANN001
+    """Garbage as the first message (the open gate's read) or after a good `open` (the session's loop) ends the
+    stream with INVALID_ARGUMENT, and the service lives on."""
+    first = [open_msg().SerializeToString()] if after_open else []
     with grpc.insecure_channel(audio.address) as ch:
         raw = ch.stream_stream(
             "/rdv.audio.v1.AudioService/Session", request_serializer=None, response_deserializer=None
         )
         with pytest.raises(grpc.RpcError) as err:
-            for _ in raw(iter([b"\xff\xff\xff\xff\x0f garbage"]), timeout=10):
+            for _ in raw(iter([*first, b"\xff\xff\xff\xff\x0f garbage"]), timeout=10):
                 pass
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "malformed" in err.value.details()

@@ -246,6 +246,8 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
+        if sessions.parses_its_requests(handler.stream_stream):
+            return handler  # its stream ends malformed messages itself (see `sessions.parses_own_requests`)
         return _parsing(handler)
 
 
