@@ -111,6 +111,21 @@ def test_still_stream_ends_with_a_lossless_refresh() -> None:
     assert pending == [VIDEO] and cuts == [] and streams.take_ends() == [sid]
 
 
+@pytest.mark.parametrize(("fps", "ends_after"), [(30, 8 / 30), (10, 0.5), (60, 0.25)])
+def test_still_time_follows_the_stream_frame_rate(fps: float, ends_after: float) -> None:
+    """8 of the stream's frame intervals, within [0.25, 0.5] s (the setting): a 30 frames/s film is exact sooner
+    after it pauses, a 10 frames/s animation is not cut at a late frame."""
+    screen, streams = Screen(), video_streams(still=0.5)
+    for i in range(16):
+        screen.play(i)
+        drive(streams, screen, [(i / fps, VIDEO)])
+    assert len(streams.streams) == 1
+    last = 15 / fps
+    assert streams.next_still(last) == pytest.approx(ends_after, abs=1e-6)
+    assert not streams.expire(last + ends_after - 0.01)
+    assert streams.expire(last + ends_after + 0.001)
+
+
 def test_a_full_redraw_ends_every_stream_at_the_service() -> None:
     screen, streams = Screen(), video_streams()
     for i in range(8):

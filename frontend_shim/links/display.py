@@ -260,14 +260,19 @@ class DisplayLink(DeviceLink):
             self.process_fifo()
 
     def _video_timer(self) -> None:
-        """Video streams that stopped changing end, and their regions get the lossless refresh."""
-        while not self.stopping.wait(0.05):
+        """Video streams that stopped changing end, and their regions get the lossless refresh: checked every
+        50 ms, or sooner when a stream's still time runs out before that."""
+        wait = 0.05
+        while not self.stopping.wait(wait):
             now = time.monotonic()
+            wait = 0.05
             for slot in self.slots:
                 with self.lock:
                     ended = slot.builder.video.expire(now)
+                    wait = min(wait, slot.builder.video.next_still(now))
                 if ended:
                     slot.wake()
+            wait = max(0.005, wait)
 
     def video_state(self) -> list[dict[str, object]]:
         """Per service: codec, live streams, frames and bytes encoded."""

@@ -9,8 +9,11 @@ each frame the builder asks for the stream's whole rectangle cut from VRAM and i
 services/common/video_codec.py). The part of an update outside every stream stays lossless.
 
 Streams start, move and resize with the content (a candidate overlapping a stream promotes after 2 updates and
-replaces it) and end when their region has not changed for `still_seconds` (default 0.5 s): the region is then
-sent once more, lossless, so a paused picture and the desktop around it end up pixel-exact within a second.
+replaces it) and end when their region has stopped changing: for STILL_FRAMES of the stream's own frame
+intervals, at least MIN_STILL_SECONDS and at most `still_seconds` (default 0.5 s): 0.27 s for a 30 frames/s film,
+0.5 s for a 10 frames/s animation, so a jittery slow stream is not cut at every late frame. The region is then
+sent once more, lossless, so a paused picture and the desktop around it end up pixel-exact within a second (#17:
+the refresh of a grainy 1080p picture alone is ~0.45 s of wire time at 100 Mbit).
 A service that drops a stream (its notice names it) gets the same lossless refresh.
 
 Rate control: each stream's encoder is capped at min(--video-max-mbps, LINK_SHARE of the measured link speed)
@@ -34,7 +37,10 @@ VIDEO_MODES = ("auto", "off", "h264", "jpeg")
 MIN_AREA = 128 * 96  # smaller updates are never video (cursors, text, icons)
 PROMOTE_UPDATES = 4  # updates in a row at video rate before a candidate is looked at
 MIN_FPS = 10.0
-STILL_SECONDS = 0.5  # a stream unchanged this long ends with a lossless refresh (within 1 s, said #17)
+STILL_SECONDS = 0.5  # a stream unchanged this long ends with a lossless refresh (within 1 s, said #17), at most
+STILL_FRAMES = 8  # ... or for this many of its frame intervals, if that is shorter
+MIN_STILL_SECONDS = 0.25  # ... but never sooner
+_FRAME_GAP = 0.004  # updates closer than this belong to one guest frame (several rectangles of one picture)
 PHOTO_RATIO = 0.5  # lz4 size / size of a pixel sample above this: photo-like
 MAX_STREAMS = 4
 MAX_CANDIDATES = 16
@@ -102,11 +108,30 @@ class VideoStream:
     rect: Rect
     encoder: video_codec.Encoder
     last_update: float
+    times: deque[float] = field(default_factory=lambda: deque(maxlen=STILL_FRAMES + 1))  # its recent frames
     dirty: bool = True
     keyframe: bool = True
     updates: int = 0
     frames: int = 0
     bytes: int = 0
+
+    def updated(self, now: float) -> None:
+        self.dirty, self.last_update = True, now
+        self.updates += 1
+        if not self.times or now - self.times[-1] >= _FRAME_GAP:
+            self.times.append(now)
+
+    def still_for(self, longest: float) -> float:
+        """How long the region must stay unchanged for the stream to end: STILL_FRAMES of its mean frame interval
+        of late, within [MIN_STILL_SECONDS, longest]."""
+        n = len(self.times)
+        if n < 2:
+            return longest
+        interval = (self.times[-1] - self.times[0]) / (n - 1)
+        return min(longest, max(MIN_STILL_SECONDS, STILL_FRAMES * interval))
+
+    def still(self, now: float, longest: float) -> bool:
+        return now - self.last_update >= self.still_for(longest)
 
 
 @dataclass
@@ -180,8 +205,7 @@ class VideoStreams:
             rest = []
             for p in pieces:
                 if not p.intersection(s.rect).empty:
-                    s.dirty, s.last_update = True, now
-                    s.updates += 1
+                    s.updated(now)
                     rest += subtract(p, s.rect)
                 else:
                     rest.append(p)
@@ -221,7 +245,7 @@ class VideoStreams:
         desktop = Rect(0, 0, surface.width, surface.height)
         self._promote(vram, surface, desktop, now)
         for s in list(self.streams):
-            if now - s.last_update >= self.settings.still_seconds:
+            if s.still(now, self.settings.still_seconds):
                 self._end(s)
         pending = [p for p in pending if not any(s.rect.contains(p) for s in self.streams)] + self.refresh
         self.refresh = []
@@ -259,7 +283,8 @@ class VideoStreams:
                 continue
             self._ids += 1
             encoder = video_codec.make_encoder(self.codec, rect.w, rect.h, self.settings.quality, 1000)  # type: ignore[arg-type]
-            self.streams.append(VideoStream(self._ids, rect, encoder, c.times[-1]))
+            times = deque(c.times, maxlen=STILL_FRAMES + 1)
+            self.streams.append(VideoStream(self._ids, rect, encoder, c.times[-1], times))
             self.started += 1
             self.candidates.remove(c)
             log.info("video stream started", extra={"stream": self._ids, "rect": _fmt(rect), "codec": self.codec})
@@ -285,12 +310,17 @@ class VideoStreams:
     def expire(self, now: float) -> bool:
         """End the streams that have been still long enough (the link's video timer calls this; the link closing
         passes now = inf to end them all); True if any."""
-        still = [s for s in self.streams if now - s.last_update >= self.settings.still_seconds]
+        still = [s for s in self.streams if s.still(now, self.settings.still_seconds)]
         for s in still:
             self._end(s)
             # its candidates go too: a stream ended early (now = inf: the link closes) must not start again
             self.candidates = [c for c in self.candidates if c.rect.intersection(s.rect).empty]
         return bool(still)
+
+    def next_still(self, now: float) -> float:
+        """Seconds until the first stream would end if nothing changes (inf: no stream)."""
+        longest = self.settings.still_seconds
+        return min((s.last_update + s.still_for(longest) - now for s in self.streams), default=float("inf"))
 
     # ------------------------------------------------------------------ sender thread
     def encode(self, cuts: list[VideoCut]) -> list[VideoFrameOut]:
@@ -330,4 +360,3 @@ def _even(r: Rect) -> Rect:
 
 def _fmt(r: Rect) -> str:
     return f"{r.w}x{r.h}+{r.x}+{r.y}"
-
