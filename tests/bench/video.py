@@ -85,11 +85,12 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
     grain_ssims: list[float] = []  # the source frame against itself without its film grain, for comparison
     text_exact = True
     frame = 0
+    last_frame_at = 0.0
 
     def play(seconds: float, until: Callable[[], bool] | None = None) -> float:
         """The guest plays the clip for `seconds` (or until `until()` says so); returns the CPU seconds its own
         drawing took."""
-        nonlocal frame
+        nonlocal frame, last_frame_at
         t0, k, g = time.monotonic(), 0, 0.0
         while not until() if until is not None else time.monotonic() - t0 < seconds:
             g0 = time.thread_time()
@@ -97,6 +98,7 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
             g += time.thread_time() - g0
             driver.update(rect)
             driver.sync()
+            last_frame_at = time.monotonic()
             frame += 1
             k += 1
             pause = t0 + k / FPS - time.monotonic()  # paced from the start
@@ -148,7 +150,7 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
         # CLOCK_MONOTONIC, the same host's) is when the screen became what it still is, and one screenshot after
         # that, with nothing presented meanwhile, says whether that was exact. (Polling with screenshots would load
         # the service with PNG encodes while it decodes the refresh, and only bracket the moment.)
-        stopped = time.monotonic()
+        stopped = last_frame_at  # the clip's last frame (a text line beside it changes after it)
         deadline = stopped + 10
         exact_after = None
         while link.video_state()[0]["streams"] and time.monotonic() < deadline:
@@ -157,7 +159,7 @@ def measure(address: str, service_pid: int, resolution: str, video: str, link_na
             presented = link.last_presented_ns
             rgb = screenshot(address, link.slots[0].conn.session_id)[2]
             if rgb == guest_rgb(driver) and link.last_presented_ns == presented:
-                exact_after = round(presented / 1e9 - stopped, 3)
+                exact_after = round(max(0.0, presented / 1e9 - stopped), 3)
         state = link.video_state()[0]
         # Each screenshot against the source frame it showed (the best match among the frames played up to it:
         # chosen on a strip, then the PSNR of the whole rectangle); the desktop around the video must be exactly one of
