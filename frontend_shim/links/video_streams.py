@@ -13,7 +13,7 @@ replaces it) and end when their region has stopped changing: for STILL_FRAMES of
 intervals, at least MIN_STILL_SECONDS and at most `still_seconds` (default 0.5 s): 0.27 s for a 30 frames/s film,
 0.5 s for a 10 frames/s animation, so a jittery slow stream is not cut at every late frame. The region is then
 sent once more, lossless, so a paused picture and the desktop around it end up pixel-exact within a second (#17:
-the refresh of a grainy 1080p picture alone is ~0.45 s of wire time at 100 Mbit).
+the lossless refresh of a grainy 1080p picture, 3-5.6 MB, is 0.25-0.45 s of wire time at 100 Mbit).
 A service that drops a stream (its notice names it) gets the same lossless refresh.
 
 Rate control: each stream's encoder is capped at min(--video-max-mbps, LINK_SHARE of the measured link speed)
@@ -130,8 +130,9 @@ class VideoStream:
         interval = (self.times[-1] - self.times[0]) / (n - 1)
         return min(longest, max(MIN_STILL_SECONDS, STILL_FRAMES * interval))
 
-    def still(self, now: float, longest: float) -> bool:
-        return now - self.last_update >= self.still_for(longest)
+    def ends_at(self, longest: float) -> float:
+        """When the stream ends if its region changes no more."""
+        return self.last_update + self.still_for(longest)
 
 
 @dataclass
@@ -245,7 +246,7 @@ class VideoStreams:
         desktop = Rect(0, 0, surface.width, surface.height)
         self._promote(vram, surface, desktop, now)
         for s in list(self.streams):
-            if s.still(now, self.settings.still_seconds):
+            if now >= s.ends_at(self.settings.still_seconds):
                 self._end(s)
         pending = [p for p in pending if not any(s.rect.contains(p) for s in self.streams)] + self.refresh
         self.refresh = []
@@ -310,7 +311,7 @@ class VideoStreams:
     def expire(self, now: float) -> bool:
         """End the streams that have been still long enough (the link's video timer calls this; the link closing
         passes now = inf to end them all); True if any."""
-        still = [s for s in self.streams if s.still(now, self.settings.still_seconds)]
+        still = [s for s in self.streams if now >= s.ends_at(self.settings.still_seconds)]
         for s in still:
             self._end(s)
             # its candidates go too: a stream ended early (now = inf: the link closes) must not start again
@@ -319,8 +320,7 @@ class VideoStreams:
 
     def next_still(self, now: float) -> float:
         """Seconds until the first stream would end if nothing changes (inf: no stream)."""
-        longest = self.settings.still_seconds
-        return min((s.last_update + s.still_for(longest) - now for s in self.streams), default=float("inf"))
+        return min((s.ends_at(self.settings.still_seconds) - now for s in self.streams), default=float("inf"))
 
     # ------------------------------------------------------------------ sender thread
     def encode(self, cuts: list[VideoCut]) -> list[VideoFrameOut]:
