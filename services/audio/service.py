@@ -14,7 +14,15 @@ from services.audio.sources import SourceConfig
 from services.audio.sources.wav import read_format
 from services.common import logs, tls
 from services.common.server import live_info
-from services.common.sessions import VM_NAME, VM_NAME_RULE, DeviceSession, OpenGate, SessionError, SessionServicer
+from services.common.sessions import (
+    BACKEND,
+    VM_NAME,
+    VM_NAME_RULE,
+    DeviceSession,
+    OpenGate,
+    SessionError,
+    SessionServicer,
+)
 from services.devices import es1370_regs as R
 from services.devices.es1370_convert import state_from_proto, state_to_proto
 
@@ -53,8 +61,9 @@ class AudioServicer(SessionServicer, audio_pb2_grpc.AudioServiceServicer):
         )
         return audio_pb2.BackendMessage(opened=opened)
 
-    def pump_interval(self) -> float:
-        return self.config.clock.real_seconds(PUMP_INTERVAL)
+    def pump_interval(self, session: AudioSession) -> float:
+        """Backend mode's DMA engine runs here; a mirrored session's runs in the shim and needs no tick."""
+        return self.config.clock.real_seconds(PUMP_INTERVAL) if session.mode == BACKEND else 0.0
 
     # ------------------------------------------------------------------ debugging RPCs
     async def GetServiceInfo(self, request, context: grpc.aio.ServicerContext) -> common_pb2.ServiceInfo:  # noqa: ANN001

@@ -291,8 +291,8 @@ class SessionServicer:
         """The BackendMessage that answers `open`."""
         raise NotImplementedError
 
-    def pump_interval(self) -> float:
-        """Real seconds between `pump` calls of a session (0: none)."""
+    def pump_interval(self, session: Any) -> float:
+        """Real seconds between `pump` calls of `session` (0: none)."""
         return 0.0
 
     def attach(self, session: DeviceSession) -> None:
@@ -325,7 +325,7 @@ class SessionServicer:
         self.attach(session)
         self.log.info("session opened", extra={"session": session_id, "vm": session.vm, "peer": session.peer})
         writer = asyncio.create_task(outbox.run())
-        interval = self.pump_interval()
+        interval = self.pump_interval(session)
         ticker = asyncio.create_task(_tick(session, interval)) if interval > 0 else None
         error: SessionError | None = None
         clean_end = False
