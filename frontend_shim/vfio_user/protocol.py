@@ -18,6 +18,7 @@ from enum import IntEnum
 
 HEADER = struct.Struct("<HHIII")  # id, command, size, flags, error
 HEADER_SIZE = HEADER.size  # 16
+_UNPACK_HEADER = HEADER.unpack_from
 
 
 class Command(IntEnum):
@@ -259,6 +260,8 @@ class Framer:
         self.sock = sock
         self.buf = bytearray(capacity)
         self.view = memoryview(self.buf)
+        self._whole = [self.view]  # recvmsg_into's buffers when nothing is buffered
+        self._recv = sock.recvmsg_into
         self.max_size = max_size
         self._start = 0  # the unread bytes are buf[_start:_end]
         self._end = 0
@@ -267,6 +270,16 @@ class Framer:
     def next(self) -> tuple[int, int, int, int, int, memoryview | bytes, list[int], bool]:
         """The next message: id, command, size (as sent), flags, error, payload (a view into the buffer, valid until
         the next call, or bytes for a long message), its fds, and whether the kernel truncated them."""
+        if self._end == self._start:
+            # Nothing buffered: the usual case, where one read takes exactly one message (a trapped access).
+            self._start = self._end = 0
+            k, ancdata, msg_flags, _ = self._recv(self._whole, _ANCILLARY)
+            self._took(0, k, ancdata, msg_flags)
+            if k >= HEADER_SIZE and not self._fds:  # (fds, or their truncation: the general path below)
+                mid, command, size, flags, error = _UNPACK_HEADER(self.buf)
+                if size == k:
+                    self._end = 0
+                    return mid, command, size, flags, error, self.view[HEADER_SIZE:k], [], False
         if self._end - self._start < HEADER_SIZE:
             self._read_at_least(HEADER_SIZE)
         start = self._start
@@ -297,20 +310,24 @@ class Framer:
             self.buf[:have] = bytes(self.view[self._start : self._end])
             self._fds = [(pos - self._start, fds, cut) for pos, fds, cut in self._fds]
             self._start, self._end = 0, have
-        recvmsg_into, view = self.sock.recvmsg_into, self.view
+        view = self.view
         while self._end - self._start < n:
             end = self._end
-            k, ancdata, msg_flags, _ = recvmsg_into([view[end:]], _ANCILLARY)
-            if ancdata or msg_flags & _MSG_CTRUNC:
-                fds: list[int] = []
-                _take_fds(ancdata, fds)
-                self._fds.append((end + k - 1, fds, bool(msg_flags & _MSG_CTRUNC)))
-            if not k:
-                self.close_fds()
-                raise ConnectionDropped(
-                    "peer closed the socket" if self._end == self._start else "peer closed the socket mid-message"
-                )
-            self._end = end + k
+            k, ancdata, msg_flags, _ = self._recv([view[end:]], _ANCILLARY)
+            self._took(end, k, ancdata, msg_flags)
+
+    def _took(self, end: int, k: int, ancdata: list[tuple[int, int, bytes]], msg_flags: int) -> None:
+        """Account one read of `k` bytes into buf[end:]: its fds go with its last byte; 0 bytes is the peer gone."""
+        if ancdata or msg_flags & _MSG_CTRUNC:
+            fds: list[int] = []
+            _take_fds(ancdata, fds)
+            self._fds.append((end + k - 1, fds, bool(msg_flags & _MSG_CTRUNC)))
+        if not k:
+            self.close_fds()
+            raise ConnectionDropped(
+                "peer closed the socket" if self._end == self._start else "peer closed the socket mid-message"
+            )
+        self._end = end + k
 
     def _long(self, mid: int, command: int, size: int, flags: int, error: int) -> tuple:  # type: ignore[type-arg]
         """A message longer than the buffer: what is buffered of it, then exact reads for the rest (an oversize

@@ -43,6 +43,7 @@ _ACCESSES = frozenset((P.Command.REGION_READ.value, _REGION_WRITE))
 _PACK_HEADER = P.HEADER.pack
 _RW_SIZE, _UNPACK_RW, _PACK_RW = P.REGION_RW.size, P.REGION_RW.unpack, P.REGION_RW.pack
 _REPLY_FLAGS = (P.TYPE_REPLY, P.TYPE_REPLY | P.FLAG_ERROR)
+_HEADER_SIZE, _NO_REPLY = P.HEADER_SIZE, P.FLAG_NO_REPLY
 
 # on_access(kind, region, offset, size, value): kind is "R" or "W" for trapped BAR accesses.
 AccessHook = Callable[[str, int, int, int, int], None]
@@ -349,12 +350,12 @@ class _QemuClientConnection:
             log.exception("request failed", extra={"command": P.command_name(command), "id": mid})
             self.stats.errors[errno.errorcode[errno.EIO]] += 1
         finally:
-            with self._dma_lock:
-                self._busy = False
+            # No lock to end it: a DMA request that still sees `_busy` only fails fast and is retried.
+            self._busy = False
         if self._early_sent:
             self._early_sent = False  # the guest has its answer
-        elif not flags & P.FLAG_NO_REPLY:
-            head = _PACK_HEADER(mid, command, P.HEADER_SIZE + len(reply), _REPLY_FLAGS[bool(error)], error)
+        elif not flags & _NO_REPLY:
+            head = _PACK_HEADER(mid, command, _HEADER_SIZE + len(reply), _REPLY_FLAGS[bool(error)], error)
             with self._send_lock:
                 try:
                     self.sock.sendall(head + reply)
