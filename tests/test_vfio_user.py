@@ -1094,13 +1094,29 @@ def test_framer_cuts_messages_out_of_reads_and_gives_fds_to_the_message_they_cam
         assert (mid, size, payload) == (8, 316, b"")
         assert framer.next()[0] == 9  # still in step
 
-        theirs.sendall(_msg(10, REGION_READ, bytes(16))[:20])
+        r, w = os.pipe()  # a message alone in its read, with an fd: not the fast path's, still its own fds
+        theirs.sendmsg([_msg(10, SET_IRQS, bytes(20))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", r))])
+        os.close(r)
+        mid, _, _, _, _, _, fds, truncated = framer.next()
+        assert (mid, len(fds), truncated) == (10, 1, False)
+        os.close(fds[0])
+        os.close(w)
+
+        theirs.sendall(_msg(11, REGION_READ, bytes(16))[:20])
         theirs.close()
         with pytest.raises(P.ConnectionDropped, match="mid-message"):
             framer.next()
     finally:
         ours.close()
         theirs.close()
+    ours, theirs = socket.socketpair()  # the peer gone between messages
+    theirs.sendall(_msg(1, REGION_READ, bytes(16)))
+    theirs.close()
+    framer = P.Framer(ours)
+    assert framer.next()[0] == 1
+    with pytest.raises(P.ConnectionDropped, match="^peer closed the socket$"):
+        framer.next()
+    ours.close()
 
 
 class RemoteDevice(ModelDevice):
