@@ -20,6 +20,8 @@ CTRL, ALT, KEY_A = 0xE0, 0xE2, 0x04
 
 
 class ScriptedPresenter(HeadlessPresenter):
+    has_events = True  # `send` hands it window events, pumped like SDL's
+
     def __init__(self) -> None:
         super().__init__()
         self.jobs: list[RenderJob] = []

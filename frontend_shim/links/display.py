@@ -93,6 +93,11 @@ class DisplayLink(DeviceLink):
         self.flushed = threading.Condition()
         self.last_presented_ns = 0  # service CLOCK_MONOTONIC of the latest present acknowledged (same host)
         self.slots = [ScreenEnd(self, t, i == 0) for i, t in enumerate(targets)]
+        # Wake the refresh and video timers from their sleep: the FIFO turned on, a video stream started.
+        self._fifo_on = threading.Event()
+        self._video_on = threading.Event()
+        for slot in self.slots:
+            slot.builder.video.on_start = self._video_on.set
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, connect_timeout: float = 5.0, required: bool = True) -> None:
@@ -127,6 +132,8 @@ class DisplayLink(DeviceLink):
             self.flush(timeout)
         self.stopping.set()
         self.wake_supervisor.set()
+        self._fifo_on.set()
+        self._video_on.set()
         for slot in self.slots:
             slot.wake()
             slot.close(drain, timeout)
@@ -158,6 +165,8 @@ class DisplayLink(DeviceLink):
         self.stats.writes += 1
         with self.lock:
             res = self.model.write(offset, size, value)  # a SYNC write runs the FIFO pass here
+            if self.model.fifo_enabled and not self._fifo_on.is_set():
+                self._fifo_on.set()
             for slot in self.slots:
                 conn = slot.conn
                 if conn is not None:
@@ -256,14 +265,31 @@ class DisplayLink(DeviceLink):
 
     # ------------------------------------------------------------------ internals
     def _refresh(self) -> None:
-        while not self.stopping.wait(self.refresh_period):
+        """A FIFO pass every refresh period while the FIFO is on (QEMU's display refresh does the same). Until
+        the driver turns it on no pass could find anything: sleep until the write that does, so an idle card
+        costs no wake-ups (each one can move the vfio-user thread off the guest's CPU: README, hot path)."""
+        while not self.stopping.is_set():
+            if not self.model.fifo_enabled:
+                self._fifo_on.clear()
+                if not self.model.fifo_enabled:  # (a write may have turned it on since the first look)
+                    self._fifo_on.wait()
+                continue
+            if self.stopping.wait(self.refresh_period):
+                return
             self.process_fifo()
 
     def _video_timer(self) -> None:
         """Video streams that stopped changing end, and their regions get the lossless refresh: checked every
-        50 ms, or sooner when a stream's still time runs out before that."""
+        50 ms, or sooner when a stream's still time runs out before that; asleep while no stream plays."""
         wait = 0.05
-        while not self.stopping.wait(wait):
+        while not self.stopping.is_set():
+            if not any(slot.builder.video.streams for slot in self.slots):
+                self._video_on.clear()
+                if not any(slot.builder.video.streams for slot in self.slots):
+                    self._video_on.wait()
+                    continue
+            if self.stopping.wait(wait):
+                return
             now = time.monotonic()
             wait = 0.05
             for slot in self.slots:

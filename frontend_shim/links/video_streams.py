@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from services.common import codec, logs, raster, video_codec
@@ -168,6 +168,7 @@ class VideoStreams:
         self._ids = 0
         self.started = self.ended = self.encoded_frames = self.encoded_bytes = 0
         self.encode_seconds = 0.0
+        self.on_start: Callable[[], None] | None = None  # a stream started (the link's video timer wakes)
 
     def configure(self, offered: Sequence[str] | None) -> None:
         """A new session at a service that decodes `offered` (None: no video there)."""
@@ -288,6 +289,8 @@ class VideoStreams:
             self.streams.append(VideoStream(self._ids, rect, encoder, c.times[-1], times))
             self.started += 1
             self.candidates.remove(c)
+            if self.on_start is not None:
+                self.on_start()
             log.info("video stream started", extra={"stream": self._ids, "rect": _fmt(rect), "codec": self.codec})
 
     def _end(self, s: VideoStream) -> None:

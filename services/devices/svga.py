@@ -739,9 +739,14 @@ class SvgaII:
             return f"FIFO NEXT_CMD or STOP outside [MIN, MAX) ({regs})"
         return None
 
+    @property
+    def fifo_enabled(self) -> bool:
+        """The driver has turned the FIFO on (ENABLE and CONFIG_DONE): a pass may find commands."""
+        return bool(self._config_done and self._enable & R.ENABLE_ENABLE)
+
     def _run_pass(self, max_commands: int) -> FifoResult:
         res = FifoResult()
-        if not (self._config_done and self._enable & R.ENABLE_ENABLE):
+        if not self.fifo_enabled:
             self._busy = False
             return res
         lo, hi, nxt, stop = _words_struct(R.FIFO_NUM_BASIC_REGS).unpack_from(self.fifo, 0)

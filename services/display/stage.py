@@ -390,11 +390,16 @@ class Stage:
                     if self._stop:
                         break
                     dirty = any(v.pending.dirty() for v in self._views)
-                    wait = _EVENT_POLL
+                    # A window system's events are pumped every _EVENT_POLL; with none (headless) the stage
+                    # sleeps until a frame, an action or the stop wakes it.
+                    poll = _EVENT_POLL if self.presenter.has_events else None
+                    wait = poll
                     if dirty:
                         wait = last + self._interval - time.monotonic()
-                    if wait > 0 and not self._actions:
-                        self._cond.wait(min(wait, _EVENT_POLL))
+                        if poll is not None:
+                            wait = min(wait, poll)
+                    if (wait is None or wait > 0) and not self._actions:
+                        self._cond.wait(wait)
                         dirty = False
                     if dirty:
                         for v in self._views:

@@ -78,6 +78,11 @@ class WindowEvent:
 class Presenter(Protocol):
     name: str  # "sdl:x11", "sdl:dummy", "headless": shown in GetDisplayState
 
+    @property
+    def has_events(self) -> bool:
+        """`poll_events` may return something (a window system whose events must be pumped), read once open."""
+        ...
+
     def open(self) -> None: ...
 
     def render(self, job: RenderJob) -> None: ...

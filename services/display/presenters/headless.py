@@ -7,6 +7,7 @@ from services.display.presenters.base import RenderJob, WindowEvent
 
 class HeadlessPresenter:
     name = "headless"
+    has_events = False  # nothing to pump: the stage sleeps until there is work
 
     def __init__(self) -> None:
         self.renders = 0

@@ -54,6 +54,10 @@ class SdlPresenter:
         self._null = False  # SDL failed and fallback was allowed: behave like the headless presenter
         self._notice: str | None = None
 
+    @property
+    def has_events(self) -> bool:
+        return not self._null  # (SDL's dummy driver too: its windows are pumped like real ones)
+
     def open(self) -> None:
         if self.headless or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             os.environ["SDL_VIDEODRIVER"] = "dummy"
