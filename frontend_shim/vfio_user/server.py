@@ -330,9 +330,11 @@ class _QemuClientConnection:
         follow-up (the interrupt re-check), and a mirrored or posted write is applied or queued before it.
         `payload` may be a view into the framer's buffer: valid until the next message is read."""
         self.stats.requests[command] += 1
-        with self._dma_lock:
-            self._busy = True
-            if self._waiters:
+        # Busy first, then the look for waiting DMA; a DMA request registers its waiter first, then looks at
+        # `_busy` (`_dma_request`): one of the two always sees the other, so the lock is taken only to abort.
+        self._busy = True
+        if self._waiters:
+            with self._dma_lock:
                 self._abort_waiters()
         write = command == _REGION_WRITE
         held = write and self._hold_writes is not None
@@ -649,11 +651,12 @@ class _QemuClientConnection:
         with self._dma_lock:
             if self._closed:
                 raise GuestMemoryError("the client is gone")
+            msg_id = next(i & 0xFFFF for i in self._ids if i & 0xFFFF not in self._waiters)
+            self._waiters[msg_id] = waiter  # before the look at `_busy` (see `_access`)
             if self._busy:
+                del self._waiters[msg_id]
                 self.stats.dma_aborted += 1
                 raise GuestMemoryBusy("the client is waiting for our reply and cannot serve DMA now")
-            msg_id = next(i & 0xFFFF for i in self._ids if i & 0xFFFF not in self._waiters)
-            self._waiters[msg_id] = waiter
         self.stats.dma_requests += 1
         self._send(P.Header(msg_id, command, P.HEADER_SIZE + len(payload), P.TYPE_REQUEST), payload)
         if not waiter.event.wait(self.server.dma_timeout):
