@@ -10,9 +10,12 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from frontend_shim.guests.scripted_svga import new_memory
+from frontend_shim.links.display import DisplayLink
 from frontend_shim.links.display_frames import add_damage
 from rdv.display.v1 import display_pb2, display_pb2_grpc
 from services.common.raster import Rect
+from services.devices import svga_regs as SR
 from services.devices.svga_convert import registers_to_proto
 from tests.display_helpers import first_difference, guest_rgb, screenshot, start_guest
 from tests.helpers import start_service
@@ -66,6 +69,33 @@ def test_mirrored_registers_equal_the_service_replica(display) -> None:
         assert ack.registers == ours
     finally:
         link.close()
+
+
+@pytest.mark.parametrize("mode", ["mirrored", "backend"])
+def test_selecting_the_selected_register_again_sends_nothing_in_mirrored_mode(display, mode: str) -> None:
+    """A driver polling BUSY writes the same INDEX before every VALUE read: in mirrored mode nothing changes at
+    either end, so no message goes; in backend mode the service holds the index, and every write goes."""
+
+    vram, fifo = new_memory()
+    link = DisplayLink([display.address], mode, vram, fifo, encoding="lz4", access_timeout=2.0)
+    link.start()
+    try:
+        link.io_write(0, SR.INDEX_PORT, 4, SR.REG_BUSY)
+        assert link.barrier() is not None
+        sent = link.stats.messages_to_service
+        for _ in range(20):
+            link.io_write(0, SR.INDEX_PORT, 4, SR.REG_BUSY)
+            link.io_read(0, SR.VALUE_PORT, 4)
+        assert link.barrier() is not None
+        extra = link.stats.messages_to_service - sent - 1  # (the barrier itself)
+        if mode == "mirrored":
+            assert extra == 0
+            ours, theirs = link.compare_mirror()
+            assert theirs is not None and ours == theirs
+        else:
+            assert extra >= 20  # 20 writes (batched or not) and 20 reads at least
+    finally:
+        link.close(drain=False)
 
 
 def test_backend_mode_reads_come_from_the_service(display) -> None:

@@ -811,3 +811,16 @@ def test_port_fuzz_never_raises_or_writes_outside(accesses: list[tuple[tuple[int
     mirror.restore(dev.snapshot())
     assert mirror.snapshot() == dev.snapshot() and mirror.mode == dev.mode
     assert len(dev.vram) == PITCH * H + TAIL and len(dev.fifo) == FIFO_SIZE
+
+
+def test_reselecting_the_selected_register_is_known_to_change_nothing() -> None:
+    """`reselects`: a whole-word INDEX write of the index already selected, with no split VALUE access open (which
+    any other write abandons), is the only write the mirrored link may leave out of the stream."""
+    dev, _ = make()
+    dev.write(R.INDEX_PORT, 4, R.REG_ID)
+    assert dev.reselects(R.INDEX_PORT, 4, R.REG_ID)
+    assert not dev.reselects(R.INDEX_PORT, 4, R.REG_WIDTH)  # another register
+    assert not dev.reselects(R.INDEX_PORT, 2, R.REG_ID)  # part of the port
+    assert not dev.reselects(R.VALUE_PORT, 4, R.REG_ID)  # the value port writes a register
+    dev.write(R.VALUE_PORT, 2, 0x1234)  # the first half of a split VALUE write: the INDEX write would drop it
+    assert not dev.reselects(R.INDEX_PORT, 4, R.REG_ID)

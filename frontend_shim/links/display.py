@@ -151,9 +151,10 @@ class DisplayLink(DeviceLink):
         if self.mode == "mirrored":
             with self.lock:
                 value = self.model.read(offset, size)
-                res = self.model.take_pending()  # a BUSY read may have run the FIFO
-                if res.ran or res.effects:
-                    self._after_pass(res)
+                if self.model.has_pending:  # a BUSY read may have run the FIFO
+                    res = self.model.take_pending()
+                    if res.ran or res.effects:
+                        self._after_pass(res)
             return value
         if size not in (1, 2, 4) or offset < 0 or offset + size > R.IO_BAR_SIZE:
             raise AccessError(f"{size}-byte access at offset {offset} is outside the {R.IO_BAR_SIZE}-byte BAR0")
@@ -164,6 +165,8 @@ class DisplayLink(DeviceLink):
             raise AccessError(f"the SVGA II has port I/O on BAR0 only, not BAR{bar}")
         self.stats.writes += 1
         with self.lock:
+            if self.mode == "mirrored" and self.model.reselects(offset, size, value):
+                return  # nothing changes here, nor in the services' equal copies: no message
             res = self.model.write(offset, size, value)  # a SYNC write runs the FIFO pass here
             if self.model.fifo_enabled and not self._fifo_on.is_set():
                 self._fifo_on.set()

@@ -419,6 +419,11 @@ class SvgaII:
             return (self._irq_status >> lane) & _mask(size)
         return 0  # BIOS port and the unused bytes of the BAR
 
+    def reselects(self, offset: int, size: int, value: int) -> bool:
+        """The write selects the register already selected, with no split access open: it changes nothing (a
+        driver polling BUSY writes the same INDEX before every VALUE read)."""
+        return offset == R.INDEX_PORT and size == _WORD and value == self._index and self._split is None
+
     def write(self, offset: int, size: int, value: int) -> FifoResult:
         """A guest write to BAR0; the result carries what it caused (a SYNC write runs the FIFO)."""
         _check_access(offset, size)
@@ -473,6 +478,12 @@ class SvgaII:
         res = self.take_pending()
         res.merge(self._run_pass(max(1, max_commands)))
         return res
+
+    @property
+    def has_pending(self) -> bool:
+        """Port reads caused something since the last `take_pending` (cheaper to ask than to take)."""
+        q = self._queued
+        return bool(q.ran or q.effects or q.errors or q.commands)
 
     def take_pending(self) -> FifoResult:
         """What port reads caused since the last result (a BUSY read may run the FIFO); clears it."""
