@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -267,15 +267,22 @@ class DisplayLink(DeviceLink):
         return list(self.stats.latency_ns)
 
     # ------------------------------------------------------------------ internals
+    def _sleep_while_idle(self, wake: threading.Event, busy: Callable[[], bool]) -> bool:
+        """A timer with nothing to do (not `busy()`) sleeps until `wake` is set (by what makes it busy, or by
+        close); True if it slept. `busy` is asked again after the clear: a wake set before that is never lost."""
+        if busy():
+            return False
+        wake.clear()
+        if not busy():
+            wake.wait()
+        return True
+
     def _refresh(self) -> None:
         """A FIFO pass every refresh period while the FIFO is on (QEMU's display refresh does the same). Until
         the driver turns it on no pass could find anything: sleep until the write that does, so an idle card
         costs no wake-ups (each one can move the vfio-user thread off the guest's CPU: README, hot path)."""
         while not self.stopping.is_set():
-            if not self.model.fifo_enabled:
-                self._fifo_on.clear()
-                if not self.model.fifo_enabled:  # (a write may have turned it on since the first look)
-                    self._fifo_on.wait()
+            if self._sleep_while_idle(self._fifo_on, lambda: self.model.fifo_enabled):
                 continue
             if self.stopping.wait(self.refresh_period):
                 return
@@ -286,11 +293,8 @@ class DisplayLink(DeviceLink):
         50 ms, or sooner when a stream's still time runs out before that; asleep while no stream plays."""
         wait = 0.05
         while not self.stopping.is_set():
-            if not any(slot.builder.video.streams for slot in self.slots):
-                self._video_on.clear()
-                if not any(slot.builder.video.streams for slot in self.slots):
-                    self._video_on.wait()
-                    continue
+            if self._sleep_while_idle(self._video_on, lambda: any(slot.builder.video.streams for slot in self.slots)):
+                continue
             if self.stopping.wait(wait):
                 return
             now = time.monotonic()
