@@ -1,0 +1,5 @@
+"""The remote node's device services (audio, display, input) and what they share."""
+
+from services.common import grpc_runtime
+
+grpc_runtime.configure()  # before any channel or server: services/common/grpc_runtime.py

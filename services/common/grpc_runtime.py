@@ -1,0 +1,24 @@
+"""How rdv's processes run gRPC's core: chosen once, before any channel or server exists.
+
+grpcio 1.80 moved Python's clients and listeners onto gRPC's EventEngine: a message that arrives is read by an
+EventEngine thread and handed to the thread that polls the completion queue (the sync channel's spin thread,
+grpc.aio's poller), one more thread wake-up per message at each end. On the 2-core node that doubles a round
+trip: a bare gRPC bidi echo took 322 µs with it and 140 µs without, and a backend register read over vfio-user
+fell from ~430 to ~355 µs (README, "gRPC's core"). rdv's processes therefore turn the two experiments off
+(`GRPC_EXPERIMENTS=-event_engine_client,-event_engine_listener`), as gRPC's maintainers advise for a
+regression; a user who sets GRPC_EXPERIMENTS decides instead (empty: gRPC's defaults).
+
+gRPC reads the variable when its core first starts (the first channel or server, not `import grpc`); the
+packages `services` and `frontend_shim` call `configure()` when they are imported, so every rdv process, test
+and benchmark runs the same core.
+"""
+
+from __future__ import annotations
+
+import os
+
+EXPERIMENTS = "-event_engine_client,-event_engine_listener"
+
+
+def configure() -> None:
+    os.environ.setdefault("GRPC_EXPERIMENTS", EXPERIMENTS)
