@@ -12,7 +12,9 @@ Each echo server is a Python process of its own, as rdv's servers are, on loopba
   (frontend_shim.session_stream.channel_options), requests from a queue, replies read in the caller's thread.
 
 `grpc_echo_pattern` records compare the client patterns grpcio offers for a session stream (why rdv's links use
-the sync stream with a reader thread: see README, "Benchmarks").
+the sync stream with a reader thread: see README, "Benchmarks"). `grpc_core` records time the same echo with
+gRPC's default core (EventEngine) and with rdv's choice (services/common/grpc_runtime.py), both ends started
+with that GRPC_EXPERIMENTS, alternated round by round; `ratio` is the median over the rounds of default / rdv.
 
     .venv/bin/python -m tests.bench.floors [--n 3000]        # prints the records
 """
@@ -37,6 +39,7 @@ import grpc
 
 from frontend_shim.commands.processes import ROOT
 from frontend_shim.links.session_stream import Waiter, channel_options
+from services.common import grpc_runtime
 from services.common.server import DEFAULT_KEEPALIVE, DEFAULT_MAX_MESSAGE_BYTES, server_options
 from tests.bench.stats import record, time_calls
 from tests.bench.vfio_client import HDR, REPLY, RW, SyncVfioUserClient
@@ -112,14 +115,16 @@ async def _serve_grpc_echo() -> None:
 
 
 @contextmanager
-def echo_server(kind: str, workdir: Path) -> Iterator[str]:
-    """Start one echo server process; yields its address (a socket path, or HOST:PORT for grpc)."""
+def echo_server(kind: str, workdir: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start one echo server process (`env`: added to ours); yields its address (a socket path, or HOST:PORT for
+    grpc)."""
     path = str(workdir / f"floor-{kind}-{os.getpid()}-{time.monotonic_ns()}.sock")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.bench.floors", "serve", kind, path],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -259,6 +264,43 @@ def floor_clients(workdir: Path) -> Iterator[dict[str, Callable[[], None]]]:
         yield calls
 
 
+GRPC_CORES = {"rdv": grpc_runtime.EXPERIMENTS, "grpc default": ""}  # GRPC_EXPERIMENTS of both ends
+
+
+def grpc_core_comparison(workdir: Path, n: int, rounds: int = 4) -> list[dict]:
+    """The bare gRPC echo under each of GRPC_CORES; the client runs in a process of its own too (this one's core
+    is rdv's), `n` round trips each in `rounds` alternated rounds."""
+    samples: dict[str, list[int]] = {name: [] for name in GRPC_CORES}
+    ratios = []
+    with ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(echo_server("grpc", workdir, {"GRPC_EXPERIMENTS": experiments}))
+            for name, experiments in GRPC_CORES.items()
+        }
+        for k in range(rounds):
+            p50 = {}
+            for name in list(GRPC_CORES)[k % 2 :] + list(GRPC_CORES)[: k % 2]:
+                out = subprocess.run(
+                    [sys.executable, "-m", "tests.bench.floors", "time-grpc", servers[name], str(max(1, n // rounds))],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                    env={**os.environ, "GRPC_EXPERIMENTS": GRPC_CORES[name]},
+                    check=True,
+                )
+                got = json.loads(out.stdout)
+                samples[name] += got
+                p50[name] = sorted(got)[len(got) // 2]
+            ratios.append(round(p50["grpc default"] / p50["rdv"], 2))
+    ratio = sorted(ratios)[len(ratios) // 2]
+    return [
+        record("grpc_core", name, got, None, message_bytes=20, grpc_experiments=GRPC_CORES[name],
+               **({"ratio": ratio, "ratio_rounds": ratios} if name == "grpc default" else {}))  # fmt: skip
+        for name, got in samples.items()
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- records
 FLOORS = ("floor_socket_echo", "floor_vfio_user_echo", "floor_grpc_echo")
 
@@ -276,6 +318,7 @@ def measure(workdir: Path, n: int, patterns: bool = True) -> list[dict]:
                 records.append(
                     record("grpc_echo_pattern", pattern, grpc_echo(address, n, pattern), None, message_bytes=20)
                 )
+            records += grpc_core_comparison(workdir, n)
     return records
 
 
@@ -293,13 +336,17 @@ def main() -> None:
         else:
             asyncio.run(_serve_grpc_echo())
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "time-grpc":  # grpc_core_comparison's client: the samples as JSON
+        print(json.dumps(grpc_echo(sys.argv[2], int(sys.argv[3]))))
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=3000)
     args = p.parse_args()
     out = ROOT / "build" / "bench"
     out.mkdir(parents=True, exist_ok=True)
     for r in measure(out, args.n):
-        print(json.dumps({k: r[k] for k in ("metric", "mode", "p50", "p99", "unit")}))
+        shown = ("metric", "mode", "p50", "p99", "unit", "ratio", "ratio_rounds")
+        print(json.dumps({k: r[k] for k in shown if k in r}))
 
 
 if __name__ == "__main__":
