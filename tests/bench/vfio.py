@@ -67,15 +67,21 @@ class ShimRun:
 
 @contextmanager
 def serve_vfio_user(
-    device: str, mode: str, work: Path, *extra: str, profile: str | None = None, root: Path = ROOT
+    device: str,
+    mode: str,
+    work: Path,
+    *extra: str,
+    profile: str | None = None,
+    root: Path = ROOT,
+    env: dict[str, str] | None = None,
 ) -> Iterator[ShimRun]:
     """The shim and its service; with `profile`, py-spy flame graphs of both go to build/bench/flame-*.svg. `root`:
-    the checkout whose shim and service run (another revision's, to compare in one run)."""
+    the checkout whose shim and service run (another revision's, to compare in one run); `env`: added to both's."""
     if device == "svga":
-        service = start_service("display", work, "--presenter", "headless", cwd=root)
+        service = start_service("display", work, "--presenter", "headless", cwd=root, env=env)
         device_args = ["--device", "svga", "--display", service.address, "--vram-scan-ms", "0"]
     else:
-        service = start_service("audio", work, "--sink", "null", cwd=root)
+        service = start_service("audio", work, "--sink", "null", cwd=root, env=env)
         device_args = ["--audio", service.address]
     sock_path = str(work / f"bench-{device}-{mode}-{time.monotonic_ns()}.sock")
     shim = subprocess.Popen(
@@ -85,7 +91,7 @@ def serve_vfio_user(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "RDV_LOG_LEVEL": "warning"},
+        env={**os.environ, "RDV_LOG_LEVEL": "warning", **(env or {})},
     )
     run = ShimRun(shim, sock_path, service.proc.pid, service.address)
     try:
@@ -269,7 +275,13 @@ def main() -> None:
     p.add_argument("--baseline", type=Path, metavar="DIR",
                    help="also time the register read of another revision's shim and service, in the same rounds "
                         "(DIR: its checkout, e.g. `git archive REV | tar -x -C DIR`)")  # fmt: skip
+    p.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment of the baseline's processes (e.g. `--baseline . --baseline-env "
+                        "GRPC_EXPERIMENTS=`: this checkout under gRPC's default core)")  # fmt: skip
     args = p.parse_args()
+    if any("=" not in kv for kv in args.baseline_env):
+        p.error("--baseline-env takes NAME=VALUE")
+    baseline_env = dict(kv.split("=", 1) for kv in args.baseline_env)
     if args.interrupts:
         with tempfile.TemporaryDirectory() as tmp:
             for mode in ("mirrored", "backend"):
@@ -286,7 +298,8 @@ def main() -> None:
                 with contextlib.ExitStack() as stack:
                     series = dict(floors)
                     if args.baseline:
-                        base = stack.enter_context(serve_vfio_user(device, mode, Path(tmp), root=args.baseline))
+                        base = stack.enter_context(serve_vfio_user(device, mode, Path(tmp), root=args.baseline,
+                                                                   env=baseline_env))  # fmt: skip
                         client = SyncVfioUserClient(base.socket)
                         stack.callback(client.close)
                         client.version()
