@@ -2,4 +2,4 @@
 
 from services.common import grpc_runtime
 
-grpc_runtime.configure()  # before any channel or server: services/common/grpc_runtime.py
+grpc_runtime.configure()  # before anything imports grpc: services/common/grpc_runtime.py

@@ -8,9 +8,11 @@ fell from ~430 to ~355 µs (README, "gRPC's core"). rdv's processes therefore tu
 (`GRPC_EXPERIMENTS=-event_engine_client,-event_engine_listener`), as gRPC's maintainers advise for a
 regression; a user who sets GRPC_EXPERIMENTS decides instead (empty: gRPC's defaults).
 
-gRPC reads the variable when its core first starts (the first channel or server, not `import grpc`); the
-packages `services` and `frontend_shim` call `configure()` when they are imported, so every rdv process, test
-and benchmark runs the same core.
+gRPC reads the variable once, when `grpc` is first imported: setting it later changes nothing. The packages
+`services`, `frontend_shim` and `tests` call `configure()` first thing when they are imported, and `python -m`
+imports a module's package before the module, so every rdv process, test and benchmark runs the same core. A
+program of one's own that imports `grpc` before any rdv package keeps gRPC's defaults
+(tests/test_grpc_runtime.py shows both).
 """
 
 from __future__ import annotations
