@@ -266,6 +266,32 @@ def run(quick: bool, workdir: Path) -> list[dict]:
     return records
 
 
+def _threads_cpu_ns(pid: int) -> int:
+    """CPU time so far of all of a process's threads, in ns (the first field of each thread's schedstat)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return total
+
+
+def cpu_per_backend_read(n: int, work: Path) -> dict:
+    """Microseconds of CPU the shim and the audio service spend per backend ES1370 STATUS read (all threads)."""
+    with serve_vfio_user("es1370", "backend", work) as shim:
+        client = SyncVfioUserClient(shim.socket)
+        try:
+            client.version()
+            for _ in range(200):
+                client.read32(0, R.STATUS)
+            pids = {"shim": shim.proc.pid, "service": shim.service_pid}
+            before = {k: _threads_cpu_ns(p) for k, p in pids.items()}
+            took = time_calls(lambda: client.read32(0, R.STATUS), n, warmup=0)
+            cpu = {f"{k}_cpu_us": round((_threads_cpu_ns(p) - before[k]) / n / 1000, 1) for k, p in pids.items()}
+            return {"p50_us": round(percentile(took, 0.5) / 1000, 1), **cpu}
+        finally:
+            client.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=2000)
@@ -278,7 +304,13 @@ def main() -> None:
     p.add_argument("--baseline-env", action="append", default=[], metavar="NAME=VALUE",
                    help="environment of the baseline's processes (e.g. `--baseline . --baseline-env "
                         "GRPC_EXPERIMENTS=`: this checkout under gRPC's default core)")  # fmt: skip
+    p.add_argument("--cpu-per-read", type=int, default=0, metavar="N",
+                   help="instead: CPU of the shim and the service per backend ES1370 read, over N reads")  # fmt: skip
     args = p.parse_args()
+    if args.cpu_per_read:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(cpu_per_backend_read(args.cpu_per_read, Path(tmp))))
+        return
     if any("=" not in kv for kv in args.baseline_env):
         p.error("--baseline-env takes NAME=VALUE")
     baseline_env = dict(kv.split("=", 1) for kv in args.baseline_env)
