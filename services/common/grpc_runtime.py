@@ -1,10 +1,10 @@
-"""How rdv's processes run gRPC's core: chosen once, before any channel or server exists.
+"""How rdv's processes run gRPC's core: chosen once, before `grpc` is imported.
 
 grpcio 1.80 moved Python's clients and listeners onto gRPC's EventEngine: a message that arrives is read by an
 EventEngine thread and handed to the thread that polls the completion queue (the sync channel's spin thread,
-grpc.aio's poller), one more thread wake-up per message at each end. On the 2-core node that doubles a round
-trip: a bare gRPC bidi echo took 322 µs with it and 140 µs without, and a backend register read over vfio-user
-fell from ~430 to ~355 µs (README, "gRPC's core"). rdv's processes therefore turn the two experiments off
+grpc.aio's poller), one more thread wake-up per message at each end. On the 2-core node a bare gRPC bidi echo
+took 275–283 µs with it and 194–212 µs without, a backend register read over vfio-user 421–451 µs and 331–357 µs
+(README, hot path, "Fourth pass"). rdv's processes therefore turn the two experiments off
 (`GRPC_EXPERIMENTS=-event_engine_client,-event_engine_listener`), as gRPC's maintainers advise for a
 regression; a user who sets GRPC_EXPERIMENTS decides instead (empty: gRPC's defaults).
 
