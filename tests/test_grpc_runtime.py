@@ -20,6 +20,7 @@ from services.common import grpc_runtime
 from services.devices import es1370_regs as R
 from tests.bench.vfio import serve_vfio_user
 from tests.bench.vfio_client import SyncVfioUserClient
+from tests.test_idle_wakeups import _switches
 
 CALLS = 200
 
@@ -29,11 +30,8 @@ def _event_engine_wakes(pid: int) -> int:
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                if f.read().strip() != "event_engine":
-                    continue
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches:"))
+            if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == "event_engine":
+                total += _switches(pid, int(tid))
         except FileNotFoundError:  # a thread that ended meanwhile
             continue
     return total

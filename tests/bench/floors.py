@@ -41,7 +41,7 @@ from frontend_shim.commands.processes import ROOT
 from frontend_shim.links.session_stream import Waiter, channel_options
 from services.common import grpc_runtime
 from services.common.server import DEFAULT_KEEPALIVE, DEFAULT_MAX_MESSAGE_BYTES, server_options
-from tests.bench.stats import record, time_calls
+from tests.bench.stats import percentile, record, time_calls
 from tests.bench.vfio_client import HDR, REPLY, RW, SyncVfioUserClient
 
 ECHO_METHOD = "/rdv.bench.Echo/Echo"
@@ -291,7 +291,7 @@ def grpc_core_comparison(workdir: Path, n: int, rounds: int = 4) -> list[dict]:
                 )
                 got = json.loads(out.stdout)
                 samples[name] += got
-                p50[name] = sorted(got)[len(got) // 2]
+                p50[name] = percentile(got, 0.5)
             ratios.append(round(p50["grpc default"] / p50["rdv"], 2))
     ratio = sorted(ratios)[len(ratios) // 2]
     return [

@@ -39,7 +39,7 @@ from services.devices import svga_regs as S
 from tests.audio_helpers import STEREO16, start_dac2
 from tests.bench.floors import floor_clients
 from tests.bench.profile import flame_graphs
-from tests.bench.stats import _cpu_seconds, interleaved, interleaved_record, percentile, time_calls
+from tests.bench.stats import _cpu_seconds, _threads_cpu_ns, interleaved, interleaved_record, percentile, time_calls
 from tests.bench.vfio_client import IRQ_DATA_EVENTFD, IRQ_DATA_NONE, IRQ_TRIGGER, IRQ_UNMASK, SyncVfioUserClient
 from tests.helpers import ROOT, start_service
 from tests.test_vfio_user_harness import sealed_memfd
@@ -264,15 +264,6 @@ def run(quick: bool, workdir: Path) -> list[dict]:
                                 "p50": round(cpu, 3), "p99": round(cpu, 3), "unit": "s", "paper": None,
                                 "workload": f"vfio-user ES1370 {mode}"})  # fmt: skip
     return records
-
-
-def _threads_cpu_ns(pid: int) -> int:
-    """CPU time so far of all of a process's threads, in ns (the first field of each thread's schedstat)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
-    return total
 
 
 def cpu_per_backend_read(n: int, work: Path) -> dict:
