@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from frontend_shim.commands import options
+from frontend_shim.links import grpc_direct
 from services.common import heap, logs, settings
 from services.common.version import VERSION
 
@@ -34,6 +35,7 @@ def build_parser() -> settings.SettingsParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     options.log_level(p)
+    p.add_settings([options.GRPC_DIRECT])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
@@ -45,6 +47,7 @@ def build_parser() -> settings.SettingsParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.setup(args.log_level)
+    grpc_direct.enabled = args.grpc_direct
     heap.settle()  # every command's modules are imported: a guest's real time must not wait for them in the GC
     return args.run(args)
 

@@ -62,6 +62,10 @@ def tls_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-dir", default=os.environ.get("RDV_TLS_DIR") or None, help="mTLS folder from `certs shim`")
 
 
+GRPC_DIRECT = Setting(
+    "--grpc-direct", True, "RDV_GRPC_DIRECT", switch=True, negatable=True,
+    help="session streams send and receive without grpcio's helper threads (default; --no-grpc-direct: with them)",
+)  # fmt: skip
 LOG_LEVEL = Setting("--log-level", "warning", "RDV_LOG_LEVEL", settings.log_level, help="default warning")
 
 

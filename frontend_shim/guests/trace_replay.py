@@ -197,7 +197,7 @@ class MeteredLink(AudioLink):
         self.from_service: Counter[str] = Counter()
 
     def _sent(self, msg: audio_pb2.FrontendMessage, wire_bytes: int) -> None:
-        self.to_service[_TO_SERVICE.get(msg.WhichOneof("kind") or "", "control")] += wire_bytes  # sending thread
+        self.to_service[_TO_SERVICE.get(msg.WhichOneof("kind") or "", "control")] += wire_bytes  # as it leaves
 
     def _dispatch(self, conn: object, msg: audio_pb2.BackendMessage) -> None:
         what = _FROM_SERVICE.get(msg.WhichOneof("kind") or "", "control")

@@ -254,7 +254,7 @@ class AudioLink(DeviceLink):
 
     # ------------------------------------------------------------------ internals
     def _sent(self, msg: audio_pb2.FrontendMessage, wire_bytes: int) -> None:
-        """Runs on the stream's sending thread as each message leaves (a hook for meters)."""
+        """Runs as each message leaves, on the thread that sends it (a hook for meters)."""
 
     def _send(self, msg: audio_pb2.FrontendMessage) -> None:
         conn = self._conn
@@ -287,7 +287,7 @@ class AudioLink(DeviceLink):
             self._capture.start(fmt)
 
     def _captured(self, c: audio_pb2.CaptureData) -> None:
-        """Mirrored mode: recorded audio from the service, into the jitter buffer (reader thread)."""
+        """Mirrored mode: recorded audio from the service, into the jitter buffer (receiving thread)."""
         with self.lock:
             if c.start and self._adc_fmt is not None:
                 self._capture.start(self._adc_fmt)
@@ -317,7 +317,7 @@ class AudioLink(DeviceLink):
         conn.send(audio_pb2.FrontendMessage(dma_written=audio_pb2.DmaWritten(request_id=w.request_id, ok=ok)))
 
     def _dispatch(self, conn: _AudioServiceStream, msg: audio_pb2.BackendMessage) -> None:
-        """Runs on the connection's reader thread."""
+        """Runs on the stream's receiving thread (SessionStream)."""
         self._received(msg)
         kind = msg.WhichOneof("kind")
         if kind == "value" or kind == "barrier_ack":

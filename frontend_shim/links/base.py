@@ -86,7 +86,7 @@ class ServiceEnd:
         return False
 
     def lost(self, conn: SessionStream, error: str) -> None:
-        """(reader thread) `conn` ended: readers waiting on it fail, and the supervisor reopens the session."""
+        """(receiving thread) `conn` ended: readers waiting on it fail, and the supervisor reopens the session."""
         link = self.link
         if self.carries_requests:
             link._fail_waiters()
@@ -102,7 +102,7 @@ class ServiceEnd:
         link.wake_supervisor.set()
 
     def stream_ended(self, conn: SessionStream) -> None:
-        """(reader thread) Whatever waited on `conn` besides register reads gives up (e.g. the frame window)."""
+        """(receiving thread) Whatever waited on `conn` besides register reads gives up (e.g. the frame window)."""
 
     def close(self, drain: bool, timeout: float) -> None:
         conn, self.conn = self.conn, None
@@ -194,7 +194,7 @@ class DeviceLink:
 
     # ------------------------------------------------------------------ requests and replies
     def _received(self, msg: Any) -> None:
-        """(reader thread) Count a message from a service."""
+        """(receiving thread) Count a message from a service."""
         self.stats.bytes_from_service += msg.ByteSize() + FRAME_OVERHEAD
         self.stats.messages_from_service += 1
 
@@ -245,14 +245,14 @@ class DeviceLink:
         return waiter.value
 
     def _reply(self, kind: str, body: Any) -> None:
-        """A `value` or `barrier_ack` arrived (reader thread): release whoever waits for it."""
+        """A `value` or `barrier_ack` arrived (receiving thread): release whoever waits for it."""
         waiter = self.waiters.pop(body.seq, None)
         if waiter is not None:
             value = body.value if kind == "value" else body
             if waiter.early is not None:
                 try:
                     waiter.early(value)
-                except Exception:  # the reader thread must go on; the waiting thread answers instead
+                except Exception:  # the receiving thread must go on; the waiting thread answers instead
                     self.log.exception("early reply failed")
             waiter.set(value)
 

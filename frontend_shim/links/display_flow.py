@@ -107,7 +107,7 @@ class ScreenEnd(ServiceEnd):
         self.wake()
 
     def dispatch(self, conn: _DisplayServiceStream, msg: display_pb2.BackendMessage) -> None:
-        """Runs on the connection's reader thread."""
+        """Runs on the stream's receiving thread (SessionStream)."""
         link = self.link
         link._received(msg)
         kind = msg.WhichOneof("kind")

@@ -1,9 +1,9 @@
-"""Backend mode's writes into guest memory, done in order off the stream's reader thread when they must wait.
+"""Backend mode's writes into guest memory, done in order off the stream's receiving thread when they must wait.
 
 The audio service's ADC asks for one `DmaWrite` at a time and moves only once the shim answers. A write can fail
 for a moment: over vfio-user without shared guest RAM every write is a DMA_WRITE message, and QEMU serves none
 while it waits for our reply to a register access (which, in backend mode, waits for this very stream: retrying
-on the reader thread would deadlock). Such a write is retried from a thread of its own, and whatever is
+on the receiving thread would deadlock). Such a write is retried from a thread of its own, and whatever is
 submitted after it waits behind it. An action that still fails after `give_up` seconds (guest memory really gone),
 or at once where the guest has no memory (GuestMemoryUnmapped), is dropped, counted, and its `dropped` callback
 runs. The audio link runs its DMA reads, writes and the interrupts that follow them through one of these.
@@ -39,7 +39,7 @@ class OrderedDma:
         self._thread.start()
 
     def submit(self, action: Action, dropped: Dropped | None = None) -> None:
-        """Run `action` now, or after everything still waiting (caller: the stream's reader thread)."""
+        """Run `action` now, or after everything still waiting (caller: the stream's receiving thread)."""
         with self._lock:
             if not self._queue:
                 try:

@@ -1,12 +1,19 @@
 """The client end of one device session stream, shared by the audio and display links.
 
-Requests go through a queue that gRPC's sending thread consumes: messages (and posted register writes, queued
-as plain tuples) are built and sized there, off the guest's path. The writes queued behind each other when that
-thread takes one leave as one `writes` batch (gRPC sends one message at a time, so writes the guest makes while
-one is on its way pile up): a lone write waits for nothing, and messages keep their order. No coalescing window:
-replaying the real-driver traces (tests/data/traces) in mirrored mode, 970 writes leave as ~409 messages this
-way, and waiting up to 1 ms for more would save only ~13 of them. A thread reads the replies and hands them to
-`on_message`; when the stream ends, `on_lost` hears why.
+Requests go through a queue: messages (and posted register writes, queued as plain tuples) are built, sized and
+serialized as they leave. The writes queued behind each other when one leaves go as one `writes` batch (gRPC
+sends one message at a time, so writes the guest makes while one is on its way pile up): a lone write waits for
+nothing, and messages keep their order. No coalescing window: replaying the real-driver traces
+(tests/data/traces) in mirrored mode, 970 writes leave as ~409 messages this way, and waiting up to 1 ms for more
+would save only ~13 of them. Replies go to `on_message`, one at a time, in order, on the stream's receiving
+thread; when the stream ends, `on_lost` hears why (on that thread too).
+
+How the messages cross gRPC: with grpcio's own calls (`grpc_direct.supports`) a message leaves from the thread
+that sends it, or, when one is still on its way, from gRPC's channel thread as soon as that one is out, and the
+receiving thread is the channel thread (`grpc_direct.DirectCall`). Otherwise (the shim's `--no-grpc-direct`,
+another grpcio, an intercepted channel) grpcio's request thread takes the queue and a reader thread of ours is
+the receiving thread: two more thread hand-offs per round trip, which a backend register read paid until
+2026-12-06 (README, hot path).
 
 Why sync gRPC and not grpc.aio: a client with one event-loop thread for every stream (the guest posting to it,
 the loop writing, reading and waking the guest) was measured 5-8% slower per backend read on the 2-core node,
@@ -22,6 +29,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from frontend_shim.links import grpc_direct
 from services.common import register_writes
 
 FRAME_OVERHEAD = 5  # gRPC's length prefix per message, counted in the wire figures
@@ -44,9 +52,9 @@ class WireStats(Protocol):
 
 
 class Waiter:
-    """One reply a guest thread waits for, released by the reader thread. A held lock rather than an Event: the
-    guest's round trip is shorter (no condition, no lock made per wait). `set` must run at most once, so the
-    links pop a waiter from their table before setting it."""
+    """One reply a guest thread waits for, released by the stream's receiving thread. A held lock rather than an
+    Event: the guest's round trip is shorter (no condition, no lock made per wait). `set` must run at most once,
+    so the links pop a waiter from their table before setting it."""
 
     __slots__ = ("_lock", "value", "early")
 
@@ -92,6 +100,9 @@ class SessionStream:
         self._held_lock = threading.Lock()
         self._call: Any = None
         self._thread: threading.Thread | None = None
+        self._carry: Any = _NOTHING  # the message that ended the last batch of writes: it goes next
+        self._direct: grpc_direct.DirectCall | None = None
+        self._ended = threading.Event()  # on_lost has run
 
     def start(
         self,
@@ -100,30 +111,61 @@ class SessionStream:
         on_lost: Callable[[SessionStream, str], None],
         name: str,
     ) -> None:
-        """Open the stream (`open_stream` is the stub's Session method) and start reading its replies."""
+        """Open the stream (`open_stream` is the stub's Session method) and start handling its replies."""
+        if grpc_direct.supports(open_stream):
+            self._direct = grpc_direct.DirectCall(
+                self._take_serialized, lambda msg: on_message(self, msg), lambda c, d: self._lost(on_lost, c, d)
+            )
+            self._call = open_stream(self._direct.requests())
+            self._direct.start(self._call)
+            self._direct.kick()  # whatever was sent before the call existed
+            return
         self._call = open_stream(self._requests())
         self._thread = threading.Thread(target=self._read, args=(on_message, on_lost), name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def direct(self) -> bool:
+        """Messages cross gRPC without grpcio's helper threads (grpc_direct)."""
+        return self._direct is not None
+
+    def _take(self, block: bool) -> Any:
+        """The next message to leave (None: the requests are over; _NOTHING: none queued, when not `block`):
+        writes queued back to back leave as one batch. Counted as it leaves."""
+        item, self._carry = self._carry, _NOTHING
+        if item is _NOTHING:
+            try:
+                item = self._queue.get(block)
+            except queue.Empty:
+                return _NOTHING
+        if item is None:
+            return None
+        if type(item) is tuple:  # a posted register write: (offset, size, value)
+            writes = [item]
+            self._carry = self._gather(writes)
+            item = self._make_message(writes=register_writes.pack(writes))
+        size = item.ByteSize() + FRAME_OVERHEAD
+        self._stats.bytes_to_service += size
+        self._stats.messages_to_service += 1
+        if self._on_sent is not None:
+            self._on_sent(item, size)
+        return item
+
+    def _take_serialized(self) -> bytes | object | None:
+        """DirectCall's `take` (under the call's lock)."""
+        item = self._take(block=False)
+        if item is _NOTHING:
+            return None
+        if item is None:
+            return grpc_direct.END
+        return item.SerializeToString()
+
     def _requests(self) -> Iterator[Any]:
-        stats, on_sent = self._stats, self._on_sent
-        held = _NOTHING  # the message that ended the last batch of writes: it goes next
+        """The request iterator grpcio's own thread consumes (when the stream is not driven directly)."""
         while True:
-            if held is _NOTHING:
-                item = self._queue.get()
-            else:
-                item, held = held, _NOTHING
+            item = self._take(block=True)
             if item is None:
                 return
-            if type(item) is tuple:  # a posted register write: (offset, size, value)
-                writes = [item]
-                held = self._gather(writes)
-                item = self._make_message(writes=register_writes.pack(writes))
-            size = item.ByteSize() + FRAME_OVERHEAD
-            stats.bytes_to_service += size
-            stats.messages_to_service += 1
-            if on_sent is not None:
-                on_sent(item, size)
             yield item
 
     def _gather(self, writes: list[register_writes.Write]) -> Any:
@@ -142,9 +184,14 @@ class SessionStream:
 
     def send(self, msg: Any) -> None:
         if self.alive:
-            if self._held is not None and self._flush_held(msg):
-                return
-            self._queue.put(msg)
+            if self._held is None or not self._flush_held(msg):
+                self._queue.put(msg)
+            self._kick()
+
+    def _kick(self) -> None:
+        direct = self._direct
+        if direct is not None:
+            direct.kick()
 
     def post_write(self, offset: int, size: int, value: int) -> None:
         if self.alive:
@@ -154,11 +201,12 @@ class SessionStream:
                         self._held.append((offset, size, value))
                         return
             self._queue.put((offset, size, value))
+            self._kick()
 
     def hold(self) -> None:
         """Keep posted writes here until release(): the vfio-user server answers the guest's write first, then
-        hands the write to gRPC's sending thread (whose wake-up would otherwise compete with the reply for the
-        GIL). Anything sent meanwhile goes after the held writes, so the stream keeps the device's order."""
+        sends the write (which would otherwise compete with the reply for the GIL). Anything sent meanwhile goes
+        after the held writes, so the stream keeps the device's order."""
         self._held = []
 
     def release(self) -> None:
@@ -166,6 +214,8 @@ class SessionStream:
             held, self._held = self._held, None
             for item in held or ():
                 self._queue.put(item)
+        if held:
+            self._kick()
 
     def _flush_held(self, msg: Any) -> bool:
         """(holding) Queue the held writes and then `msg`; False if the hold ended meanwhile."""
@@ -182,27 +232,36 @@ class SessionStream:
     def _read(
         self, on_message: Callable[[SessionStream, Any], None], on_lost: Callable[[SessionStream, str], None]
     ) -> None:
-        error = "stream ended"
+        code, details = grpc.StatusCode.OK, ""
         try:
             for msg in self._call:
                 on_message(self, msg)
         except grpc.RpcError as exc:
-            error = f"{exc.code().name}: {exc.details()}"
+            code, details = exc.code(), exc.details()
         finally:
-            self.alive = False
-            self.opened.set()
-            on_lost(self, error)
+            self._lost(on_lost, code, details)
+
+    def _lost(self, on_lost: Callable[[SessionStream, str], None], code: grpc.StatusCode, details: str) -> None:
+        self.alive = False
+        self.opened.set()
+        try:
+            on_lost(self, "stream ended" if code is grpc.StatusCode.OK else f"{code.name}: {details}")
+        finally:
+            self._ended.set()
 
     def finish(self, timeout: float) -> None:
         """Half-close and wait for the service to end the stream (it drains what it holds first)."""
         self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._kick()
+        if self._call is not None:
+            self._ended.wait(timeout)
         self.close()
 
     def close(self) -> None:
         self.alive = False
         self._queue.put(None)
-        if self._call is not None:
+        if self._direct is not None:
+            self._direct.cancel()
+        elif self._call is not None:
             self._call.cancel()
         self.channel.close()

@@ -558,7 +558,7 @@ class _QemuClientConnection:
         return _PACK_RW(offset, region, len(data)) + data
 
     def _reply_early(self, mid: int, offset: int, region: int, count: int, value: int) -> None:
-        """(the link's reader thread, while this connection's thread waits for the value) The guest's reply."""
+        """(the link's receiving thread, while this connection's thread waits for the value) The guest's reply."""
         value &= _MASKS[count]
         if self.function.register_shows_interrupt(region, offset, count, value):
             self.irq.note_seen()

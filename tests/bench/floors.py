@@ -11,8 +11,8 @@ Each echo server is a Python process of its own, as rdv's servers are, on loopba
   options (services.common.server.server_options), a sync client with the links' channel options
   (frontend_shim.session_stream.channel_options), requests from a queue, replies read in the caller's thread.
 
-`grpc_echo_pattern` records compare the client patterns grpcio offers for a session stream (why rdv's links use
-the sync stream with a reader thread: see README, "Benchmarks"). `grpc_core` records time the same echo with
+`grpc_echo_pattern` records compare the client patterns grpcio offers for a session stream (why rdv's links drive
+the sync stream directly: see README, "Benchmarks"). `grpc_core` records time the same echo with
 gRPC's default core (EventEngine) and with rdv's choice (services/common/grpc_runtime.py), both ends started
 with that GRPC_EXPERIMENTS, alternated round by round; `ratio` is the median over the rounds of default / rdv.
 
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -38,6 +39,7 @@ from pathlib import Path
 import grpc
 
 from frontend_shim.commands.processes import ROOT
+from frontend_shim.links import grpc_direct
 from frontend_shim.links.session_stream import Waiter, channel_options
 from services.common import grpc_runtime
 from services.common.server import DEFAULT_KEEPALIVE, DEFAULT_MAX_MESSAGE_BYTES, server_options
@@ -164,8 +166,13 @@ def open_vfio_user_echo(path: str) -> tuple[Callable[[], None], Callable[[], Non
 def open_grpc_echo(address: str, pattern: str = "sync") -> tuple[Callable[[], None], Callable[[], None]]:
     """Round trips of one message on a bidi stream, with one of grpcio's client patterns:
     sync: requests from a queue, the reply read with next() in the caller's thread (the floor);
-    sync+reader: as rdv's links do it (a reader thread hands each reply to the waiting caller)."""
+    sync+reader: as rdv's links did it until 2026-12-06 (and do with --no-grpc-direct): requests from a queue that
+    grpcio's request thread consumes, a reader thread hands each reply to the waiting caller;
+    direct: as rdv's links do it (frontend_shim/links/grpc_direct.py): the caller sends, gRPC's channel thread
+    hands the reply to the waiting caller."""
     channel = grpc.insecure_channel(address, channel_options())
+    if pattern == "direct":
+        return _open_grpc_echo_direct(channel)
     requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
     call = channel.stream_stream(ECHO_METHOD)(iter(requests.get, None))
 
@@ -199,6 +206,28 @@ def open_grpc_echo(address: str, pattern: str = "sync") -> tuple[Callable[[], No
         waiter.wait(5.0)
 
     return once_with_reader, close
+
+
+def _open_grpc_echo_direct(channel: grpc.Channel) -> tuple[Callable[[], None], Callable[[], None]]:
+    pending: deque[bytes] = deque()
+    waiting: list[Waiter] = []
+    direct = grpc_direct.DirectCall(
+        lambda: pending.popleft() if pending else None, lambda _reply: waiting.pop().set(), lambda _c, _d: None
+    )
+    direct.start(channel.stream_stream(ECHO_METHOD)(direct.requests()))
+
+    def once() -> None:
+        waiter = Waiter()
+        waiting.append(waiter)
+        pending.append(GRPC_MSG)
+        direct.kick()
+        waiter.wait(5.0)
+
+    def close() -> None:
+        direct.cancel()
+        channel.close()
+
+    return once, close
 
 
 def _timed(opened: tuple[Callable[[], None], Callable[[], None]], n: int) -> list[int]:
@@ -314,7 +343,7 @@ def measure(workdir: Path, n: int, patterns: bool = True) -> list[dict]:
     with echo_server("grpc", workdir) as address:
         records.append(record("floor_grpc_echo", "floor", grpc_echo(address, n), None, message_bytes=20))
         if patterns:
-            for pattern in ("sync+reader", "aio"):
+            for pattern in ("direct", "sync+reader", "aio"):
                 records.append(
                     record("grpc_echo_pattern", pattern, grpc_echo(address, n, pattern), None, message_bytes=20)
                 )

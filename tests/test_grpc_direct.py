@@ -1,0 +1,198 @@
+"""The session streams' messages cross gRPC without grpcio's helper threads (frontend_shim/links/grpc_direct.py):
+sent from the thread that has them, replies handled on the channel's thread. Checked against the real audio
+service, with the pinned grpcio taking the direct path and `--no-grpc-direct` (grpcio's request thread and a
+reader thread) giving the same messages in the same order: every message arrives once and in order when several
+threads send at once, a half-close waits for what is queued, the end of a stream is reported once with its reason,
+a handler's failure ends the session with a log line, and a backend register read wakes the shim's threads far
+less often."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from frontend_shim.links import grpc_direct
+from frontend_shim.links.base import LinkStats
+from frontend_shim.links.session_stream import SessionStream
+from rdv.audio.v1 import audio_pb2, audio_pb2_grpc
+from rdv.common.v1 import common_pb2
+from services.devices import es1370_regs as R
+from tests.bench.vfio import serve_vfio_user
+from tests.bench.vfio_client import SyncVfioUserClient
+from tests.helpers import ServiceProcess, start_service
+from tests.test_idle_wakeups import _switches
+
+SENDERS, EACH = 4, 150
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    svc = start_service("audio", tmp_path_factory.mktemp("svc"), "--sink", "null")
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(params=[True, False], ids=["direct", "grpcio-threads"])
+def direct(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    monkeypatch.setattr(grpc_direct, "enabled", request.param)
+    return request.param
+
+
+class Session:
+    """A SessionStream to the audio service, recording what it hands over and how it ended."""
+
+    def __init__(self, address: str, fail_on: str = "") -> None:
+        self.stream = SessionStream(address, None, LinkStats(), audio_pb2.FrontendMessage)
+        self.acks: list[int] = []
+        self.threads: set[str] = set()
+        self.lost: list[str] = []
+        self.ended = threading.Event()
+        self._fail_on = fail_on
+        self.stream.start(audio_pb2_grpc.AudioServiceStub(self.stream.channel).Session, self._message, self._lost, "rx")
+        self.stream.send(
+            audio_pb2.FrontendMessage(open=audio_pb2.Open(vm="direct", mode=common_pb2.COHERENCE_MODE_BACKEND))
+        )
+
+    def _message(self, stream: SessionStream, msg: audio_pb2.BackendMessage) -> None:
+        kind = msg.WhichOneof("kind")
+        if kind == self._fail_on:
+            raise RuntimeError("a handler's bug")
+        self.threads.add(threading.current_thread().name)
+        if kind == "opened":
+            stream.opened.set()
+        elif kind == "barrier_ack":
+            self.acks.append(msg.barrier_ack.seq)
+
+    def _lost(self, _stream: SessionStream, error: str) -> None:
+        self.lost.append(error)
+        self.ended.set()
+
+    def barrier(self, seq: int) -> None:
+        self.stream.send(audio_pb2.FrontendMessage(barrier=common_pb2.Barrier(seq=seq)))
+
+
+def test_the_pinned_grpcio_is_driven_directly(audio: ServiceProcess) -> None:
+    """An upgrade of grpcio that changes what DirectCall relies on fails here, not silently slower."""
+    s = Session(audio.address)
+    try:
+        assert s.stream.opened.wait(10)
+        assert s.stream.direct
+        assert "rx" not in s.threads  # the reply was handled on gRPC's channel thread ...
+        assert not any(t.name == "rx" for t in threading.enumerate())  # ... and no reader thread was started
+    finally:
+        s.stream.close()
+
+
+def test_messages_from_several_threads_arrive_once_and_in_order(audio: ServiceProcess, direct: bool) -> None:
+    s = Session(audio.address)
+    lock = threading.Lock()
+    sent: list[int] = []
+    seqs = iter(range(1, SENDERS * EACH + 1))
+
+    def send() -> None:
+        for _ in range(EACH):
+            with lock:  # as a link sends under its lock: the order it takes is the stream's
+                seq = next(seqs)
+                sent.append(seq)
+                s.barrier(seq)
+
+    try:
+        assert s.stream.opened.wait(10)
+        senders = [threading.Thread(target=send) for _ in range(SENDERS)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(30)
+        deadline = time.monotonic() + 30
+        while len(s.acks) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s.acks == sent
+        assert s.stream.direct == direct
+        assert s.stream._stats.messages_to_service == 1 + SENDERS * EACH
+    finally:
+        s.stream.close()
+
+
+def test_a_half_close_waits_for_what_is_queued_and_the_end_is_told_once(audio: ServiceProcess, direct: bool) -> None:
+    s = Session(audio.address)
+    assert s.stream.opened.wait(10)
+    for seq in range(1, 201):
+        s.barrier(seq)  # most are still queued behind the message on its way when finish() half-closes
+    s.stream.finish(10)
+    assert s.acks == list(range(1, 201))  # the service answered them all before it ended the stream
+    assert s.lost == ["stream ended"]
+    assert not s.stream.alive
+
+
+def test_closing_cancels_and_says_so_once(audio: ServiceProcess, direct: bool) -> None:
+    s = Session(audio.address)
+    assert s.stream.opened.wait(10)
+    s.stream.close()
+    assert s.ended.wait(10)
+    time.sleep(0.1)
+    assert len(s.lost) == 1 and s.lost[0].startswith("CANCELLED"), s.lost
+
+
+def test_a_failing_handler_ends_the_session_with_a_log_line(
+    audio: ServiceProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Direct: the handler runs on gRPC's channel thread, which must go on; the session ends instead (the link's
+    supervisor then reopens it) and the log says why."""
+    with caplog.at_level(logging.ERROR, logger="rdv.links.grpc"):
+        s = Session(audio.address, fail_on="barrier_ack")
+        assert s.stream.opened.wait(10)
+        s.barrier(1)
+        assert s.ended.wait(10), "the session did not end"
+    assert s.lost and s.lost[0].startswith("CANCELLED"), s.lost
+    assert "could not be handled" in caplog.text
+    s2 = Session(audio.address)  # the process's gRPC still works
+    try:
+        assert s2.stream.opened.wait(10)
+        s2.barrier(7)
+        deadline = time.monotonic() + 10
+        while not s2.acks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s2.acks == [7]
+    finally:
+        s2.stream.close()
+        s.stream.close()
+
+
+def _switches_of(pid: int) -> int:
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += _switches(pid, int(tid))
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return total
+
+
+def _wakes_per_backend_read(workdir: Path, env: dict[str, str] | None, reads: int = 300) -> float:
+    with serve_vfio_user("es1370", "backend", workdir, env=env) as shim:
+        client = SyncVfioUserClient(shim.socket)
+        try:
+            client.version()
+            for _ in range(20):
+                client.read32(0, R.STATUS)
+            before = _switches_of(shim.proc.pid)
+            for _ in range(reads):
+                client.read32(0, R.STATUS)
+            return (_switches_of(shim.proc.pid) - before) / reads
+        finally:
+            client.close()
+
+
+def test_a_backend_read_wakes_the_shims_threads_far_less_often(tmp_path: Path) -> None:
+    """The shim as QEMU starts it: all its threads' waits per backend ES1370 read, directly (the connection's
+    thread sends, the channel's thread answers the guest) and with `RDV_GRPC_DIRECT=0` (grpcio's request thread,
+    which also waits for each send to be reported, and the link's reader thread). Measured here: ~3 against ~13."""
+    direct = _wakes_per_backend_read(tmp_path, None)
+    threads = _wakes_per_backend_read(tmp_path, {"RDV_GRPC_DIRECT": "0"})
+    assert direct < threads / 2, f"direct: {direct:.1f} waits per read, with grpcio's threads {threads:.1f}"
