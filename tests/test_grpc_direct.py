@@ -164,6 +164,28 @@ def test_a_failing_handler_ends_the_session_with_a_log_line(
         s.stream.close()
 
 
+class _Unserializable:
+    def ByteSize(self) -> int:  # noqa: N802 - protobuf's name
+        return 1
+
+    def SerializeToString(self) -> bytes:  # noqa: N802
+        raise ValueError("a bug: this message cannot be serialized")
+
+
+def test_a_message_that_cannot_be_sent_ends_the_session_and_blocks_no_sender(
+    audio: ServiceProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="rdv.links.grpc"):
+        s = Session(audio.address)
+        assert s.stream.opened.wait(10)
+        s.stream.send(_Unserializable())
+        assert s.ended.wait(10), "the session did not end"
+    assert s.lost and s.lost[0].startswith("CANCELLED"), s.lost
+    assert "could not be sent" in caplog.text
+    assert s.stream._direct is not None and not s.stream._direct._sending  # the sending slot was given back
+    s.stream.close()
+
+
 def _switches_of(pid: int) -> int:
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):

@@ -69,17 +69,20 @@ def _drivable(call: object) -> bool:
 class DirectCall:
     """Drives one open stream_stream call (made with `requests()` as its request iterator).
 
-    take: the next message to send, serialized (None: nothing queued; END: half-close), called under the call's
-    lock; on_message: a received message, deserialized by the call's deserializer, on the spin thread; on_end:
-    (code, details) once, after the last message was handled."""
+    take: the next message to send (None: nothing queued; END: half-close), called under the call's lock, in the
+    order messages are to leave; serialize: a message to its bytes (outside the lock); on_message: a received
+    message, deserialized by the call's deserializer, on the spin thread; on_end: (code, details) once, after the
+    last message was handled."""
 
     def __init__(
         self,
-        take: Callable[[], bytes | object | None],
+        take: Callable[[], Any],
+        serialize: Callable[[Any], bytes],
         on_message: Callable[[Any], None],
         on_end: Callable[[grpc.StatusCode, str], None],
     ) -> None:
         self._take = take
+        self._serialize = serialize
         self._deserialize: Callable[[bytes], Any] = bytes
         self._on_message = on_message
         self._on_end = on_end
@@ -114,34 +117,50 @@ class DirectCall:
     def kick(self) -> None:
         """Something was queued: send it now, unless a message is on its way (its completion sends the next)."""
         with self._cond:  # type: ignore[union-attr]
-            if not self._sending:
-                self._send_next()
+            if self._sending:
+                return
+            self._sending = True
+        self._pump()
 
     def cancel(self) -> None:
         self._half_close.set()
         if self._rendezvous is not None:
             self._rendezvous.cancel()
 
-    # ------------------------------------------------------------------ under the call's lock
-    def _send_next(self) -> None:
-        state = self._state
-        while True:
-            data = self._take()
-            if data is None:
+    def _pump(self) -> None:
+        """(holding the sending slot: `_sending`) Send what is queued, one message at a time, each serialized
+        outside the call's lock (a display frame takes a while, and other threads only queue meanwhile); return
+        once one is on its way (its completion pumps on) or nothing is left."""
+        try:
+            while self._send_one():
+                pass
+        except Exception:  # a bug of ours (a message that does not serialize): the session ends, nothing hangs
+            log.exception("a message for the service could not be sent; ending the session")
+            with self._cond:  # type: ignore[union-attr]
                 self._sending = False
-                return
-            if data is END:
+            self._rendezvous.cancel()
+
+    def _send_one(self) -> bool:
+        """Take the next message and hand it to gRPC; True: go on with the next (this one was dropped)."""
+        state, cond = self._state, self._cond
+        with cond:  # type: ignore[union-attr]
+            item = self._take()
+            if item is None or item is END:
                 self._sending = False
-                self._half_close.set()
-                return
+                if item is END:
+                    self._half_close.set()
+                return False
+        data = self._serialize(item)
+        with cond:  # type: ignore[union-attr]
             if state.code is not None:
-                continue  # the call is over: what is left is dropped, as grpcio's own consumer does
+                return True  # the call is over: what is left is dropped, as grpcio's own consumer does
             state.due.add(_SEND)
             if self._rendezvous._call.operate((cygrpc.SendMessageOperation(data, 0),), self._sent):
-                self._sending = True
-                return
+                return False
             state.due.discard(_SEND)
+            return True
 
+    # ------------------------------------------------------------------ under the call's lock
     def _receive(self) -> bool:
         state = self._state
         if state.code is not None:
@@ -161,9 +180,10 @@ class DirectCall:
     def _sent(self, event: Any) -> bool:
         with self._cond:  # type: ignore[union-attr]
             _channel._handle_event(event, self._state, None)  # takes the send off `due`
-            self._send_next()
             self._cond.notify_all()  # type: ignore[union-attr]
-            return self._finished()
+            finished = self._finished()
+        self._pump()  # this thread holds the sending slot the message took
+        return finished
 
     def _received(self, event: Any) -> bool:
         data = None

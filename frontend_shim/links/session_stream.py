@@ -37,6 +37,10 @@ MAX_MESSAGE = 8 * 1024 * 1024
 _NOTHING = object()  # no message held back by a batch
 
 
+def _serialize(msg: Any) -> bytes:
+    return msg.SerializeToString()
+
+
 def channel_options(max_message: int = MAX_MESSAGE) -> list[tuple[str, int]]:
     """The links' gRPC channel options (also the benchmark's bare gRPC echo floor, tests/bench/floors.py)."""
     return [
@@ -113,12 +117,16 @@ class SessionStream:
     ) -> None:
         """Open the stream (`open_stream` is the stub's Session method) and start handling its replies."""
         if grpc_direct.supports(open_stream):
-            self._direct = grpc_direct.DirectCall(
-                self._take_serialized, lambda msg: on_message(self, msg), lambda c, d: self._lost(on_lost, c, d)
+            direct = grpc_direct.DirectCall(
+                self._take_direct,
+                _serialize,
+                lambda msg: on_message(self, msg),
+                lambda code, details: self._lost(on_lost, code, details),
             )
-            self._call = open_stream(self._direct.requests())
-            self._direct.start(self._call)
-            self._direct.kick()  # whatever was sent before the call existed
+            self._call = open_stream(direct.requests())
+            direct.start(self._call)
+            self._direct = direct  # from now on a send kicks it
+            direct.kick()  # whatever was queued before
             return
         self._call = open_stream(self._requests())
         self._thread = threading.Thread(target=self._read, args=(on_message, on_lost), name=name, daemon=True)
@@ -151,14 +159,12 @@ class SessionStream:
             self._on_sent(item, size)
         return item
 
-    def _take_serialized(self) -> bytes | object | None:
+    def _take_direct(self) -> Any:
         """DirectCall's `take` (under the call's lock)."""
         item = self._take(block=False)
         if item is _NOTHING:
             return None
-        if item is None:
-            return grpc_direct.END
-        return item.SerializeToString()
+        return grpc_direct.END if item is None else item
 
     def _requests(self) -> Iterator[Any]:
         """The request iterator grpcio's own thread consumes (when the stream is not driven directly)."""

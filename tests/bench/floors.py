@@ -212,7 +212,7 @@ def _open_grpc_echo_direct(channel: grpc.Channel) -> tuple[Callable[[], None], C
     pending: deque[bytes] = deque()
     waiting: list[Waiter] = []
     direct = grpc_direct.DirectCall(
-        lambda: pending.popleft() if pending else None, lambda _reply: waiting.pop().set(), lambda _c, _d: None
+        lambda: pending.popleft() if pending else None, bytes, lambda _reply: waiting.pop().set(), lambda _c, _d: None
     )
     direct.start(channel.stream_stream(ECHO_METHOD)(direct.requests()))
 
