@@ -34,6 +34,7 @@ from services.devices import es1370_regs as R
 from services.devices.es1370 import Es1370, PcmFormat
 from tests.audio_helpers import STEREO16, start_dac2, wait_sessions_closed
 from tests.helpers import ServiceProcess, start_service
+from tests.test_idle_wakeups import _switches
 from tests.test_vfio_user_harness import (
     CONFIG_REGION,
     DMA_MAP,
@@ -928,6 +929,29 @@ def test_reconnect_keeps_device_state_and_drops_maps_and_fds(tmp_path: Path) -> 
         os.close(efd)
         ram.close()
     assert not os.path.exists(path)
+
+
+def test_an_idle_listener_sleeps_until_a_client_or_stop(tmp_path: Path) -> None:
+    """The accept thread wakes for nothing while no client comes (it polled every 0.2 s), and stop() still ends
+    it at once."""
+    irq = IrqController()
+    server = VfioUserServer(es1370_function(ModelDevice()), DmaMemory(), irq)
+    server.listen(str(tmp_path / "idle.sock"))
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.1)
+        assert t.native_id is not None
+        before = _switches(os.getpid(), t.native_id)
+        time.sleep(1.0)
+        assert _switches(os.getpid(), t.native_id) - before == 0
+        started = time.monotonic()
+        server.stop()
+        t.join(2.0)
+        assert not t.is_alive() and time.monotonic() - started < 1.0
+    finally:
+        server.stop()
+        irq.close()
 
 
 def _connect(path: str) -> socket.socket:

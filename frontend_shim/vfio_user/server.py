@@ -121,17 +121,13 @@ class VfioUserServer:
     def serve_forever(self) -> None:
         """Accept clients until stop(); a second client while one is connected is turned away."""
         assert self._listener is not None, "listen() first"
-        self._listener.settimeout(0.2)
         while not self._stop.is_set():
             try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
+                sock, _ = self._listener.accept()  # no timeout: an idle shim does not wake (stop() shuts it)
             except OSError:
                 if self._stop.is_set():
                     break
                 raise
-            sock.settimeout(None)  # the listener's accept timeout must not leak into the connection
             conn = self._claim(sock)
             if conn is None:
                 self.stats.rejected_connections += 1
@@ -177,6 +173,10 @@ class VfioUserServer:
     def stop(self) -> None:
         self._stop.set()
         if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() above (close alone would not)
+            except OSError:
+                pass  # not listening (yet, or any more)
             self._listener.close()
         with self._active_lock:
             conn = self._active
