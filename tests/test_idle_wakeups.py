@@ -19,6 +19,7 @@ from frontend_shim.links.display import DisplayLink
 from frontend_shim.links.video_streams import VideoSettings
 from services.devices import es1370_regs as R
 from tests.audio_helpers import start_dac2
+from tests.bench.vfio import serve_vfio_user
 
 WINDOW = 0.5  # seconds of watching
 
@@ -99,3 +100,15 @@ def test_an_idle_display_wakes_neither_the_shim_nor_the_service(services) -> Non
         assert ticking >= 10, f"the refresh of a running FIFO woke only {ticking} times in {WINDOW} s"
     finally:
         link.close(drain=False)
+
+
+def test_an_idle_shim_process_main_thread_sleeps(tmp_path: Path) -> None:
+    """`serve-vfio-user` as QEMU starts it: its main thread waits for a signal or the server's end, without
+    looking every 0.5 s (a shim per device of every VM on the host)."""
+    with serve_vfio_user("es1370", "mirrored", tmp_path) as shim:
+        time.sleep(0.3)  # started
+        before = _switches(shim.proc.pid, shim.proc.pid)
+        time.sleep(2 * WINDOW)
+        woke = _switches(shim.proc.pid, shim.proc.pid) - before
+    assert woke == 0, f"the shim's main thread woke {woke} times in {2 * WINDOW} s"
+    assert "bar_reads" in str(shim.summary), "the shim did not stop cleanly on SIGTERM"

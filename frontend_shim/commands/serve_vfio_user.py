@@ -103,9 +103,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: cannot listen on {args.socket}: {exc}", file=sys.stderr)
             return 1
         print(f"listening on {args.socket}", flush=True)
-        device.serve()
-        while not stop.wait(0.5) and device.alive:
-            pass
+        device.serve(on_exit=stop.set)
+        stop.wait()  # a signal, or the server gone (a signal's handler runs while this waits)
     finally:
         device.close()
     if args.json:

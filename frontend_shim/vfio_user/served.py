@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,14 +127,19 @@ class ServedDevice:
         self.server.listen(self.opts.socket)
         log.info("serving", extra={"socket": self.opts.socket, "device": self.opts.device, "mode": self.opts.mode})
 
-    def serve(self) -> threading.Thread:
-        self._thread = threading.Thread(target=self.server.serve_forever, name="vfio-user-accept", daemon=True)
+    def serve(self, on_exit: Callable[[], None] | None = None) -> threading.Thread:
+        """Accept QEMU's connections on a thread of their own; `on_exit` runs when that thread ends."""
+
+        def accept() -> None:
+            try:
+                self.server.serve_forever()
+            finally:
+                if on_exit is not None:
+                    on_exit()
+
+        self._thread = threading.Thread(target=accept, name="vfio-user-accept", daemon=True)
         self._thread.start()
         return self._thread
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def close(self) -> None:
         self.server.stop()
