@@ -8,7 +8,8 @@ backend register read paid four of them in the shim. `DirectCall` keeps grpcio's
 thread, its cancellation, status and done callbacks) and drives its messages itself:
 
 - a message is handed to gRPC's core by the thread that has it (one send in flight at a time, as gRPC requires;
-  what is queued meanwhile leaves from the spin thread as soon as the one before is reported sent);
+  what is queued meanwhile leaves from the spin thread as soon as the one before is reported sent; messages are
+  taken in order under the call's lock and serialized outside it);
 - a received message is handled on the spin thread that took it off the completion queue (`on_message`), and the
   next receive is posted after it, so messages are handled one at a time and in order;
 - the half-close stays with grpcio: the call's request iterator yields nothing and ends when the last queued
@@ -16,8 +17,9 @@ thread, its cancellation, status and done callbacks) and drives its messages its
 
 This uses grpcio's private call state (`_state`, `_call`, cygrpc operations), the same way grpcio's own
 `_MultiThreadedRendezvous` does; `supports` checks that a call has it, and the session stream falls back to the
-request iterator and a reader thread when it does not (another grpcio). tests/test_grpc_direct.py checks that the
-pinned grpcio takes this path.
+request iterator and a reader thread when it does not (another grpcio, an intercepted channel) or when the shim
+runs with `--no-grpc-direct` (`enabled`). tests/test_grpc_direct.py checks that the pinned grpcio takes this
+path.
 """
 
 from __future__ import annotations
