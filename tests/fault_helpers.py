@@ -117,13 +117,15 @@ class Session:
 
 class _Probe:
     def __init__(self) -> None:
-        self.sessions: dict[int, Session] = {}  # by id() of the link's connection object
+        # By the link's connection object itself, which this keeps alive: keyed by id(), a new connection could
+        # take a dead one's address and be taken for the old session.
+        self.sessions: dict[object, Session] = {}
 
     def _saw(self, conn: object, opened_id: str | None, first: bool) -> None:
         now = time.monotonic()
         if opened_id is not None:
-            self.sessions.setdefault(id(conn), Session(opened_id, now))
-        elif first and (s := self.sessions.get(id(conn))) is not None and s.first is None:
+            self.sessions.setdefault(conn, Session(opened_id, now))
+        elif first and (s := self.sessions.get(conn)) is not None and s.first is None:
             s.first = now
 
     def first_since(self, t: float) -> Session | None:

@@ -186,35 +186,40 @@ def test_a_message_that_cannot_be_sent_ends_the_session_and_blocks_no_sender(
     s.stream.close()
 
 
-def _switches_of(pid: int) -> int:
-    total = 0
+def _switches_by_thread(pid: int) -> dict[int, int]:
+    out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            total += _switches(pid, int(tid))
+            out[int(tid)] = _switches(pid, int(tid))
         except FileNotFoundError:  # a thread that ended meanwhile
             continue
-    return total
+    return out
 
 
-def _wakes_per_backend_read(workdir: Path, env: dict[str, str] | None, reads: int = 300) -> float:
+def _threads_woken_per_backend_read(workdir: Path, env: dict[str, str] | None, reads: int = 300) -> list[float]:
+    """Each of the shim's threads' waits per backend ES1370 read, most first."""
     with serve_vfio_user("es1370", "backend", workdir, env=env) as shim:
         client = SyncVfioUserClient(shim.socket)
         try:
             client.version()
             for _ in range(20):
                 client.read32(0, R.STATUS)
-            before = _switches_of(shim.proc.pid)
+            before = _switches_by_thread(shim.proc.pid)
             for _ in range(reads):
                 client.read32(0, R.STATUS)
-            return (_switches_of(shim.proc.pid) - before) / reads
+            after = _switches_by_thread(shim.proc.pid)
         finally:
             client.close()
+    return sorted(((n - before.get(tid, 0)) / reads for tid, n in after.items()), reverse=True)
 
 
-def test_a_backend_read_wakes_the_shims_threads_far_less_often(tmp_path: Path) -> None:
-    """The shim as QEMU starts it: all its threads' waits per backend ES1370 read, directly (the connection's
-    thread sends, the channel's thread answers the guest) and with `RDV_GRPC_DIRECT=0` (grpcio's request thread,
-    which also waits for each send to be reported, and the link's reader thread). Measured here: ~3 against ~13."""
-    direct = _wakes_per_backend_read(tmp_path, None)
-    threads = _wakes_per_backend_read(tmp_path, {"RDV_GRPC_DIRECT": "0"})
-    assert direct < threads / 2, f"direct: {direct:.1f} waits per read, with grpcio's threads {threads:.1f}"
+def test_a_backend_read_wakes_two_of_the_shims_threads_not_four(tmp_path: Path) -> None:
+    """The shim as QEMU starts it, serving backend ES1370 reads: the threads that wait (and so are woken) at least
+    every other read. Directly: the connection's thread and the channel's thread, which answers the guest. With
+    `RDV_GRPC_DIRECT=0`: also grpcio's request thread (which also waits for each send to be reported) and the
+    link's reader thread. How often each waits varies with the load (2-4 times a read, GIL waits included:
+    3.2-5.7 in all directly against 7.7-11.8 measured here); which threads wake does not."""
+    direct = _threads_woken_per_backend_read(tmp_path, None)
+    threads = _threads_woken_per_backend_read(tmp_path, {"RDV_GRPC_DIRECT": "0"})
+    woken = {name: [round(x, 2) for x in got if x >= 0.5] for name, got in (("direct", direct), ("threads", threads))}
+    assert len(woken["direct"]) <= 2 and len(woken["threads"]) >= 4, woken
