@@ -241,6 +241,18 @@ def test_trace_replay_survives_a_restarted_service(services, mode: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- display
+def _display_state(link: DisplayLink, probe: DisplayProbe, killed: float) -> str:
+    """What a failure needs to be told apart: no reconnect, a reconnect without frames, or frames unacknowledged."""
+    end = link.slots[0]
+    conn = end.conn
+    stats = {k: v for k, v in link.stats.as_dict().items() if k in ("frames", "frames_acked", "reconnects")}
+    sessions = [(s.session_id, round(s.opened - killed, 3), s.first and round(s.first - killed, 3))
+                for s in probe.sessions.values()]  # fmt: skip
+    stream = None if conn is None else {"alive": conn.alive, "direct": conn.direct, "in_flight": len(conn.in_flight)}
+    return f"no frame on the new service: {stats}, sessions (opened, first frame; s after the kill) {sessions}, " \
+        f"stream {stream}, last error {end.last_error!r}"
+
+
 @pytest.mark.parametrize("mode", ["mirrored", "backend"])
 def test_display_service_killed_and_restarted_during_drawing(services, mode: str) -> None:
     listen = f"127.0.0.1:{free_port()}"
@@ -273,7 +285,7 @@ def test_display_service_killed_and_restarted_during_drawing(services, mode: str
     try:
         assert wait_for(lambda: len(ticks) > 10, 10)
         second, killed, serving = restart(services, first, "--headless", listen=listen)
-        assert wait_for(lambda: probe.first_since(killed) is not None, 10), "no frame on the new service"
+        assert wait_for(lambda: probe.first_since(killed) is not None, 10), _display_state(link, probe, killed)
         new = probe.first_since(killed)
         session, presented_at = new.session_id, new.first  # type: ignore[union-attr]
         time.sleep(0.3)
