@@ -249,8 +249,10 @@ def _display_state(link: DisplayLink, probe: DisplayProbe, killed: float) -> str
     sessions = [(s.session_id, round(s.opened - killed, 3), s.first and round(s.first - killed, 3))
                 for s in probe.sessions.values()]  # fmt: skip
     stream = None if conn is None else {"alive": conn.alive, "direct": conn.direct, "in_flight": len(conn.in_flight)}
-    return f"no frame on the new service: {stats}, sessions (opened, first frame; s after the kill) {sessions}, " \
+    return (
+        f"no frame on the new service: {stats}, sessions (opened, first frame; s after the kill) {sessions}, "
         f"stream {stream}, last error {end.last_error!r}"
+    )
 
 
 @pytest.mark.parametrize("mode", ["mirrored", "backend"])
