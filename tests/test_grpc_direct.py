@@ -3,8 +3,8 @@ sent from the thread that has them, replies handled on the channel's thread. Che
 service, with the pinned grpcio taking the direct path and `--no-grpc-direct` (grpcio's request thread and a
 reader thread) giving the same messages in the same order: every message arrives once and in order when several
 threads send at once, a half-close waits for what is queued, the end of a stream is reported once with its reason,
-a handler's failure ends the session with a log line, and a backend register read wakes the shim's threads far
-less often."""
+a handler's failure ends the session with a log line, and a backend register read wakes two of the shim's
+threads, not four."""
 
 from __future__ import annotations
 
