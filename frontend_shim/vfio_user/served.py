@@ -109,7 +109,6 @@ class ServedDevice:
             on_access=self.access_log.access if self.access_log else None,
             on_event=on_event,
         )
-        self._thread: threading.Thread | None = None
         self._started = False
 
     @property
@@ -137,9 +136,9 @@ class ServedDevice:
                 if on_exit is not None:
                     on_exit()
 
-        self._thread = threading.Thread(target=accept, name="vfio-user-accept", daemon=True)
-        self._thread.start()
-        return self._thread
+        thread = threading.Thread(target=accept, name="vfio-user-accept", daemon=True)
+        thread.start()
+        return thread
 
     def close(self) -> None:
         self.server.stop()
