@@ -104,11 +104,15 @@ def start_rig(
     ram: GuestRam | None = None,
     negotiate: bool = True,
     dma_timeout: float = 1.0,
+    log_accesses: bool = True,
 ) -> Rig:
+    """The server on one end of a socket pair, the test's client on the other; with `log_accesses` every BAR
+    access is also listed in `Rig.accesses` (the server's access hook, which keeps reads off their short path)."""
     memory = memory or DmaMemory()
     irq = irq or IrqController()
     accesses: list[tuple] = []
-    server = VfioUserServer(function, memory, irq, on_access=lambda *a: accesses.append(a), dma_timeout=dma_timeout)
+    hook = (lambda *a: accesses.append(a)) if log_accesses else None
+    server = VfioUserServer(function, memory, irq, on_access=hook, dma_timeout=dma_timeout)
     ours, theirs = socket.socketpair()
     thread = threading.Thread(target=server.serve_socket, args=(ours,), daemon=True)
     thread.start()
@@ -856,14 +860,73 @@ class BrokenDevice:
         raise ValueError("refused")
 
 
-def test_a_failing_device_answers_eio_and_the_server_keeps_serving() -> None:
-    r = start_rig(es1370_function(BrokenDevice()))
+@pytest.mark.parametrize("logged", [False, True], ids=["short read path", "access log"])
+def test_a_failing_device_answers_eio_and_the_server_keeps_serving(logged: bool) -> None:
+    r = start_rig(es1370_function(BrokenDevice()), log_accesses=logged)
     try:
         assert r.client.error_of(REGION_READ, struct.pack("<QII", 0, 0, 4)) == errno.EIO
+        assert r.client.error_of(REGION_READ, struct.pack("<QII", 4, 0, 1)) == errno.EIO
+        assert r.server.stats.errors["EIO"] == 2
         assert r.client.error_of(REGION_WRITE, struct.pack("<QII", 0, 0, 4) + bytes(4)) == errno.EIO
         assert r.client.read32(CONFIG_REGION, 0) == 0x50001274
     finally:
         r.close()
+
+
+class FixedRegisters:
+    """A device of fixed 32-bit registers (reads of any width and lane), for comparing the server's paths."""
+
+    def __init__(self, values: dict[int, int]) -> None:
+        self.values = values
+
+    def io_read(self, bar: int, offset: int, size: int) -> int:
+        word = self.values.get(offset & ~3, 0)
+        return (word >> (8 * (offset & 3))) & ((1 << (8 * size)) - 1)
+
+    def io_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        pass
+
+
+class RecordingIrq(IrqController):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[object] = []
+
+    def note_seen(self) -> None:
+        self.calls.append("seen")
+        super().note_seen()
+
+    def after_access(self, write: bool) -> None:
+        self.calls.append(("after", write))
+        super().after_access(write)
+
+
+def test_register_reads_answer_alike_on_the_short_path_and_with_an_access_log() -> None:
+    """Without an access log a register read takes the server's short path (`_read`): the same answers, the same
+    interrupt bookkeeping (a read showing STATUS's INTR bit tells the IrqController the handler runs) and the
+    same counts as the general path, for every width, lane, unaligned and non-register read."""
+    reads = [(0, R.STATUS, 4), (0, R.STATUS + 3, 1), (0, R.STATUS + 2, 2), (0, R.STATUS, 2), (0, R.CONTROL, 4),
+             (0, R.SERIAL_CONTROL + 1, 1), (0, 1, 4), (0, 2, 4), (0, 0, 8), (CONFIG_REGION, 0, 4),
+             (CONFIG_REGION, 2, 2), (0, R.STATUS, 4)]  # fmt: skip
+    seen = {}
+    for logged in (True, False):
+        irq = RecordingIrq()
+        values = {R.STATUS: R.STAT_INTR | R.STAT_DAC2, R.CONTROL: 0x12345678, R.SERIAL_CONTROL: 0xA5C3}
+        r = start_rig(es1370_function(FixedRegisters(values)), irq=irq, log_accesses=logged)
+        try:
+            answers = [r.client.read(region, offset, count) for region, offset, count in reads]
+            stats = r.server.stats
+            seen[logged] = (answers, irq.calls, stats.bar_reads, stats.requests[REGION_READ], dict(stats.errors))
+        finally:
+            r.close()
+    assert seen[False] == seen[True]
+    answers, calls, bar_reads, requests, errors = seen[False]
+    assert int.from_bytes(answers[0], "little") == R.STAT_INTR | R.STAT_DAC2 and answers[-1] == answers[0]
+    assert answers[3] == (R.STAT_DAC2 & 0xFFFF).to_bytes(2, "little") and answers[4] == b"\x78\x56\x34\x12"
+    assert calls.count("seen") == 5  # the reads that showed byte 3 of STATUS (INTR): 4, 1, 2, 8 bytes, and again
+    assert calls.count(("after", False)) == len(reads)
+    assert (requests, errors) == (len(reads), {})
+    assert bar_reads == 14  # the unaligned ones in pieces (1+2+1, 2+2), the 8-byte one as two words, no config
 
 
 def test_random_messages_never_break_the_server() -> None:

@@ -274,12 +274,11 @@ class Framer:
             # Nothing buffered: the usual case, where one read takes exactly one message (a trapped access).
             self._start = self._end = 0
             k, ancdata, msg_flags, _ = self._recv(self._whole, _ANCILLARY)
-            self._took(0, k, ancdata, msg_flags)
-            if k >= HEADER_SIZE and not self._fds:  # (fds, or their truncation: the general path below)
+            if k >= HEADER_SIZE and not ancdata and not msg_flags & _MSG_CTRUNC:  # (fds: the general path below)
                 mid, command, size, flags, error = _UNPACK_HEADER(self.buf)
                 if size == k:
-                    self._end = 0
                     return mid, command, size, flags, error, self.view[HEADER_SIZE:k], [], False
+            self._took(0, k, ancdata, msg_flags)
         if self._end - self._start < HEADER_SIZE:
             self._read_at_least(HEADER_SIZE)
         start = self._start

@@ -67,6 +67,7 @@ _U32 = 0xFFFFFFFF
 _WORD = 4
 _PSEUDOCOLOR_BPP = 8
 _BITS_PER_BYTE = 8
+_VALUE_PORT = R.VALUE_PORT  # (a module global: read on every register read)
 
 Buffer = bytearray | memoryview | mmap.mmap
 
@@ -397,6 +398,8 @@ class SvgaII:
 
         A BUSY read may run the FIFO; what that pass produced waits for `take_pending` (or the next result).
         """
+        if offset == _VALUE_PORT and size == _WORD and self._split is None:  # the usual read: one whole register
+            return self._read_register(self._index) & _U32
         _check_access(offset, size)
         split = self._split
         if split is not None and not split.write and offset == split.next_offset:
