@@ -105,6 +105,8 @@ def table(results: list[dict]) -> str:
         )
         if "resolution" in r:
             detail = f"{r['resolution']} clip"
+        if "placement" in r:  # tests/bench/vfio.py: who chose the CPUs (the kernel, or the benchmark: pinned)
+            detail = r["placement"] if detail == "-" else f"{detail}, {r['placement']}"
         ratio, ratio_goal = r.get("ratio_to_floor"), r.get("ratio_goal")
         ratio_met = "-" if ratio is None or ratio_goal is None else ("yes" if ratio <= ratio_goal else "NO")
         lines.append(

@@ -34,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -116,10 +117,15 @@ async def _serve_grpc_echo() -> None:
     await server.wait_for_termination()
 
 
+@dataclass(frozen=True)
+class EchoServer:
+    address: str  # a socket path, or HOST:PORT for grpc
+    pid: int
+
+
 @contextmanager
-def echo_server(kind: str, workdir: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Start one echo server process (`env`: added to ours); yields its address (a socket path, or HOST:PORT for
-    grpc)."""
+def echo_server(kind: str, workdir: Path, env: dict[str, str] | None = None) -> Iterator[EchoServer]:
+    """Start one echo server process (`env`: added to ours)."""
     path = str(workdir / f"floor-{kind}-{os.getpid()}-{time.monotonic_ns()}.sock")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.bench.floors", "serve", kind, path],
@@ -132,7 +138,7 @@ def echo_server(kind: str, workdir: Path, env: dict[str, str] | None = None) -> 
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("listening on "):
             raise RuntimeError(f"echo server {kind} did not start: {line!r}")
-        yield line.split(" ", 2)[2].strip()
+        yield EchoServer(line.split(" ", 2)[2].strip(), proc.pid)
     finally:
         proc.kill()
         proc.wait(10)
@@ -276,20 +282,29 @@ def _grpc_echo_aio(address: str, n: int) -> list[int]:
         thread.join(5)
 
 
+class Floors(dict[str, Callable[[], None]]):
+    """{floor name: one round trip}; `pids`: {floor name: its echo server's process}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pids: dict[str, int] = {}
+
+
 @contextmanager
-def floor_clients(workdir: Path) -> Iterator[dict[str, Callable[[], None]]]:
-    """The three echo servers up and a client of each connected: {floor name: one round trip}, for floor rounds
-    interleaved with the rounds of the paths built on them (tests/bench/vfio.py)."""
+def floor_clients(workdir: Path) -> Iterator[Floors]:
+    """The three echo servers up and a client of each connected, for floor rounds interleaved with the rounds of
+    the paths built on them (tests/bench/vfio.py)."""
     with ExitStack() as stack:
-        calls = {}
+        calls = Floors()
         for name, kind, opener in (
             ("floor_socket_echo", "socket", open_socket_echo),
             ("floor_vfio_user_echo", "vfio-user", open_vfio_user_echo),
             ("floor_grpc_echo", "grpc", open_grpc_echo),
         ):
-            once, close = opener(stack.enter_context(echo_server(kind, workdir)))
+            server = stack.enter_context(echo_server(kind, workdir))
+            once, close = opener(server.address)
             stack.callback(close)
-            calls[name] = once
+            calls[name], calls.pids[name] = once, server.pid
         yield calls
 
 
@@ -303,7 +318,7 @@ def grpc_core_comparison(workdir: Path, n: int, rounds: int = 4) -> list[dict]:
     ratios = []
     with ExitStack() as stack:
         servers = {
-            name: stack.enter_context(echo_server("grpc", workdir, {"GRPC_EXPERIMENTS": experiments}))
+            name: stack.enter_context(echo_server("grpc", workdir, {"GRPC_EXPERIMENTS": experiments})).address
             for name, experiments in GRPC_CORES.items()
         }
         for k in range(rounds):
@@ -336,11 +351,14 @@ FLOORS = ("floor_socket_echo", "floor_vfio_user_echo", "floor_grpc_echo")
 
 def measure(workdir: Path, n: int, patterns: bool = True) -> list[dict]:
     records = []
-    with echo_server("socket", workdir) as path:
-        records.append(record("floor_socket_echo", "floor", socket_echo(path, n), None, message_bytes=32))
-    with echo_server("vfio-user", workdir) as path:
-        records.append(record("floor_vfio_user_echo", "floor", vfio_user_echo(path, n), None, message_bytes=32))
-    with echo_server("grpc", workdir) as address:
+    with echo_server("socket", workdir) as server:
+        records.append(record("floor_socket_echo", "floor", socket_echo(server.address, n), None, message_bytes=32))
+    with echo_server("vfio-user", workdir) as server:
+        records.append(
+            record("floor_vfio_user_echo", "floor", vfio_user_echo(server.address, n), None, message_bytes=32)
+        )
+    with echo_server("grpc", workdir) as server:
+        address = server.address
         records.append(record("floor_grpc_echo", "floor", grpc_echo(address, n), None, message_bytes=20))
         if patterns:
             for pattern in ("direct", "sync+reader", "aio"):

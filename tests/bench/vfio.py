@@ -37,7 +37,7 @@ from frontend_shim.links.audio import AudioLink
 from services.devices import es1370_regs as R
 from services.devices import svga_regs as S
 from tests.audio_helpers import STEREO16, start_dac2
-from tests.bench.floors import floor_clients
+from tests.bench.floors import Floors, floor_clients
 from tests.bench.profile import flame_graphs
 from tests.bench.stats import _cpu_seconds, _threads_cpu_ns, interleaved, interleaved_record, percentile, time_calls
 from tests.bench.vfio_client import IRQ_DATA_EVENTFD, IRQ_DATA_NONE, IRQ_TRIGGER, IRQ_UNMASK, SyncVfioUserClient
@@ -134,20 +134,13 @@ def measure_round_trips(
         )
         client = SyncVfioUserClient(shim.socket)
         stack.callback(client.close)
-        client.version()
+        ops: dict[str, Callable[[], object]] = {"bar_read": bar_read(client, device)}
         if device == "svga":
-            client.write32(0, S.INDEX_PORT, S.REG_ID)
-            ops: dict[str, Callable[[], object]] = {
-                "bar_read": lambda: client.read32(0, S.VALUE_PORT),
-                "bar_write": lambda: client.write32(0, S.INDEX_PORT, S.REG_ID),
-                "config_read": lambda: client.read32(CONFIG_REGION, 0),
-            }
+            ops["bar_write"] = lambda: client.write32(0, S.INDEX_PORT, S.REG_ID)
         else:
-            ops = {
-                "bar_read": lambda: client.read32(0, R.STATUS),
-                "bar_write": lambda: client.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC),
-                "config_read": lambda: client.read32(CONFIG_REGION, 0),
-            }
+            ops["bar_write"] = lambda: client.write32(0, R.MEMPAGE, R.FRAME_PAGE_DAC)
+        ops["config_read"] = lambda: client.read32(CONFIG_REGION, 0)
+        if device == "es1370":
             if mode == "backend":
                 link = AudioLink(shim.service_address, "backend", RamMemory(1 << 16), EventLine(), access_timeout=1.0)
                 link.start()
@@ -159,6 +152,73 @@ def measure_round_trips(
     samples = {name: [x for rnd in timed[name] for x in rnd] for name in ops}
     return {"device": device, "mode": mode, "n": n, "samples": samples, "rounds": timed,
             **{name: _percentiles(s) for name, s in samples.items()}}  # fmt: skip
+
+
+def bar_read(client: SyncVfioUserClient, device: str) -> Callable[[], int]:
+    """The benchmarks' register read on a new connection: ES1370 STATUS; SVGA II: the ID register through the
+    VALUE port (4 bytes at offset 1; INDEX is written here)."""
+    client.version()
+    if device == "svga":
+        client.write32(0, S.INDEX_PORT, S.REG_ID)
+        return lambda: client.read32(0, S.VALUE_PORT)
+    return lambda: client.read32(0, R.STATUS)
+
+
+PLACEMENTS = (("same-cpu", 0), ("cross-cpu", 1))  # the CPU of the servers' threads; the client's thread on CPU 0
+
+
+def can_place() -> bool:
+    return {0, 1} <= os.sched_getaffinity(0)
+
+
+@contextmanager
+def placed(cpu: int, pids: list[int]) -> Iterator[None]:
+    """This thread on CPU 0 and every thread of the processes `pids` on `cpu` until the end of the block, then
+    each as it was."""
+    tasks = [int(tid) for pid in pids for tid in os.listdir(f"/proc/{pid}/task")]
+    before = {tid: os.sched_getaffinity(tid) for tid in [0, *tasks]}
+    try:
+        os.sched_setaffinity(0, {0})
+        for tid in tasks:
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                os.sched_setaffinity(tid, {cpu})
+        yield
+    finally:
+        for tid, cpus in before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, cpus)
+
+
+def measure_placements(workdir: Path, floors: Floors, rounds: int, n: int) -> list[dict]:
+    """The mirrored register read of both cards and the socket echo under it with the CPUs pinned: the client's
+    thread on CPU 0, every thread of the shims and of the echo servers on CPU 0 (same-cpu) or CPU 1 (cross-cpu),
+    in rounds interleaved as everywhere. Left to itself the kernel places a single-threaded echo server and a
+    shim's connection thread by rules of its own (one may sit beside the client while the other sits across:
+    6 against 20-60 µs here), so only a path and a floor placed alike say what rdv adds."""
+    if not can_place():
+        return []
+    names = ("floor_socket_echo", "floor_vfio_user_echo")
+    series: dict[str, Callable[[], object]] = {name: floors[name] for name in names}
+    pids = [floors.pids[name] for name in names]
+    records = []
+    with contextlib.ExitStack() as stack:
+        for device in ("es1370", "svga"):
+            shim = stack.enter_context(serve_vfio_user(device, "mirrored", workdir))
+            client = SyncVfioUserClient(shim.socket)
+            stack.callback(client.close)
+            series[device] = bar_read(client, device)
+            pids.append(shim.proc.pid)
+        for placement, cpu in PLACEMENTS:
+            with placed(cpu, pids):
+                timed = interleaved(series, rounds, max(1, n // rounds))
+            echo = percentile([x for rnd in timed["floor_vfio_user_echo"] for x in rnd], 0.5)
+            for device in ("es1370", "svga"):
+                records.append(
+                    interleaved_record("vfio_user_read", "mirrored", timed[device], timed,
+                                       PAPER_NS[("bar_read", "mirrored")], content=device, placement=placement,
+                                       do_nothing_server_p50=echo)  # fmt: skip
+                )
+    return records
 
 
 def measure_interrupts(
@@ -237,13 +297,15 @@ def run(quick: bool, workdir: Path) -> list[dict]:
     names = {"bar_read": "vfio_user_read", "bar_write": "vfio_user_write", "config_read": "vfio_user_config_read"}
     rounds, n = (5, 500) if quick else (10, 3000)
     with floor_clients(workdir) as floors:
+        records += measure_placements(workdir, floors, rounds, n)  # first: the mirrored read's goal is on these
         for device in ("es1370", "svga"):
             for mode in ("mirrored", "backend"):
                 measured = measure_round_trips(mode, n, workdir, device, floors=floors, rounds=rounds)
                 timed = measured["rounds"]
                 for op, metric in names.items():
                     paper = PAPER_NS.get((op, mode))
-                    records.append(interleaved_record(metric, mode, timed[op], timed, paper, content=device))
+                    where = {"placement": "kernel"} if op == "bar_read" and mode == "mirrored" else {}
+                    records.append(interleaved_record(metric, mode, timed[op], timed, paper, content=device, **where))
                 if "stream_read" in timed:
                     records.append(
                         interleaved_record("register_read", mode, timed["stream_read"], timed, 209_000,
@@ -297,7 +359,18 @@ def main() -> None:
                         "GRPC_EXPERIMENTS=`: this checkout under gRPC's default core)")  # fmt: skip
     p.add_argument("--cpu-per-read", type=int, default=0, metavar="N",
                    help="instead: CPU of the shim and the service per backend ES1370 read, over N reads")  # fmt: skip
+    p.add_argument("--placements", action="store_true",
+                   help="instead: mirrored reads and socket echo, CPUs pinned (same-cpu, cross-cpu)")  # fmt: skip
     args = p.parse_args()
+    if args.placements:
+        if not can_place():
+            p.error("--placements needs CPUs 0 and 1")
+        with tempfile.TemporaryDirectory() as tmp, floor_clients(Path(tmp)) as floors:
+            for r in measure_placements(Path(tmp), floors, args.rounds, args.n):
+                shown = ("content", "placement", "p50", "floor_p50", "do_nothing_server_p50", "ratio_to_floor",
+                         "ratio_goal", "ratio_rounds")  # fmt: skip
+                print(json.dumps({k: r.get(k) for k in shown}))
+        return
     if args.cpu_per_read:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(cpu_per_backend_read(args.cpu_per_read, Path(tmp))))
