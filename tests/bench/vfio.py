@@ -189,6 +189,12 @@ def placed(cpu: int, pids: list[int]) -> Iterator[None]:
                 os.sched_setaffinity(tid, cpus)
 
 
+def _unpinned(metric: str, mode: str) -> dict[str, str]:
+    """A record's `placement` when the CPUs were left to the kernel: only the mirrored read says it (its goal is
+    on the pinned records, `measure_placements`)."""
+    return {"placement": "kernel"} if (metric, mode) == ("vfio_user_read", "mirrored") else {}
+
+
 def measure_placements(workdir: Path, floors: Floors, rounds: int, n: int) -> list[dict]:
     """The mirrored register read of both cards and the socket echo under it with the CPUs pinned: the client's
     thread on CPU 0, every thread of the shims and of the echo servers on CPU 0 (same-cpu) or CPU 1 (cross-cpu),
@@ -304,7 +310,7 @@ def run(quick: bool, workdir: Path) -> list[dict]:
                 timed = measured["rounds"]
                 for op, metric in names.items():
                     paper = PAPER_NS.get((op, mode))
-                    where = {"placement": "kernel"} if op == "bar_read" and mode == "mirrored" else {}
+                    where = _unpinned(metric, mode)
                     records.append(interleaved_record(metric, mode, timed[op], timed, paper, content=device, **where))
                 if "stream_read" in timed:
                     records.append(
@@ -398,16 +404,12 @@ def main() -> None:
                                                                    env=baseline_env))  # fmt: skip
                         client = SyncVfioUserClient(base.socket)
                         stack.callback(client.close)
-                        client.version()
-                        if device == "svga":
-                            client.write32(0, S.INDEX_PORT, S.REG_ID)
-                        offset = R.STATUS if device == "es1370" else S.VALUE_PORT
-                        series["bar_read_baseline"] = lambda c=client, o=offset: c.read32(0, o)
+                        series["bar_read_baseline"] = bar_read(client, device)
                     measured = measure_round_trips(mode, args.n, Path(tmp), device, floors=series, rounds=args.rounds)
                 timed = measured["rounds"]
                 for op, metric in {**names, "bar_read_baseline": "vfio_user_read"}.items():
                     if op in timed:
-                        r = interleaved_record(metric, mode, timed[op], timed, None)
+                        r = interleaved_record(metric, mode, timed[op], timed, None, **_unpinned(metric, mode))
                         print(json.dumps({"device": device, "op": op, "mode": mode, **{k: r.get(k) for k in keys}}))
                 for name in floors:
                     print(json.dumps({"device": device, "mode": mode, "floor": name,
